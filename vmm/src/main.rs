@@ -1,1 +1,98 @@
-fn main() {}
+//! husk-vmm command line: parse a [`VmConfig`] from flags or a JSON file, boot, and exit
+//! with a code that says how the guest ended (0 poweroff, 1 VMM error, 2 guest kernel
+//! panic, 3 guest crash).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use husk_vmm::{ConsoleConfig, Vm, VmConfig, VmExit};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "husk-vmm",
+    version,
+    about = "husk's KVM virtual machine monitor"
+)]
+struct Cli {
+    /// JSON config file (the same fields as the flags); conflicts with the flags.
+    #[arg(long, conflicts_with_all = ["kernel", "initramfs", "cmdline", "vcpus", "memory", "console"])]
+    config: Option<PathBuf>,
+    /// Guest kernel: ELF vmlinux or bzImage.
+    #[arg(long, required_unless_present = "config")]
+    kernel: Option<PathBuf>,
+    /// Initramfs (newc cpio).
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Extra kernel command line, appended to husk's own.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory: u64,
+    /// Serial console: stdout, off, or file:PATH.
+    #[arg(long, default_value = "stdout")]
+    console: ConsoleConfig,
+    /// Print VM exit counts as a JSON line on stderr when the guest ends.
+    #[arg(long)]
+    exit_stats: bool,
+}
+
+impl Cli {
+    fn vm_config(&self) -> anyhow::Result<VmConfig> {
+        if let Some(path) = &self.config {
+            return Ok(VmConfig::from_json_file(path)?);
+        }
+        Ok(VmConfig {
+            kernel: self.kernel.clone().context("--kernel is required")?,
+            initramfs: self.initramfs.clone(),
+            cmdline: self.cmdline.clone(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory,
+            console: self.console.clone(),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(exit) => ExitCode::from(exit.exit_code() as u8),
+        Err(e) => {
+            eprintln!("husk-vmm: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<VmExit> {
+    let config = cli.vm_config()?;
+    let vm = Vm::new(&config)?;
+    let (exit, stats) = vm.run()?;
+    match &exit {
+        VmExit::PowerOff => tracing::info!("guest powered off"),
+        VmExit::Panic(reason) => eprintln!("husk-vmm: guest kernel panic: {reason}"),
+        VmExit::Crash(reason) => eprintln!("husk-vmm: guest crashed: {reason}"),
+    }
+    if cli.exit_stats {
+        let kvm = stats
+            .kvm_exits
+            .map_or_else(|| "null".to_owned(), |n| n.to_string());
+        eprintln!(
+            "{{\"vmm_exits\":{},\"kvm_exits\":{}}}",
+            stats.vmm_exits, kvm
+        );
+    }
+    Ok(exit)
+}

@@ -1,0 +1,3 @@
+//! Architecture-specific boot-time set-up.
+
+pub mod x86_64;

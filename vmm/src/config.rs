@@ -1,0 +1,245 @@
+//! VM configuration: one set of serde structs shared by the command line and the JSON file.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Smallest guest memory we accept: the kernel, initramfs and page tables must fit.
+pub const MIN_MEMORY_MIB: u64 = 64;
+/// Largest guest memory we accept (1 TiB); the host may still refuse less.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// Most vCPUs one VM may have: the MP table must fit in the last KiB of base memory.
+pub const MAX_VCPUS: u8 = 32;
+
+/// Errors in a VM configuration, found before any guest runs.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Cannot read config file {path}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Invalid config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("Memory size {0} MiB is out of range ({MIN_MEMORY_MIB}..={MAX_MEMORY_MIB} MiB)")]
+    MemoryOutOfRange(u64),
+    #[error("vCPU count {0} is out of range (1..={MAX_VCPUS})")]
+    VcpusOutOfRange(u8),
+    #[error("Kernel file {path} is not usable")]
+    Kernel {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Initramfs file {path} is not usable")]
+    Initramfs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Kernel command line must not contain NUL or newline characters")]
+    BadCmdline,
+}
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ConsoleConfig {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Discarded (panic detection still works).
+    Off,
+}
+
+impl std::str::FromStr for ConsoleConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdout" => Ok(Self::Stdout),
+            "off" => Ok(Self::Off),
+            _ => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => Ok(Self::File(PathBuf::from(p))),
+                _ => Err(format!(
+                    "invalid console {s:?}: expected stdout, off or file:PATH"
+                )),
+            },
+        }
+    }
+}
+
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_memory_mib() -> u64 {
+    256
+}
+
+/// Everything needed to build and boot one VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Guest kernel: an uncompressed ELF `vmlinux` or a `bzImage`.
+    pub kernel: PathBuf,
+    /// Optional initramfs (newc cpio, optionally compressed).
+    #[serde(default)]
+    pub initramfs: Option<PathBuf>,
+    /// Extra kernel command line arguments, appended to the VMM's own.
+    #[serde(default)]
+    pub cmdline: String,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+impl VmConfig {
+    /// Reads a JSON config file.
+    pub fn from_json_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Checks the ranges and that the files exist and are readable regular files.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ConfigError::MemoryOutOfRange(self.memory_mib));
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::VcpusOutOfRange(self.vcpus));
+        }
+        if self.cmdline.contains(['\0', '\n']) {
+            return Err(ConfigError::BadCmdline);
+        }
+        check_file(&self.kernel).map_err(|source| ConfigError::Kernel {
+            path: self.kernel.clone(),
+            source,
+        })?;
+        if let Some(initramfs) = &self.initramfs {
+            check_file(initramfs).map_err(|source| ConfigError::Initramfs {
+                path: initramfs.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib << 20
+    }
+}
+
+fn check_file(path: &std::path::Path) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "file is empty",
+        ));
+    }
+    std::fs::File::open(path).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> VmConfig {
+        VmConfig {
+            kernel: "/proc/self/exe".into(),
+            initramfs: None,
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            console: ConsoleConfig::Stdout,
+        }
+    }
+
+    #[test]
+    fn json_defaults_and_unknown_fields() {
+        let c: VmConfig = serde_json::from_str(r#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(c.memory_mib, 256);
+        assert_eq!(c.console, ConsoleConfig::Stdout);
+        let c: VmConfig =
+            serde_json::from_str(r#"{"kernel": "/k", "console": {"file": "/tmp/x"}, "vcpus": 2}"#)
+                .unwrap();
+        assert_eq!(c.console, ConsoleConfig::File("/tmp/x".into()));
+        let err = serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "memory": 5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `memory`"), "{err}");
+        assert!(serde_json::from_str::<VmConfig>(r#"{"vcpus": 2}"#).is_err());
+    }
+
+    #[test]
+    fn console_from_str() {
+        assert_eq!("off".parse::<ConsoleConfig>(), Ok(ConsoleConfig::Off));
+        assert_eq!(
+            "file:/a/b".parse::<ConsoleConfig>(),
+            Ok(ConsoleConfig::File("/a/b".into()))
+        );
+        assert!("file:".parse::<ConsoleConfig>().is_err());
+        assert!("tty".parse::<ConsoleConfig>().is_err());
+    }
+
+    #[test]
+    fn validate_ranges() {
+        assert!(base().validate().is_ok());
+        let mut c = base();
+        c.memory_mib = 8;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::MemoryOutOfRange(8))
+        ));
+        c.memory_mib = MAX_MEMORY_MIB + 1;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::MemoryOutOfRange(_))
+        ));
+        let mut c = base();
+        c.vcpus = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::VcpusOutOfRange(0))));
+        c.vcpus = MAX_VCPUS + 1;
+        assert!(c.validate().is_err());
+        let mut c = base();
+        c.cmdline = "a\nb".into();
+        assert!(matches!(c.validate(), Err(ConfigError::BadCmdline)));
+    }
+
+    #[test]
+    fn validate_files() {
+        let mut c = base();
+        c.kernel = "/nonexistent/vmlinux".into();
+        let e = c.validate().unwrap_err();
+        assert!(matches!(e, ConfigError::Kernel { .. }));
+        assert!(e.to_string().contains("/nonexistent/vmlinux"));
+        let mut c = base();
+        c.kernel = "/".into();
+        assert!(matches!(c.validate(), Err(ConfigError::Kernel { .. })));
+        let mut c = base();
+        c.initramfs = Some("/nonexistent/initrd".into());
+        assert!(matches!(c.validate(), Err(ConfigError::Initramfs { .. })));
+    }
+}
