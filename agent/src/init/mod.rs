@@ -1,0 +1,217 @@
+//! PID 1 duties: mounting the guest's file systems, setting up the console,
+//! reaping orphans and powering the VM off.
+
+pub mod console;
+pub mod mounts;
+pub mod reaper;
+pub mod shutdown;
+
+use std::convert::Infallible;
+use std::io;
+
+use self::console::ReadyInfo;
+use self::mounts::{MountError, MountOutcome, SysMountOps, GUEST_MOUNTS};
+use self::reaper::{Reaper, ReaperError, SysWait};
+use self::shutdown::ShutdownError;
+use crate::config::{self, TestAction};
+use crate::sys::{self, SignalFd};
+use crate::{debug, log, warn};
+
+/// The message printed when the binary is started as anything but PID 1.
+pub const NOT_PID1_MESSAGE: &str =
+    "husk-agent: not PID 1; the agent API service is not implemented yet";
+
+/// Exit status of PID 1 for `husk.test=panic`; the kernel then panics with
+/// "Attempted to kill init! exitcode=0x00000300".
+pub const TEST_PANIC_EXIT_CODE: i32 = 3;
+
+/// Signals PID 1 handles: child exits, and the three ways to ask for a
+/// shutdown (SIGTERM; SIGPWR, the power-failure convention; SIGINT, which
+/// the kernel sends on ctrl-alt-del once CAD is off).
+pub const HANDLED_SIGNALS: [libc::c_int; 4] =
+    [libc::SIGCHLD, libc::SIGTERM, libc::SIGPWR, libc::SIGINT];
+
+/// Rate limiting of /dev/kmsg writers (`on`, `off` or `ratelimit`).
+const PRINTK_DEVKMSG: &str = "/proc/sys/kernel/printk_devkmsg";
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("Failed to set up the signalfd")]
+    Signals(#[source] io::Error),
+    #[error("Failed to read a signal")]
+    ReadSignal(#[source] io::Error),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error(transparent)]
+    Reaper(#[from] ReaperError),
+    #[error(transparent)]
+    Shutdown(#[from] ShutdownError),
+}
+
+/// Whether this process is PID 1 (of the guest, or of a PID namespace).
+pub fn is_pid1() -> bool {
+    sys::getpid() == 1
+}
+
+/// What the main loop does on a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalAction {
+    Reap,
+    PowerOff(&'static str),
+    Ignore,
+}
+
+/// Maps a signal number to what PID 1 does about it.
+pub fn action_for_signal(signal: libc::c_int) -> SignalAction {
+    match signal {
+        libc::SIGCHLD => SignalAction::Reap,
+        libc::SIGTERM => SignalAction::PowerOff("SIGTERM"),
+        libc::SIGPWR => SignalAction::PowerOff("SIGPWR"),
+        libc::SIGINT => SignalAction::PowerOff("SIGINT (ctrl-alt-del)"),
+        _ => SignalAction::Ignore,
+    }
+}
+
+/// Runs the agent as PID 1. Returns only when PID 1 is meant to exit (the
+/// `husk.test=panic` hook), with the exit code, or on a fatal error; both end
+/// in a kernel panic.
+pub fn run() -> Result<i32, InitError> {
+    // Block the signals first so none sent during boot is lost: unblocked,
+    // the kernel drops signals to init that init does not handle.
+    let signals = SignalFd::new(&HANDLED_SIGNALS).map_err(InitError::Signals)?;
+
+    // Before opening any other file, so a closed stdio slot is not taken.
+    if let Err(e) = console::ensure_stdio() {
+        // /dev/console may only appear with devtmpfs; retried below.
+        debug!("{}", error_chain(&e));
+    }
+
+    let outcomes = mounts::mount_all(&mut SysMountOps, GUEST_MOUNTS)?;
+
+    match console::ensure_stdio() {
+        Ok(fds) if !fds.is_empty() => debug!("Stdio {fds:?} now on {}", console::CONSOLE),
+        Ok(_) => {}
+        Err(e) => warn!("{}", error_chain(&e)),
+    }
+    // Unlimited, so /dev/kmsg keeps every line: the kernel silently drops
+    // rate-limited records, and lines it echoes are not written twice.
+    if let Err(e) = std::fs::write(PRINTK_DEVKMSG, "on") {
+        debug!("Failed to write {PRINTK_DEVKMSG}: {e}");
+    }
+    if let Err(e) = log::attach_kmsg() {
+        warn!("{}", error_chain(&e));
+    }
+
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_else(|e| {
+        warn!("Failed to read /proc/cmdline: {e}");
+        String::new()
+    });
+    let (config, warnings) = config::parse_cmdline(&cmdline);
+    log::set_level(config.log_level);
+    for w in &warnings {
+        warn!("{w}");
+    }
+    for (spec, outcome) in &outcomes {
+        match outcome {
+            MountOutcome::Mounted => debug!("Mounted {} on {}", spec.fstype, spec.target),
+            MountOutcome::AlreadyMounted => {
+                debug!("{} already mounted on {}", spec.fstype, spec.target)
+            }
+            MountOutcome::Failed(e) => warn!("{}", error_chain(e)),
+        }
+    }
+
+    if let Err(e) = shutdown::route_ctrl_alt_del_to_init() {
+        warn!("{}", error_chain(&e));
+    }
+
+    let reaper = Reaper::new();
+    reap(&reaper)?;
+
+    console::print_line(&ReadyInfo::collect().line());
+
+    match config.test {
+        Some(TestAction::PowerOff) => {
+            console::print_line("husk-agent: powering off");
+            return power_off().map(|never| match never {});
+        }
+        Some(TestAction::Panic) => {
+            console::print_line("husk-agent: exiting to test kernel panic");
+            return Ok(TEST_PANIC_EXIT_CODE);
+        }
+        None => {}
+    }
+
+    main_loop(&signals, &reaper).map(|never| match never {})
+}
+
+/// Waits for signals forever: reaps on SIGCHLD, powers off on a shutdown
+/// signal.
+fn main_loop(signals: &SignalFd, reaper: &Reaper) -> Result<Infallible, InitError> {
+    loop {
+        let signal = signals.read_signal().map_err(InitError::ReadSignal)?;
+        match action_for_signal(signal) {
+            SignalAction::Reap => reap(reaper)?,
+            SignalAction::PowerOff(why) => {
+                console::print_line(&format!("husk-agent: powering off on {why}"));
+                return power_off();
+            }
+            SignalAction::Ignore => debug!("Ignoring signal {signal}"),
+        }
+    }
+}
+
+fn reap(reaper: &Reaper) -> Result<(), InitError> {
+    for r in reaper.reap(&mut SysWait)? {
+        if !r.forwarded {
+            debug!("Reaped orphan {}: {}", r.pid, r.exit);
+        }
+    }
+    Ok(())
+}
+
+fn power_off() -> Result<Infallible, InitError> {
+    Ok(shutdown::power_off()?)
+}
+
+/// `error: cause: cause` on one line, for log messages.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_actions() {
+        assert_eq!(action_for_signal(libc::SIGCHLD), SignalAction::Reap);
+        for sig in [libc::SIGTERM, libc::SIGPWR, libc::SIGINT] {
+            assert!(matches!(action_for_signal(sig), SignalAction::PowerOff(_)));
+        }
+        assert_eq!(action_for_signal(libc::SIGHUP), SignalAction::Ignore);
+        assert!(HANDLED_SIGNALS
+            .iter()
+            .all(|&s| action_for_signal(s) != SignalAction::Ignore));
+    }
+
+    #[test]
+    fn error_chains_on_one_line() {
+        let e = InitError::Signals(io::Error::from_raw_os_error(libc::EPERM));
+        assert!(error_chain(&e).starts_with("Failed to set up the signalfd: "));
+        assert!(error_chain(&e).contains("Operation not permitted"));
+    }
+
+    #[test]
+    fn not_pid1_in_tests() {
+        assert!(!is_pid1());
+    }
+}

@@ -1,0 +1,15 @@
+//! husk-agent: PID 1 of the husk guest.
+//!
+//! For now the agent is a minimal init: it mounts the guest's file systems,
+//! prints a ready line on the console, reaps orphans and powers the VM off
+//! on request. The ttrpc agent API is served from this crate later.
+//!
+//! - [`init`]: PID 1 duties (mounts, console, reaping, shutdown).
+//! - [`config`]: `husk.*` keys of the kernel command line.
+//! - [`log`]: leveled log lines to the console and /dev/kmsg.
+//! - [`sys`]: the raw system calls, wrapped.
+
+pub mod config;
+pub mod init;
+pub mod log;
+pub mod sys;
