@@ -14,8 +14,7 @@ use crate::arch::x86_64::memory::E820Entry;
 
 /// The command line the VMM always passes: serial console, reset through the i8042 (which
 /// the VMM treats as the guest powering off), reboot at once on panic.
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 \
-     i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
