@@ -1,0 +1,50 @@
+# husk: `make demo` runs the main job, `make test` the whole suite. Both install what they
+# need on a fresh Debian 12 machine (run as root).
+SHELL := /bin/bash
+.DEFAULT_GOAL := demo
+
+GUEST   := build/guest
+MUSL    := x86_64-unknown-linux-musl
+AGENT   := target/$(MUSL)/release/husk-agent
+CARGO   ?= cargo
+
+.PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench clean
+
+deps:
+	scripts/install-deps.sh
+
+kernel: deps
+	guest-image/build-kernel.sh $(GUEST)
+
+agent: deps
+	$(CARGO) build --release -p husk-agent --target $(MUSL)
+
+initramfs: agent
+	$(CARGO) run -q --release -p husk-guest-image -- --agent $(AGENT) --out $(GUEST)/initramfs.cpio
+
+image: kernel initramfs
+
+vmm: deps
+	$(CARGO) build --release -p husk-vmm -p husk-tests --bins
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: deps
+	$(CARGO) test --workspace
+
+integration: image vmm
+	scripts/integration.sh
+
+test: deps lint unit integration
+
+demo: image vmm
+	scripts/demo.sh
+
+bench: image vmm
+	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-boot --runs $${RUNS:-10}
+
+clean:
+	$(CARGO) clean
+	rm -rf build

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs everything husk's build, demo and tests need on a Debian 12 machine (as root).
+# Idempotent and quick when all is already there: only missing packages are installed.
+set -euo pipefail
+
+packages=(
+    # guest kernel build
+    linux-source-6.1 bc bison flex libelf-dev libssl-dev cpio xz-utils zstd
+    # test host and the microvm peer in the boot benchmark
+    qemu-system-x86 busybox-static kmod
+    # build tools
+    build-essential pkg-config
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "install-deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    # A fresh machine has no package lists yet.
+    if ! apt-get install -y -q "${missing[@]}" >/tmp/husk-apt.log 2>&1; then
+        apt-get update -q >>/tmp/husk-apt.log 2>&1
+        apt-get install -y -q "${missing[@]}" >>/tmp/husk-apt.log 2>&1 || {
+            tail -30 /tmp/husk-apt.log >&2
+            echo "install-deps: apt-get install failed (log: /tmp/husk-apt.log)" >&2
+            exit 1
+        }
+    fi
+fi
+
+# The agent is a static musl binary.
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+    echo "install-deps: adding the x86_64-unknown-linux-musl target" >&2
+    rustup target add x86_64-unknown-linux-musl >&2
+fi

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Builds and runs husk's integration tests (crate tests/, all of them, including the
+# #[ignore]d ones that boot guests) against the release binaries and the guest image,
+# where KVM can boot a standard guest (scripts/in-kvm.sh). HUSK_REQUIRE_KVM=1 makes a
+# guest-booting test fail, not skip, if KVM turns out unusable there.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+cd "$root"
+
+# Build the test executables on this machine (fast) and list them.
+bins=$(cargo test -p husk-tests --release --no-run 2>&1 | tee /dev/stderr |
+    sed -n 's/^ *Executable .*(\(.*\))$/\1/p')
+[ -n "$bins" ] || { echo "integration: no test executables were built" >&2; exit 1; }
+
+runner=$(mktemp /tmp/husk-integration.XXXXXX)
+trap 'rm -f "$runner"' EXIT
+{
+    echo 'set -u; cd "$1"; shift; passed=0; failed=0'
+    echo 'for t in "$@"; do'
+    echo '  echo "=== $t"'
+    # One guest at a time: under emulation two nested guests starve each other.
+    echo '  if out=$("$t" --include-ignored --test-threads=1 2>&1); then s=0; else s=$?; fi'
+    echo '  printf "%s\n" "$out"'
+    echo '  p=$(printf "%s\n" "$out" | sed -n "s/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p" | awk "{s+=\$1} END {print s+0}")'
+    echo '  f=$(printf "%s\n" "$out" | sed -n "s/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p" | awk "{s+=\$1} END {print s+0}")'
+    echo '  passed=$((passed + p)); failed=$((failed + f))'
+    echo '  if [ "$s" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); echo "integration: $t exited $s"; fi'
+    echo 'done'
+    echo 'echo "integration: $passed passed, $failed failed"'
+    echo '[ "$failed" -eq 0 ]'
+} >"$runner"
+
+export HUSK_REQUIRE_KVM=1
+# shellcheck disable=SC2086
+"$root/scripts/in-kvm.sh" --timeout "${HUSK_INTEGRATION_TIMEOUT:-3000}" -- bash "$runner" "$root" $bins
