@@ -75,9 +75,7 @@ pub fn kvm_available(test: &str) -> bool {
             if std::env::var("HUSK_REQUIRE_KVM").as_deref() == Ok("1") {
                 panic!("{test}: HUSK_REQUIRE_KVM=1 but {reason}");
             }
-            eprintln!(
-                "SKIPPED {test}: {reason}; `make test` runs this test inside the test host"
-            );
+            eprintln!("SKIPPED {test}: {reason}; `make test` runs this test inside the test host");
             false
         }
     }

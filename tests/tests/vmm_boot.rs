@@ -40,7 +40,11 @@ fn vmlinux_boots_to_agent_ready_and_powers_off_cleanly() {
     let o = boot(&guest_kernel(), 1, "quiet husk.test=poweroff");
     assert_eq!(o.code(), Some(0), "{}", explain(&o));
     assert!(o.stdout.contains("husk-agent: ready"), "{}", explain(&o));
-    assert!(o.stdout.contains("husk-agent: powering off"), "{}", explain(&o));
+    assert!(
+        o.stdout.contains("husk-agent: powering off"),
+        "{}",
+        explain(&o)
+    );
     let uptime: u64 = ready_field(&o.stdout, "uptime_ms")
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no uptime in ready line\n{}", explain(&o)));
@@ -123,7 +127,12 @@ fn json_config_file_boots_the_same_guest() {
     .unwrap();
     let log = std::fs::read_to_string(&console).unwrap_or_default();
     std::fs::remove_dir_all(&dir).ok();
-    assert_eq!(o.code(), Some(0), "{}\n--- console file ---\n{log}", explain(&o));
+    assert_eq!(
+        o.code(),
+        Some(0),
+        "{}\n--- console file ---\n{log}",
+        explain(&o)
+    );
     assert!(o.stdout.is_empty(), "console went to the file, not stdout");
     assert_eq!(ready_field(&log, "cpus_online"), Some("0-1"), "{log}");
 }

@@ -21,7 +21,11 @@ fn temp(name: &str, contents: &[u8]) -> std::path::PathBuf {
 
 fn assert_clear_error(o: &Outcome, needle: &str) {
     assert_eq!(o.code(), Some(1), "stderr: {}", o.stderr);
-    assert!(o.stdout.is_empty(), "no guest output expected: {}", o.stdout);
+    assert!(
+        o.stdout.is_empty(),
+        "no guest output expected: {}",
+        o.stdout
+    );
     assert!(
         o.stderr.contains("husk-vmm: error:") && o.stderr.contains(needle),
         "expected {needle:?} in: {}",
@@ -65,7 +69,10 @@ fn bad_config_file() {
     let o = vmm(&["--config", c.to_str().unwrap()]);
     assert_clear_error(&o, "unknown field `memory`");
     let c = temp("garbage.json", b"\x00\x01 not json");
-    assert_clear_error(&vmm(&["--config", c.to_str().unwrap()]), "Invalid config file");
+    assert_clear_error(
+        &vmm(&["--config", c.to_str().unwrap()]),
+        "Invalid config file",
+    );
 }
 
 #[test]

@@ -93,16 +93,26 @@ fn husk_cmd() -> Command {
 
 fn qemu_cmd(qemu: &str) -> Command {
     let mut c = Command::new(qemu);
-    c.args(["-M", "microvm,x-option-roms=off,rtc=off", "-accel", "kvm", "-cpu", "host"])
-        .args(["-smp", "1", "-m", "256", "-nodefaults", "-no-user-config"])
-        .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
-        .arg("-kernel")
-        .arg(guest_kernel())
-        .arg("-initrd")
-        .arg(guest_initramfs())
-        // Same command line as husk-vmm gives; microvm has no i8042, so the guest's reset
-        // falls back to a triple fault, which -no-reboot turns into QEMU exiting.
-        .args(["-append", &format!("console=ttyS0 reboot=k panic=-1 {GUEST_CMDLINE}")]);
+    c.args([
+        "-M",
+        "microvm,x-option-roms=off,rtc=off",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+    ])
+    .args(["-smp", "1", "-m", "256", "-nodefaults", "-no-user-config"])
+    .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+    .arg("-kernel")
+    .arg(guest_kernel())
+    .arg("-initrd")
+    .arg(guest_initramfs())
+    // Same command line as husk-vmm gives; microvm has no i8042, so the guest's reset
+    // falls back to a triple fault, which -no-reboot turns into QEMU exiting.
+    .args([
+        "-append",
+        &format!("console=ttyS0 reboot=k panic=-1 {GUEST_CMDLINE}"),
+    ]);
     c
 }
 
@@ -171,14 +181,8 @@ fn main() -> anyhow::Result<()> {
         hr.as_secs_f64() / qr.as_secs_f64(),
         he.as_secs_f64() / qe.as_secs_f64()
     );
-    let vmm_exits: Vec<u64> = exits
-        .iter()
-        .filter_map(|s| field(s, "vmm_exits"))
-        .collect();
-    let kvm_exits: Vec<u64> = exits
-        .iter()
-        .filter_map(|s| field(s, "kvm_exits"))
-        .collect();
+    let vmm_exits: Vec<u64> = exits.iter().filter_map(|s| field(s, "vmm_exits")).collect();
+    let kvm_exits: Vec<u64> = exits.iter().filter_map(|s| field(s, "kvm_exits")).collect();
     if !vmm_exits.is_empty() {
         println!(
             "  husk-vmm exits per boot (median): to the VMM {}, all KVM exits {}",
