@@ -5,9 +5,12 @@ use std::io::Write;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
+use event_manager::EventManager;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::{layout, memory, mptable};
@@ -15,6 +18,7 @@ use crate::boot;
 use crate::config::{ConfigError, ConsoleConfig, VmConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{self, ConsoleSink, GuestPanic, I8042};
+use crate::devices::manager::{DeviceManager, DeviceManagerError, Subscriber};
 use crate::vcpu::{ExitCounters, Vcpu, VcpuContext, VcpuError};
 
 /// Errors building or running a VM.
@@ -32,6 +36,12 @@ pub enum VmError {
     Setup(&'static str, #[source] kvm_ioctls::Error),
     #[error("Cannot allocate {0} MiB of guest memory")]
     Memory(u64, #[source] vm_memory::mmap::FromRangesError),
+    #[error("Cannot create the guest memory file")]
+    MemoryFile(#[source] std::io::Error),
+    #[error(transparent)]
+    Devices(#[from] DeviceManagerError),
+    #[error("Cannot start the device event loop thread")]
+    EventThread(#[source] std::io::Error),
     #[error("Cannot write the MP table")]
     Mptable(#[from] mptable::MptableError),
     #[error("Cannot write to guest memory")]
@@ -91,6 +101,7 @@ pub struct Vm {
     events: Receiver<VmEvent>,
     serial: Arc<Mutex<legacy::Serial>>,
     panic: GuestPanic,
+    event_manager: EventManager<Subscriber>,
 }
 
 impl Vm {
@@ -128,6 +139,7 @@ impl Vm {
             .map_err(|e| VmError::Setup("pit", e))?;
 
         let mem = create_memory(&vm_fd, config.memory_bytes())?;
+        let devices = DeviceManager::new()?;
 
         // Guest image: kernel, initramfs, command line, zero page, MP table.
         let kernel = boot::load_kernel(&mem, &config.kernel)?;
@@ -136,7 +148,7 @@ impl Vm {
             Some(path) => Some(boot::load_initramfs(&mem, path, &kernel, low_end)?),
             None => None,
         };
-        let cmdline = boot::build_cmdline(&config.cmdline)?;
+        let cmdline = boot::build_cmdline(&format!("{} {}", devices.cmdline(), config.cmdline))?;
         let params = boot::build_boot_params(
             kernel.setup_header,
             cmdline.len() + 1,
@@ -187,13 +199,14 @@ impl Vm {
             vcpus,
             ctx: VcpuContext {
                 pio: Arc::new(pio),
-                mmio: Arc::new(Bus::new()),
+                mmio: Arc::new(devices.mmio),
                 events: tx,
                 exits: Arc::new(ExitCounters::default()),
             },
             events,
             serial,
             panic,
+            event_manager: devices.event_manager,
         })
     }
 
@@ -206,8 +219,19 @@ impl Vm {
             events,
             serial,
             panic,
+            mut event_manager,
             ..
         } = self;
+        // Device work (queues, backends) runs on one thread of its own.
+        std::thread::Builder::new()
+            .name("vmm-events".into())
+            .spawn(move || loop {
+                if let Err(e) = event_manager.run() {
+                    tracing::error!("device event loop failed: {e}");
+                    return;
+                }
+            })
+            .map_err(VmError::EventThread)?;
         for vcpu in vcpus {
             // The threads are not joined: a stopped VM ends the process, which ends them.
             vcpu.spawn(ctx.clone())?;
@@ -250,13 +274,23 @@ pub struct RunStats {
     pub kvm_exits: Option<u64>,
 }
 
+/// Guest RAM is one shared memfd, mapped region by region, so that vhost-user backends
+/// (virtiofsd) can map the same pages.
 fn create_memory(vm_fd: &VmFd, size: u64) -> Result<GuestMemoryMmap, VmError> {
-    let ranges: Vec<(GuestAddress, usize)> = memory::ram_ranges(size)
-        .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
-    let mem =
-        GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| VmError::Memory(size >> 20, e))?;
+    let file = memfd(size).map_err(VmError::MemoryFile)?;
+    let mut offset = 0;
+    let mut ranges = Vec::new();
+    for (start, len) in memory::ram_ranges(size) {
+        let fd = file.try_clone().map_err(VmError::MemoryFile)?;
+        ranges.push((
+            GuestAddress(start),
+            len as usize,
+            Some(FileOffset::new(fd, offset)),
+        ));
+        offset += len;
+    }
+    let mem = GuestMemoryMmap::<()>::from_ranges_with_files(ranges)
+        .map_err(|e| VmError::Memory(size >> 20, e))?;
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -271,6 +305,19 @@ fn create_memory(vm_fd: &VmFd, size: u64) -> Result<GuestMemoryMmap, VmError> {
             .map_err(|e| VmError::Setup("memory region", e))?;
     }
     Ok(mem)
+}
+
+fn memfd(size: u64) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the name is a NUL-terminated string; the call only creates a new fd.
+    let fd = unsafe { libc::memfd_create(c"husk-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new file descriptor that nothing else owns.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.set_len(size)?;
+    Ok(file)
 }
 
 fn console_output(console: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send>>, VmError> {

@@ -2,4 +2,5 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod manager;
 pub mod virtio;
