@@ -6,6 +6,7 @@ SHELL := /bin/bash
 GUEST   := build/guest
 MUSL    := x86_64-unknown-linux-musl
 AGENT   := target/$(MUSL)/release/husk-agent
+PROBE   := target/$(MUSL)/release/husk-guest-probe
 CARGO   ?= cargo
 
 .PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench clean
@@ -17,10 +18,11 @@ kernel: deps
 	guest-image/build-kernel.sh $(GUEST)
 
 agent: deps
-	$(CARGO) build --release -p husk-agent --target $(MUSL)
+	$(CARGO) build --release -p husk-agent -p husk-guest-probe --target $(MUSL)
 
 initramfs: agent
 	$(CARGO) run -q --release -p husk-guest-image -- --agent $(AGENT) --out $(GUEST)/initramfs.cpio
+	$(CARGO) run -q --release -p husk-guest-image -- --agent $(PROBE) --out $(GUEST)/probe-initramfs.cpio
 
 image: kernel initramfs
 

@@ -2,6 +2,8 @@
 //! the guest image are, whether this machine's KVM can boot a standard guest, and running
 //! a process under a watchdog.
 
+pub mod guest;
+
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,340 @@
+//! husk-guest-probe: PID 1 of the device-test initramfs. Mounts /proc, /sys and /dev,
+//! listens on vsock port [`PROBE_PORT`] and serves one command per connection (the
+//! protocol is in the library docs), so host tests can drive vsock, virtio-fs and
+//! virtio-blk from outside. Prints `husk-probe: ready` on the console when listening.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use husk_guest_probe::{Hasher, Stream, PROBE_PORT};
+
+const HOST_CID: u32 = 2;
+const MAX_LINE: usize = 4096;
+
+fn main() {
+    for (fstype, target) in [("proc", "/proc"), ("sysfs", "/sys"), ("devtmpfs", "/dev")] {
+        let _ = std::fs::create_dir_all(target);
+        if let Err(e) = mount(fstype, fstype, target, "") {
+            say(&format!("husk-probe: mount {target}: {e}"));
+        }
+    }
+    let listener = match vsock_listen(PROBE_PORT) {
+        Ok(l) => l,
+        Err(e) => {
+            say(&format!(
+                "husk-probe: cannot listen on vsock port {PROBE_PORT}: {e}"
+            ));
+            power_off();
+        }
+    };
+    say("husk-probe: ready");
+    loop {
+        // SAFETY: accept4 on our listening socket; null address pointers are allowed.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            say(&format!(
+                "husk-probe: accept: {}",
+                io::Error::last_os_error()
+            ));
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        // SAFETY: `fd` is a new connected socket that nothing else owns.
+        let conn = unsafe { File::from_raw_fd(fd) };
+        std::thread::spawn(move || serve(conn));
+    }
+}
+
+fn say(msg: &str) {
+    // The console is our stdout; /dev/kmsg would also reach it, but plainly is enough.
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{msg}");
+    let _ = out.flush();
+}
+
+fn power_off() -> ! {
+    // SAFETY: sync and reboot take no pointers; as PID 1 we may restart the machine, which
+    // with reboot=k is the VMM's clean exit.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn serve(mut conn: File) {
+    let line = match read_line(&mut conn) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = writeln!(conn, "ERR bad command line: {e}");
+            return;
+        }
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let result = run(&mut conn, &words);
+    match result {
+        Ok(Some(reply)) => {
+            let _ = conn.write_all(reply.as_bytes());
+        }
+        Ok(None) => {}
+        Err(e) => {
+            let _ = writeln!(conn, "ERR {e}");
+        }
+    }
+    if words.first() == Some(&"POWEROFF") {
+        drop(conn);
+        power_off();
+    }
+}
+
+fn arg<T: std::str::FromStr>(words: &[&str], i: usize) -> io::Result<T> {
+    words
+        .get(i)
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("argument {i}")))
+}
+
+fn run(conn: &mut File, words: &[&str]) -> io::Result<Option<String>> {
+    match words.first().copied().unwrap_or("") {
+        "SINK" => {
+            let mut h = Hasher::default();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = conn.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            Ok(Some(format!("OK {} {}\n", h.bytes(), h.value())))
+        }
+        "SOURCE" => {
+            send_stream(conn, arg(words, 1)?, arg(words, 2)?)?;
+            Ok(None)
+        }
+        "ECHO" => {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = conn.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                conn.write_all(&buf[..n])?;
+            }
+        }
+        "DIAL" => {
+            let (port, n, seed): (u32, u64, u64) = (arg(words, 1)?, arg(words, 2)?, arg(words, 3)?);
+            let mut out = vsock_connect(HOST_CID, port)?;
+            send_stream(&mut out, n, seed)?;
+            Ok(Some(format!("OK {n}\n")))
+        }
+        "MOUNT" => {
+            let data = words.get(4).copied().unwrap_or("");
+            let target: String = arg(words, 3)?;
+            std::fs::create_dir_all(&target)?;
+            mount(
+                words.get(2).copied().unwrap_or(""),
+                words.get(1).copied().unwrap_or(""),
+                &target,
+                data,
+            )?;
+            Ok(Some("OK\n".into()))
+        }
+        "UMOUNT" => {
+            let target = CString::new(words.get(1).copied().unwrap_or(""))?;
+            // SAFETY: a valid NUL-terminated path.
+            if unsafe { libc::umount(target.as_ptr()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(Some("OK\n".into()))
+        }
+        "SYNC" => {
+            // SAFETY: no arguments.
+            unsafe { libc::sync() };
+            Ok(Some("OK\n".into()))
+        }
+        "READ" => {
+            let data = std::fs::read(words.get(1).copied().unwrap_or(""))?;
+            conn.write_all(format!("OK {}\n", data.len()).as_bytes())?;
+            conn.write_all(&data)?;
+            Ok(None)
+        }
+        "WRITE" => {
+            let len: usize = arg(words, 2)?;
+            let mut data = vec![0u8; len.min(64 << 20)];
+            conn.read_exact(&mut data)?;
+            let mut f = File::create(words.get(1).copied().unwrap_or(""))?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            Ok(Some("OK\n".into()))
+        }
+        "WAITFILE" => {
+            let path = words.get(1).copied().unwrap_or("");
+            let secs: u64 = arg(words, 2)?;
+            let start = Instant::now();
+            while !Path::new(path).exists() {
+                if start.elapsed() > Duration::from_secs(secs) {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "no such file yet"));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(Some("OK\n".into()))
+        }
+        "HASHFILE" => {
+            let mut f = File::open(words.get(1).copied().unwrap_or(""))?;
+            let mut h = Hasher::default();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            Ok(Some(format!("OK {} {}\n", h.bytes(), h.value())))
+        }
+        "FIND" => Ok(Some(format!(
+            "OK {}\n",
+            count_entries(Path::new(words.get(1).copied().unwrap_or("")))?
+        ))),
+        "POWEROFF" => Ok(Some("OK\n".into())),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unknown command {other:?}"),
+        )),
+    }
+}
+
+fn count_entries(dir: &Path) -> io::Result<u64> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        n += 1;
+        if entry.file_type()?.is_dir() {
+            n += count_entries(&entry.path())?;
+        }
+    }
+    Ok(n)
+}
+
+fn send_stream(out: &mut File, n: u64, seed: u64) -> io::Result<()> {
+    let mut s = Stream::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(buf.len() as u64) as usize;
+        s.fill(&mut buf[..k]);
+        out.write_all(&buf[..k])?;
+        left -= k as u64;
+    }
+    // SAFETY: shutdown on our own connected socket.
+    unsafe { libc::shutdown(out.as_raw_fd(), libc::SHUT_WR) };
+    Ok(())
+}
+
+fn read_line(conn: &mut File) -> io::Result<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        if conn.read(&mut b)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "EOF before newline",
+            ));
+        }
+        if b[0] == b'\n' {
+            break;
+        }
+        if line.len() >= MAX_LINE {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+        }
+        line.push(b[0]);
+    }
+    String::from_utf8(line).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
+}
+
+fn mount(source: &str, fstype: &str, target: &str, data: &str) -> io::Result<()> {
+    let c = |s: &str| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let (source, fstype, target, data) = (c(source)?, c(fstype)?, c(target)?, c(data)?);
+    // SAFETY: all four are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    addr
+}
+
+fn vsock_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+    let fd = vsock_socket()?;
+    let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
+    // SAFETY: `addr` is a valid sockaddr_vm of the size we pass.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    // SAFETY: listen on our own bound socket.
+    if rc != 0 || unsafe { libc::listen(fd.as_raw_fd(), 128) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn vsock_connect(cid: u32, port: u32) -> io::Result<File> {
+    let fd = vsock_socket()?;
+    let addr = vsock_addr(cid, port);
+    // SAFETY: `addr` is a valid sockaddr_vm of the size we pass.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(File::from(fd))
+}

@@ -1,0 +1,275 @@
+//! A running husk-vmm guest for device tests: the probe initramfs as /init, a hybrid vsock
+//! device whose host socket lives in a private temp dir, optional virtio-fs and virtio-blk
+//! devices, the console in a file, and a watchdog (every call has a deadline; dropping the
+//! guest kills it).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{boot_timeout, guest_kernel, kill_group, require_file, vmm_bin, workspace_root};
+
+/// The probe initramfs (`HUSK_PROBE_INITRAMFS`, default `build/guest/probe-initramfs.cpio`).
+pub fn probe_initramfs() -> PathBuf {
+    std::env::var_os("HUSK_PROBE_INITRAMFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/guest/probe-initramfs.cpio"))
+}
+
+/// A private scratch directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Result<Self> {
+        let base = std::env::var_os("HUSK_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!(
+            "husk-{name}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ rand_u64()
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_u64() -> u128 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    u128::from(u64::from_le_bytes(b))
+}
+
+/// How to start a guest.
+#[derive(Default)]
+pub struct GuestOptions {
+    pub vcpus: u8,
+    pub memory_mib: u64,
+    /// Extra husk-vmm arguments (e.g. `--fs tag=...`, `--block path=...`).
+    pub args: Vec<String>,
+    /// Extra kernel command line.
+    pub cmdline: String,
+}
+
+/// A running guest.
+pub struct Guest {
+    child: Option<Child>,
+    pub dir: TempDir,
+    pub console: PathBuf,
+    pub vsock_uds: PathBuf,
+    pub stderr_path: PathBuf,
+    started: Instant,
+}
+
+impl Guest {
+    /// Starts husk-vmm with the probe initramfs and waits for `husk-probe: ready`.
+    pub fn start(opts: GuestOptions) -> Result<Self> {
+        for f in [vmm_bin(), guest_kernel(), probe_initramfs()] {
+            require_file(&f);
+        }
+        let dir = TempDir::new("guest")?;
+        let console = dir.path().join("console.log");
+        let stderr_path = dir.path().join("vmm.stderr");
+        let vsock_uds = dir.path().join("vsock.sock");
+        let mut cmd = Command::new(vmm_bin());
+        cmd.arg("--kernel")
+            .arg(guest_kernel())
+            .arg("--initramfs")
+            .arg(probe_initramfs())
+            .args(["--vcpus", &opts.vcpus.max(1).to_string()])
+            .args(["--memory", &opts.memory_mib.max(256).to_string()])
+            .arg("--console")
+            .arg(format!("file:{}", console.display()))
+            .arg("--vsock")
+            .arg(format!("cid=3,uds={}", vsock_uds.display()))
+            .args(&opts.args)
+            .args(["--cmdline", &format!("quiet {}", opts.cmdline)])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path)?);
+        let child = cmd.spawn().context("spawn husk-vmm")?;
+        let mut g = Self {
+            child: Some(child),
+            dir,
+            console,
+            vsock_uds,
+            stderr_path,
+            started: Instant::now(),
+        };
+        g.wait_console("husk-probe: ready", boot_timeout())?;
+        Ok(g)
+    }
+
+    /// The console so far.
+    pub fn console_text(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// The VMM's stderr so far.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Console and stderr, for failure messages.
+    pub fn explain(&self) -> String {
+        format!(
+            "--- console ---\n{}\n--- husk-vmm stderr ---\n{}",
+            self.console_text(),
+            self.stderr_text()
+        )
+    }
+
+    fn wait_console(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if self.console_text().contains(needle) {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "husk-vmm exited ({status}) before {needle:?}\n{}",
+                    self.explain()
+                );
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "watchdog: no {needle:?} after {timeout:?}\n{}",
+                    self.explain()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Opens a stream to guest `port` through the hybrid vsock socket (`CONNECT`/`OK`).
+    pub fn connect(&self, port: u32) -> Result<UnixStream> {
+        connect_vsock(&self.vsock_uds, port, boot_timeout())
+    }
+
+    /// Sends one probe command and returns its reply line (without the newline).
+    pub fn command(&self, line: &str) -> Result<String> {
+        let s = self.connect(husk_guest_probe::PROBE_PORT)?;
+        s.set_read_timeout(Some(boot_timeout()))?;
+        (&s).write_all(format!("{line}\n").as_bytes())?;
+        let mut reply = String::new();
+        BufReader::new(&s).read_line(&mut reply)?;
+        let reply = reply.trim_end().to_owned();
+        if !reply.starts_with("OK") {
+            bail!(
+                "probe command {line:?} answered {reply:?}\n{}",
+                self.explain()
+            );
+        }
+        Ok(reply)
+    }
+
+    /// Asks the probe to power off and waits for husk-vmm to exit; returns its exit code.
+    pub fn power_off(mut self) -> Result<i32> {
+        let _ = self.command("POWEROFF");
+        self.wait_exit(boot_timeout())
+    }
+
+    /// Waits for husk-vmm to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<i32> {
+        let start = Instant::now();
+        let child = self.child.as_mut().context("already waited")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return status
+                    .code()
+                    .with_context(|| format!("husk-vmm killed by a signal: {status}"));
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "watchdog: husk-vmm still running after {timeout:?}\n{}",
+                    self.explain()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill_group(c.id());
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The host side of a hybrid vsock connection: connect to the VMM's socket, send
+/// `CONNECT <port>`, expect `OK <hostport>`. Retries while the guest does not listen yet
+/// (the VMM closes the connection) until `timeout`.
+pub fn connect_vsock(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream> {
+    let start = Instant::now();
+    loop {
+        match try_connect_vsock(uds, port) {
+            Ok(s) => return Ok(s),
+            Err(e) if start.elapsed() > timeout => {
+                return Err(e.context(format!("vsock port {port} via {}", uds.display())))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// One attempt of [`connect_vsock`].
+pub fn try_connect_vsock(uds: &Path, port: u32) -> Result<UnixStream> {
+    let s = UnixStream::connect(uds)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    (&s).write_all(format!("CONNECT {port}\n").as_bytes())?;
+    // Read the reply byte by byte: what follows the newline is the guest's data.
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        if (&s).read(&mut b)? == 0 {
+            bail!("the VMM closed the connection (nobody listens on port {port})");
+        }
+        if b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+        if line.len() > 64 {
+            bail!("overlong reply to CONNECT");
+        }
+    }
+    let line = String::from_utf8_lossy(&line);
+    if !line.starts_with("OK ") {
+        bail!("unexpected reply to CONNECT: {line:?}");
+    }
+    s.set_read_timeout(None)?;
+    Ok(s)
+}
