@@ -12,6 +12,7 @@
 //! - `READ <path>`: `OK <len>\n` then the bytes. `WRITE <path> <len>\n<bytes>`: writes and
 //!   fsyncs. `WAITFILE <path> <secs>`: `OK` once the path exists.
 //! - `HASHFILE <path>`: `OK <bytes> <hash>`. `FIND <dir>`: `OK <entries>` (recursive).
+//! - `HOLD <secs>`: keeps the connection open without reading, then replies `OK`.
 //! - `POWEROFF`: replies `OK`, syncs and restarts the machine (the VMM's clean exit).
 //!
 //! Errors reply `ERR <message>`.

@@ -210,6 +210,11 @@ fn run(conn: &mut File, words: &[&str]) -> io::Result<Option<String>> {
             "OK {}\n",
             count_entries(Path::new(words.get(1).copied().unwrap_or("")))?
         ))),
+        "HOLD" => {
+            // Accept the connection and never read from it.
+            std::thread::sleep(Duration::from_secs(arg(words, 1)?));
+            Ok(Some("OK\n".into()))
+        }
         "POWEROFF" => Ok(Some("OK\n".into())),
         other => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -267,15 +272,27 @@ fn read_line(conn: &mut File) -> io::Result<String> {
 }
 
 fn mount(source: &str, fstype: &str, target: &str, data: &str) -> io::Result<()> {
+    // "ro" among the options is the MS_RDONLY flag; the rest goes to the filesystem.
+    let mut flags = 0;
+    let rest: Vec<&str> = data
+        .split(',')
+        .filter(|o| {
+            if *o == "ro" {
+                flags |= libc::MS_RDONLY;
+            }
+            !o.is_empty() && *o != "ro"
+        })
+        .collect();
+    let data = rest.join(",");
     let c = |s: &str| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-    let (source, fstype, target, data) = (c(source)?, c(fstype)?, c(target)?, c(data)?);
+    let (source, fstype, target, data) = (c(source)?, c(fstype)?, c(target)?, c(&data)?);
     // SAFETY: all four are valid NUL-terminated strings that outlive the call.
     let rc = unsafe {
         libc::mount(
             source.as_ptr(),
             target.as_ptr(),
             fstype.as_ptr(),
-            0,
+            flags,
             data.as_ptr().cast(),
         )
     };
