@@ -9,7 +9,7 @@ AGENT   := target/$(MUSL)/release/husk-agent
 PROBE   := target/$(MUSL)/release/husk-guest-probe
 CARGO   ?= cargo
 
-.PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench clean
+.PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench bench-devices clean
 
 deps:
 	scripts/install-deps.sh
@@ -46,6 +46,9 @@ demo: image vmm
 
 bench: image vmm
 	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-boot --runs $${RUNS:-10}
+
+bench-devices: image vmm
+	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-devices --mib $${MIB:-256} --files $${FILES:-10000}
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,235 @@
+//! Device benchmark: husk's hybrid vsock against a TCP loopback copy of the same size, and
+//! virtio-fs (real virtiofsd) against the same reads done directly on the host, all in the
+//! same place and run. Prints figures side by side; asserts nothing about time.
+//!
+//! Usage: husk-bench-devices [--mib N] [--files N]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use husk_guest_probe::{stream_hash, Hasher, Stream, PROBE_PORT};
+use husk_tests::guest::{Guest, GuestOptions, TempDir};
+use husk_tests::kill_group;
+
+const MIB: u64 = 1 << 20;
+
+fn send_stream(w: &mut impl Write, n: u64, seed: u64) -> Result<()> {
+    let mut s = Stream::new(seed);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(buf.len() as u64) as usize;
+        s.fill(&mut buf[..k]);
+        w.write_all(&buf[..k])?;
+        left -= k as u64;
+    }
+    Ok(())
+}
+
+fn hash_all(r: &mut impl Read) -> Result<Hasher> {
+    let mut h = Hasher::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h);
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+fn rate(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / MIB as f64 / d.as_secs_f64()
+}
+
+/// TCP loopback: one thread sends the stream, this one hashes it (the same work the guest
+/// and host do over vsock).
+fn tcp_copy(n: u64) -> Result<Duration> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    let t = Instant::now();
+    let sender = std::thread::spawn(move || -> Result<()> {
+        let mut s = TcpStream::connect(addr)?;
+        send_stream(&mut s, n, 5)?;
+        s.shutdown(Shutdown::Write)?;
+        Ok(())
+    });
+    let (mut c, _) = l.accept()?;
+    let h = hash_all(&mut c)?;
+    sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+    if h.bytes() != n || h.value() != stream_hash(n, 5) {
+        bail!("TCP copy corrupted");
+    }
+    Ok(t.elapsed())
+}
+
+fn vsock_up(g: &Guest, n: u64) -> Result<Duration> {
+    let mut s = g.connect(PROBE_PORT)?;
+    s.write_all(b"SINK\n")?;
+    let t = Instant::now();
+    send_stream(&mut s, n, 1)?;
+    s.shutdown(Shutdown::Write)?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let d = t.elapsed();
+    if reply.trim() != format!("OK {n} {}", stream_hash(n, 1)) {
+        bail!("guest checksum mismatch: {reply:?}");
+    }
+    Ok(d)
+}
+
+fn vsock_down(g: &Guest, n: u64) -> Result<Duration> {
+    let mut s = g.connect(PROBE_PORT)?;
+    s.write_all(format!("SOURCE {n} 2\n").as_bytes())?;
+    let t = Instant::now();
+    let h = hash_all(&mut s)?;
+    let d = t.elapsed();
+    if h.bytes() != n || h.value() != stream_hash(n, 2) {
+        bail!("host checksum mismatch");
+    }
+    Ok(d)
+}
+
+fn count_entries(dir: &Path) -> Result<u64> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        n += 1;
+        if e.file_type()?.is_dir() {
+            n += count_entries(&e.path())?;
+        }
+    }
+    Ok(n)
+}
+
+fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let opt = |name: &str, default: u64| -> u64 {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+            .unwrap_or(default)
+    };
+    let n = opt("--mib", 256) * MIB;
+    let files = opt("--files", 10_000);
+
+    // virtio-fs share: one big file and `files` small ones in 100 directories.
+    let shared = TempDir::new("bench-fs")?;
+    let sock = TempDir::new("bench-fs-sock")?;
+    let big = shared.path().join("big.bin");
+    send_stream(&mut std::fs::File::create(&big)?, n, 7)?;
+    for i in 0..files {
+        let d = shared.path().join(format!("tree/d{:03}", i % 100));
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(d.join(format!("f{i}")), b"x")?;
+    }
+    let socket = sock.path().join("vfs.sock");
+    let virtiofsd = std::env::var("HUSK_VIRTIOFSD").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        format!("{home}/.cargo/bin/virtiofsd")
+    });
+    let mut vfs = Command::new(&virtiofsd)
+        .arg(format!("--socket-path={}", socket.display()))
+        .arg(format!("--shared-dir={}", shared.path().display()))
+        .args(["--sandbox=none", "--cache=never"])
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {virtiofsd}"))?;
+    let start = Instant::now();
+    while !socket.exists() {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("virtiofsd did not create its socket");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let g = Guest::start(GuestOptions {
+        vcpus: 2,
+        memory_mib: 512,
+        args: vec![
+            "--fs".into(),
+            format!("tag=shared,socket={}", socket.display()),
+        ],
+        ..Default::default()
+    })?;
+    g.command("MOUNT virtiofs shared /mnt/shared")?;
+
+    println!(
+        "husk device benchmark ({} MiB transfers, {files} files)",
+        n / MIB
+    );
+    println!("{:<44} {:>12} {:>12}", "", "husk", "peer");
+    let tcp = tcp_copy(n)?;
+    let up = vsock_up(&g, n)?;
+    let down = vsock_down(&g, n)?;
+    println!(
+        "{:<44} {:>8.1} MiB/s {:>8.1} MiB/s (TCP loopback)",
+        "vsock host->guest",
+        rate(n, up),
+        rate(n, tcp)
+    );
+    println!(
+        "{:<44} {:>8.1} MiB/s {:>8.1} MiB/s (TCP loopback)",
+        "vsock guest->host",
+        rate(n, down),
+        rate(n, tcp)
+    );
+
+    drop_caches();
+    let t = Instant::now();
+    let reply = g.command("HASHFILE /mnt/shared/big.bin")?;
+    let guest_read = t.elapsed();
+    if reply != format!("OK {n} {}", stream_hash(n, 7)) {
+        bail!("virtio-fs read mismatch: {reply}");
+    }
+    drop_caches();
+    let t = Instant::now();
+    let h = hash_all(&mut std::fs::File::open(&big)?)?;
+    let host_read = t.elapsed();
+    if h.value() != stream_hash(n, 7) {
+        bail!("host read mismatch");
+    }
+    println!(
+        "{:<44} {:>8.1} MiB/s {:>8.1} MiB/s (host, same file)",
+        "virtio-fs sequential read (cache=never)",
+        rate(n, guest_read),
+        rate(n, host_read)
+    );
+
+    drop_caches();
+    let t = Instant::now();
+    let reply = g.command("FIND /mnt/shared/tree")?;
+    let guest_find = t.elapsed();
+    drop_caches();
+    let t = Instant::now();
+    let host_count = count_entries(&shared.path().join("tree"))?;
+    let host_find = t.elapsed();
+    if reply != format!("OK {host_count}") {
+        bail!("guest saw {reply}, host {host_count} entries");
+    }
+    println!(
+        "{:<44} {:>10.0} ms {:>10.0} ms (host, same tree) ratio {:.1}x",
+        format!("virtio-fs find ({host_count} entries)"),
+        guest_find.as_secs_f64() * 1e3,
+        host_find.as_secs_f64() * 1e3,
+        guest_find.as_secs_f64() / host_find.as_secs_f64()
+    );
+    let code = g.power_off()?;
+    kill_group(vfs.id());
+    let _ = vfs.kill();
+    let _ = vfs.wait();
+    if code != 0 {
+        bail!("husk-vmm exited {code}");
+    }
+    Ok(())
+}
