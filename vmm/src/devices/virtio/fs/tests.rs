@@ -46,8 +46,8 @@ fn config(vfsd: &Virtiofsd) -> FsConfig {
     }
 }
 
-/// Writes a FUSE_INIT request (fuse_in_header + fuse_init_in) at REQUEST_BUF.
-fn write_fuse_init(mem: &GuestMemoryMmap, unique: u64) {
+/// Writes a FUSE_INIT request (fuse_in_header + fuse_init_in) at `at`.
+fn write_fuse_init(mem: &GuestMemoryMmap, at: u64, unique: u64) {
     let mut req = Vec::new();
     // struct fuse_in_header
     req.extend((IN_HEADER_LEN + INIT_IN_LEN).to_le_bytes()); // len
@@ -64,7 +64,7 @@ fn write_fuse_init(mem: &GuestMemoryMmap, unique: u64) {
     req.extend(0x2_0000u32.to_le_bytes()); // max_readahead
     req.extend(0u32.to_le_bytes()); // flags
     assert_eq!(req.len() as u32, IN_HEADER_LEN + INIT_IN_LEN);
-    mem.write_slice(&req, GuestAddress(REQUEST_BUF)).unwrap();
+    mem.write_slice(&req, GuestAddress(at)).unwrap();
 }
 
 /// Runs the event loop until the interrupt line is raised, or panics after 10 s.
@@ -77,6 +77,83 @@ fn wait_for_interrupt(manager: &mut Manager, irq: &IrqTrigger) {
         );
         manager.run_with_timeout(100).unwrap();
     }
+}
+
+fn u32_le(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(buf[at..at + 4].try_into().unwrap())
+}
+
+/// Activates `fs` with fresh rings at `base` in `mem`, puts one FUSE_INIT on the request
+/// queue, kicks it as KVM would, runs the event loop until the interrupt, and checks
+/// virtiofsd's reply in the used ring. Returns the reply.
+fn fuse_init_round_trip(
+    fs: &Arc<Mutex<Fs>>,
+    manager: &mut Manager,
+    mem: &GuestMemoryMmap,
+    base: u64,
+    features: u64,
+    unique: u64,
+) -> Vec<u8> {
+    let hiprio = MockSplitQueue::create(mem, GuestAddress(base + HIPRIO_RING), QUEUE_SIZE);
+    let request = MockSplitQueue::create(mem, GuestAddress(base + REQUEST_RING), QUEUE_SIZE);
+    let queues: Vec<Queue> = vec![
+        hiprio.create_queue().unwrap(),
+        request.create_queue().unwrap(),
+    ];
+    let irq = IrqTrigger::for_tests();
+    fs.lock()
+        .unwrap()
+        .activate(ActivateContext {
+            mem: mem.clone(),
+            queues,
+            irq: irq.clone(),
+            acked_features: features,
+        })
+        .expect("activation against virtiofsd");
+
+    // The driver side: one chain, the request readable, the reply buffer writable.
+    let (request_buf, reply_buf) = (base + REQUEST_BUF, base + REPLY_BUF);
+    write_fuse_init(mem, request_buf, unique);
+    let descs = [
+        RawDescriptor::from(SplitDescriptor::new(
+            request_buf,
+            IN_HEADER_LEN + INIT_IN_LEN,
+            VRING_DESC_F_NEXT as u16,
+            1,
+        )),
+        RawDescriptor::from(SplitDescriptor::new(
+            reply_buf,
+            REPLY_LEN,
+            VRING_DESC_F_WRITE as u16,
+            0,
+        )),
+    ];
+    request.add_desc_chains(&descs, 0).unwrap();
+    assert_eq!(request.avail().idx().load(), 1);
+
+    // The guest's QueueNotify: KVM would signal this eventfd through its ioeventfd.
+    fs.lock().unwrap().queue_events()[1].write(1).unwrap();
+    wait_for_interrupt(manager, &irq);
+
+    // virtiofsd put the chain in the used ring and wrote a successful FUSE_INIT reply.
+    assert_eq!(request.used().idx().load(), 1);
+    let used = request.used().ring().ref_at(0).unwrap().load();
+    let used_len = used.len() as usize;
+    assert_eq!(used.id(), 0);
+    assert!(
+        used_len >= OUT_HEADER_LEN + 8,
+        "short reply: {used_len} bytes"
+    );
+    let mut reply = vec![0u8; used_len];
+    mem.read_slice(&mut reply, GuestAddress(reply_buf)).unwrap();
+    let error = u32_le(&reply, 4) as i32;
+    assert_eq!(error, 0, "FUSE_INIT failed with errno {}", -error);
+    assert_eq!(u32_le(&reply, 0) as usize, used_len);
+    assert_eq!(u64::from_le_bytes(reply[8..16].try_into().unwrap()), unique);
+    // struct fuse_init_out: major, minor.
+    assert_eq!(u32_le(&reply, 16), FUSE_KERNEL_VERSION);
+    assert!(u32_le(&reply, 20) >= 1);
+    reply
 }
 
 #[test]
@@ -109,46 +186,13 @@ fn virtiofsd_handshake_and_fuse_init() {
     manager.add_subscriber(fs.clone());
 
     let mem = memfd_memory(&[(0, 0x10_0000)]);
-    let hiprio = MockSplitQueue::create(&mem, GuestAddress(HIPRIO_RING), QUEUE_SIZE);
-    let request = MockSplitQueue::create(&mem, GuestAddress(REQUEST_RING), QUEUE_SIZE);
-    let queues: Vec<Queue> = vec![
-        hiprio.create_queue().unwrap(),
-        request.create_queue().unwrap(),
-    ];
-    let irq = IrqTrigger::for_tests();
-    fs.lock()
-        .unwrap()
-        .activate(ActivateContext {
-            mem: mem.clone(),
-            queues,
-            irq: irq.clone(),
-            acked_features: features,
-        })
-        .expect("activation against virtiofsd");
-
-    // The driver side: one chain, the request readable, the reply buffer writable.
-    let unique = 0x4242;
-    write_fuse_init(&mem, unique);
-    let descs = [
-        RawDescriptor::from(SplitDescriptor::new(
-            REQUEST_BUF,
-            IN_HEADER_LEN + INIT_IN_LEN,
-            VRING_DESC_F_NEXT as u16,
-            1,
-        )),
-        RawDescriptor::from(SplitDescriptor::new(
-            REPLY_BUF,
-            REPLY_LEN,
-            VRING_DESC_F_WRITE as u16,
-            0,
-        )),
-    ];
-    request.add_desc_chains(&descs, 0).unwrap();
-    assert_eq!(request.avail().idx().load(), 1);
-
-    // The guest's QueueNotify: KVM would signal this eventfd through its ioeventfd.
-    fs.lock().unwrap().queue_events()[1].write(1).unwrap();
-    wait_for_interrupt(&mut manager, &irq);
+    let reply = fuse_init_round_trip(&fs, &mut manager, &mem, 0, features, 0x4242);
+    println!(
+        "virtiofsd answered FUSE_INIT: {} bytes, FUSE {}.{}",
+        reply.len(),
+        u32_le(&reply, 16),
+        u32_le(&reply, 20)
+    );
     assert!(
         fs.lock()
             .unwrap()
@@ -158,35 +202,20 @@ fn virtiofsd_handshake_and_fuse_init() {
             >= 1
     );
 
-    // virtiofsd put the chain in the used ring and wrote a successful FUSE_INIT reply.
-    assert_eq!(request.used().idx().load(), 1);
-    let used = request.used().ring().ref_at(0).unwrap().load();
-    let used_len = used.len() as usize;
-    assert_eq!(used.id(), 0);
-    assert!(
-        used_len >= OUT_HEADER_LEN + 8,
-        "short reply: {used_len} bytes"
-    );
-    let mut reply = vec![0u8; used_len];
-    mem.read_slice(&mut reply, GuestAddress(REPLY_BUF)).unwrap();
-    let u32_at = |i: usize| u32::from_le_bytes(reply[i..i + 4].try_into().unwrap());
-    let (len, error) = (u32_at(0) as usize, u32_at(4) as i32);
-    let reply_unique = u64::from_le_bytes(reply[8..16].try_into().unwrap());
-    assert_eq!(error, 0, "FUSE_INIT failed with errno {}", -error);
-    assert_eq!(len, used_len);
-    assert_eq!(reply_unique, unique);
-    // struct fuse_init_out: major, minor.
-    assert_eq!(u32_at(16), FUSE_KERNEL_VERSION);
-    assert!(u32_at(20) >= 1);
-    println!(
-        "virtiofsd answered FUSE_INIT: {used_len} bytes, FUSE {}.{}",
-        u32_at(16),
-        u32_at(20)
-    );
-
-    // A driver reset stops the rings in virtiofsd.
+    // A driver reset stops the rings in virtiofsd; the driver can then start over with
+    // new rings (a module reload in the guest), and virtiofsd serves those.
     assert!(fs.lock().unwrap().reset());
     assert!(!fs.lock().unwrap().is_active());
+    fuse_init_round_trip(&fs, &mut manager, &mem, 0x8_0000, features, 0x4343);
+    assert_eq!(
+        fs.lock()
+            .unwrap()
+            .metrics()
+            .activations
+            .load(Ordering::Relaxed),
+        2
+    );
+    assert!(fs.lock().unwrap().reset());
 
     // virtiofsd dies: noticed on the event loop, and the device stops talking to it.
     vfsd.kill();
