@@ -14,9 +14,11 @@
 //! keeps an activation eventfd of its own, written by `activate` and handled in `process`.
 //! Guest memory is backed by a shared memfd (`GuestRegionMmap::file_offset()` is set), so
 //! vhost-user backends can map it. No device offers VIRTIO_RING_F_EVENT_IDX: every used
-//! buffer batch raises the interrupt with [`IrqTrigger::trigger`]`(INT_VRING)`.
+//! buffer batch raises the interrupt with [`IrqTrigger::trigger`]`(INT_VRING)`. (virtio-fs
+//! is the exception: virtiofsd does the queue work, including EVENT_IDX, itself.)
 
 // Device modules are declared here as they land: block, fs, mmio, vsock.
+pub mod fs;
 pub mod mmio;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,425 @@
+//! The virtio-fs device as the transport sees it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::vhost_user::{Backend, FsError, REQUEST_TIMEOUT};
+use super::{FsConfig, CONFIG_SPACE_LEN};
+use crate::devices::virtio::{
+    check_queues, read_config_bytes, ActivateContext, ActivateError, IrqTrigger, VirtioDevice,
+    TYPE_FS,
+};
+
+/// Counters of one virtio-fs device.
+#[derive(Debug, Default)]
+pub struct FsMetrics {
+    /// Interrupts raised for the backend's used buffers.
+    pub interrupts: AtomicU64,
+    /// Successful activations (the driver set DRIVER_OK).
+    pub activations: AtomicU64,
+}
+
+/// A virtio-fs device backed by a virtiofsd process over vhost-user.
+pub struct Fs {
+    tag: String,
+    socket: PathBuf,
+    config_space: [u8; CONFIG_SPACE_LEN],
+    queue_sizes: Vec<u16>,
+    /// Kick eventfds: KVM signals them on QueueNotify, virtiofsd waits on them. Never ours
+    /// to read.
+    queue_evts: Vec<EventFd>,
+    /// Call eventfds: virtiofsd signals them when it used buffers; the event loop turns
+    /// them into interrupts.
+    pub(super) call_evts: Vec<EventFd>,
+    pub(super) backend: Backend,
+    avail_features: u64,
+    /// The interrupt line while the device is active.
+    pub(super) irq: Option<Arc<IrqTrigger>>,
+    /// The backend hung up or stopped answering: we no longer talk to it.
+    broken: bool,
+    pub(super) metrics: Arc<FsMetrics>,
+}
+
+impl Fs {
+    /// Connects to the virtiofsd listening on `config.socket` and negotiates with it.
+    pub fn new(config: &FsConfig) -> Result<Self, FsError> {
+        config.validate()?;
+        let num_queues = config.num_queues();
+        let backend = Backend::connect(&config.socket, num_queues, REQUEST_TIMEOUT)?;
+        let new_evts = || {
+            (0..num_queues)
+                .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(FsError::EventFd)
+        };
+        Ok(Self {
+            tag: config.tag.clone(),
+            socket: config.socket.clone(),
+            config_space: config.config_space(),
+            queue_sizes: vec![config.queue_size; num_queues],
+            queue_evts: new_evts()?,
+            call_evts: new_evts()?,
+            avail_features: backend.guest_features(),
+            backend,
+            irq: None,
+            broken: false,
+            metrics: Arc::new(FsMetrics::default()),
+        })
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    pub fn metrics(&self) -> Arc<FsMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Whether the backend is gone (the guest's file system no longer works).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.irq.is_some()
+    }
+
+    /// Stops talking to the backend, logging why once.
+    pub(super) fn mark_broken(&mut self, why: &str) {
+        if !self.broken {
+            self.broken = true;
+            tracing::error!(
+                tag = %self.tag,
+                socket = %self.socket.display(),
+                "virtio-fs: the vhost-user backend (virtiofsd) is gone ({why}); \
+                 the guest's file system on this tag no longer works"
+            );
+        }
+    }
+
+    fn backend_failed(&mut self, e: &FsError) -> String {
+        let msg = error_chain(e);
+        if e.breaks_connection() {
+            self.mark_broken(&msg);
+        }
+        format!("virtiofsd at {}: {msg}", self.socket.display())
+    }
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        TYPE_FS
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config_space, offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        check_queues(&ctx, self.queue_sizes.len())?;
+        if self.broken {
+            return Err(ActivateError::Backend(format!(
+                "virtiofsd at {} hung up",
+                self.socket.display()
+            )));
+        }
+        // Stale signals from before this activation must not raise an interrupt.
+        for evt in &self.call_evts {
+            let _ = evt.read();
+        }
+        let result = self.backend.activate(
+            &ctx.mem,
+            &ctx.queues,
+            &self.queue_evts,
+            &self.call_evts,
+            ctx.acked_features,
+        );
+        if let Err(e) = result {
+            return Err(match e {
+                FsError::BadQueue(i) => ActivateError::BadQueue(i),
+                e => ActivateError::Backend(self.backend_failed(&e)),
+            });
+        }
+        self.irq = Some(ctx.irq);
+        self.metrics.activations.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(tag = %self.tag, "virtio-fs: activated");
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        if self.irq.is_none() {
+            return true;
+        }
+        if self.broken {
+            return false;
+        }
+        match self.backend.stop(self.queue_sizes.len()) {
+            Ok(()) => {
+                self.irq = None;
+                for evt in &self.call_evts {
+                    let _ = evt.read();
+                }
+                true
+            }
+            Err(e) => {
+                let msg = self.backend_failed(&e);
+                tracing::error!(tag = %self.tag, "virtio-fs: cannot reset: {msg}");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::tempdir::TempDir;
+
+    use super::super::test_utils::{memfd_memory, req, FakeBackend, FAKE_FEATURES};
+    use super::*;
+    use crate::devices::virtio::VIRTIO_F_VERSION_1;
+
+    fn config(socket: PathBuf, queues: u16) -> FsConfig {
+        FsConfig {
+            tag: "shared".into(),
+            socket,
+            num_request_queues: queues,
+            queue_size: 256,
+        }
+    }
+
+    #[test]
+    fn nothing_listening_is_a_clear_error() {
+        let dir = TempDir::new_with_prefix("/tmp/husk-fs-").unwrap();
+        let path = dir.as_path().join("missing.sock");
+        let err = Fs::new(&config(path.clone(), 1)).err().unwrap();
+        assert!(matches!(err, FsError::Connect { .. }));
+        let msg = err.to_string();
+        assert!(msg.contains(path.to_str().unwrap()), "{msg}");
+        assert!(msg.contains("is virtiofsd running?"), "{msg}");
+
+        // A socket file nobody listens on any more: connection refused.
+        let stale = dir.as_path().join("stale.sock");
+        drop(UnixListener::bind(&stale).unwrap());
+        assert!(matches!(
+            Fs::new(&config(stale, 1)),
+            Err(FsError::Connect { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_config_is_refused_before_connecting() {
+        let mut c = config("/nonexistent/vfs.sock".into(), 1);
+        c.tag = String::new();
+        assert!(matches!(Fs::new(&c), Err(FsError::Config(_))));
+    }
+
+    #[test]
+    fn handshake_and_identity() {
+        let fake = FakeBackend::start(2);
+        let fs = Fs::new(&config(fake.path(), 1)).unwrap();
+        assert_eq!(
+            fake.requests(),
+            vec![
+                req::SET_OWNER,
+                req::GET_FEATURES,
+                req::GET_PROTOCOL_FEATURES,
+                req::SET_PROTOCOL_FEATURES,
+                req::GET_QUEUE_NUM,
+            ]
+        );
+        // We asked for MQ and REPLY_ACK only, though the fake offers more.
+        assert_eq!(fake.body_u64(req::SET_PROTOCOL_FEATURES), Some(0x1 | 0x8));
+        assert_eq!(fs.device_type(), TYPE_FS);
+        // The fake offers VERSION_1, EVENT_IDX, PROTOCOL_FEATURES, LOG_ALL and
+        // NOTIFICATION_DATA; the guest sees the first two.
+        assert_eq!(fs.avail_features(), VIRTIO_F_VERSION_1 | (1 << 29));
+        assert_eq!(fs.queue_max_sizes(), &[256, 256]);
+        assert_eq!(fs.queue_events().len(), 2);
+        let mut space = [0xffu8; 44];
+        fs.read_config(0, &mut space);
+        assert_eq!(&space[..7], b"shared\0");
+        assert_eq!(&space[36..40], &[1, 0, 0, 0]);
+        assert_eq!(&space[40..], &[0; 4]);
+        let mut q = [0u8; 4];
+        fs.read_config(36, &mut q);
+        assert_eq!(q, [1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn more_queues_than_the_backend_serves() {
+        let fake = FakeBackend::start(2);
+        let err = Fs::new(&config(fake.path(), 2)).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                FsError::TooManyQueues {
+                    wanted: 3,
+                    backend: 2
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn backend_without_version_1_is_refused() {
+        let fake = FakeBackend::start_with_features(2, FAKE_FEATURES & !VIRTIO_F_VERSION_1);
+        assert!(matches!(
+            Fs::new(&config(fake.path(), 1)),
+            Err(FsError::NoVersion1(_))
+        ));
+    }
+
+    #[test]
+    fn activation_sends_memory_and_rings() {
+        let fake = FakeBackend::start(2);
+        let mut fs = Fs::new(&config(fake.path(), 1)).unwrap();
+        let mem = memfd_memory(&[(0, 0x10_0000)]);
+        let hiprio = MockSplitQueue::create(&mem, GuestAddress(0), 256);
+        let request = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 256);
+        let queues: Vec<Queue> = vec![
+            hiprio.create_queue().unwrap(),
+            request.create_queue().unwrap(),
+        ];
+        let irq = IrqTrigger::for_tests();
+        fs.activate(ActivateContext {
+            mem: mem.clone(),
+            queues,
+            irq,
+            acked_features: VIRTIO_F_VERSION_1 | (1 << 29) | (1 << 38),
+        })
+        .unwrap();
+        assert!(fs.is_active());
+
+        let ring = [
+            req::SET_VRING_NUM,
+            req::SET_VRING_ADDR,
+            req::SET_VRING_BASE,
+            req::SET_VRING_CALL,
+            req::SET_VRING_KICK,
+            req::SET_VRING_ENABLE,
+        ];
+        let mut expected = vec![req::SET_FEATURES, req::SET_MEM_TABLE];
+        expected.extend(ring);
+        expected.extend(ring);
+        assert_eq!(fake.requests()[5..], expected[..]);
+        // The driver's unoffered bit 38 is dropped, VHOST_USER_F_PROTOCOL_FEATURES is kept.
+        assert_eq!(
+            fake.body_u64(req::SET_FEATURES),
+            Some(VIRTIO_F_VERSION_1 | (1 << 29) | (1 << 30))
+        );
+        // Every request after the handshake asked for an acknowledgement (REPLY_ACK).
+        assert!(fake.all_need_reply_after(5));
+
+        // A reset stops the rings (disable, then GET_VRING_BASE).
+        assert!(fs.reset());
+        assert!(!fs.is_active());
+        let tail = fake.requests();
+        assert_eq!(
+            tail[tail.len() - 4..],
+            [
+                req::SET_VRING_ENABLE,
+                req::GET_VRING_BASE,
+                req::SET_VRING_ENABLE,
+                req::GET_VRING_BASE
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_queue_count_or_bad_ring_is_refused() {
+        let fake = FakeBackend::start(2);
+        let mut fs = Fs::new(&config(fake.path(), 1)).unwrap();
+        let mem = memfd_memory(&[(0, 0x1_0000)]);
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), 256);
+        let one: Vec<Queue> = vec![vq.create_queue().unwrap()];
+        let err = fs
+            .activate(ActivateContext {
+                mem: mem.clone(),
+                queues: one,
+                irq: IrqTrigger::for_tests(),
+                acked_features: VIRTIO_F_VERSION_1,
+            })
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ActivateError::QueueCount {
+                expected: 2,
+                got: 1
+            }
+        ));
+
+        let good: Queue = vq.create_queue().unwrap();
+        let mut bad: Queue = vq.create_queue().unwrap();
+        bad.set_used_ring_address(Some(0xfff0), Some(0));
+        let err = fs
+            .activate(ActivateContext {
+                mem,
+                queues: vec![good, bad],
+                irq: IrqTrigger::for_tests(),
+                acked_features: VIRTIO_F_VERSION_1,
+            })
+            .unwrap_err();
+        assert!(matches!(err, ActivateError::BadQueue(1)));
+        assert!(!fs.is_active());
+        // Nothing reached the backend past the handshake.
+        assert_eq!(fake.requests().len(), 5);
+    }
+
+    #[test]
+    fn backend_refusal_is_an_activation_error() {
+        let fake = FakeBackend::start(2);
+        let mut fs = Fs::new(&config(fake.path(), 1)).unwrap();
+        fake.refuse(req::SET_MEM_TABLE);
+        let mem = memfd_memory(&[(0, 0x10_0000)]);
+        let a = MockSplitQueue::create(&mem, GuestAddress(0), 256);
+        let b = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 256);
+        let err = fs
+            .activate(ActivateContext {
+                mem: mem.clone(),
+                queues: vec![a.create_queue().unwrap(), b.create_queue().unwrap()],
+                irq: IrqTrigger::for_tests(),
+                acked_features: VIRTIO_F_VERSION_1,
+            })
+            .unwrap_err();
+        let ActivateError::Backend(msg) = err else {
+            panic!("unexpected {err}");
+        };
+        assert!(msg.contains("SET_MEM_TABLE"), "{msg}");
+        assert!(!fs.is_active());
+        // A refusal is not a hang-up: the connection stays usable.
+        assert!(!fs.is_broken());
+    }
+}

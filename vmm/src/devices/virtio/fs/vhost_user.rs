@@ -1,0 +1,463 @@
+//! The vhost-user control plane to virtiofsd: handshake, memory table and vring set-up.
+//!
+//! The order follows the vhost-user spec (and Cloud Hypervisor's `vu_common_ctrl.rs`):
+//! SET_OWNER, GET_FEATURES, then GET/SET_PROTOCOL_FEATURES when the backend offers
+//! VHOST_USER_F_PROTOCOL_FEATURES, GET_QUEUE_NUM with the MQ protocol feature. Activation
+//! sends SET_FEATURES, SET_MEM_TABLE and, per queue, SET_VRING_NUM/ADDR/BASE/CALL/KICK and
+//! SET_VRING_ENABLE. With REPLY_ACK every request waits for the backend's verdict, so a
+//! refused request is an error here rather than a silently dead queue.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vhost::vhost_user::message::{VhostUserHeaderFlag, MAX_ATTACHED_FD_ENTRIES};
+use vhost::vhost_user::{
+    Error as VuError, Frontend, VhostUserFrontend, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures,
+};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::FsConfigError;
+
+/// How long one vhost-user request may take before we give up on the backend. The
+/// requests are answered from virtiofsd's own thread at once; the bound only keeps a
+/// wedged backend from blocking a vCPU thread forever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The virtio features we pass on to the guest when the backend offers them. The backend
+/// does all ring processing, so ring features it implements work end to end: indirect
+/// descriptors, and EVENT_IDX (virtiofsd reads `used_event` and writes `avail_event`
+/// itself and signals our call eventfd only when the guest asked; we relay every signal).
+/// Left out on purpose: NOTIFICATION_DATA (KVM's ioeventfd matches QueueNotify on the bare
+/// queue index), RING_PACKED (the transport sets up split rings), ACCESS_PLATFORM (no
+/// IOMMU), and anything device specific (virtio-fs has no feature bits yet).
+pub const GUEST_FEATURES_MASK: u64 =
+    (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX);
+
+/// The vhost-user protocol features we use: several queues, and an acknowledgement for
+/// every request.
+pub const PROTOCOL_FEATURES: VhostUserProtocolFeatures =
+    VhostUserProtocolFeatures::MQ.union(VhostUserProtocolFeatures::REPLY_ACK);
+
+/// Without the MQ protocol feature a virtio-fs backend serves the high-priority queue and
+/// one request queue.
+const DEFAULT_BACKEND_QUEUES: u64 = 2;
+
+/// Errors talking to the vhost-user backend.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("Invalid virtio-fs configuration")]
+    Config(#[from] FsConfigError),
+    #[error(
+        "Cannot connect to the virtio-fs backend socket {} (is virtiofsd running?)",
+        socket.display()
+    )]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot set timeouts on the vhost-user socket")]
+    SocketTimeout(#[source] std::io::Error),
+    #[error("Cannot create a call eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("The vhost-user request {request} failed")]
+    Request {
+        request: &'static str,
+        #[source]
+        source: vhost::Error,
+    },
+    #[error("The vhost-user backend does not offer VIRTIO_F_VERSION_1 (features {0:#x})")]
+    NoVersion1(u64),
+    #[error("{wanted} queues configured, the vhost-user backend serves at most {backend}")]
+    TooManyQueues { wanted: usize, backend: u64 },
+    #[error("Guest memory region at {0:#x} is not backed by a shared file")]
+    RegionNotShared(u64),
+    #[error("Guest memory has {0} regions, vhost-user takes at most {MAX_ATTACHED_FD_ENTRIES}")]
+    TooManyRegions(usize),
+    #[error("Queue {0} has misaligned rings or rings outside guest memory")]
+    BadQueue(usize),
+    #[error("The vhost-user backend hung up")]
+    BackendGone,
+}
+
+impl FsError {
+    /// Whether the connection to the backend is unusable after this error (it hung up, or a
+    /// reply timed out and the stream is out of step).
+    pub fn breaks_connection(&self) -> bool {
+        match self {
+            FsError::BackendGone => true,
+            FsError::Request {
+                source: vhost::Error::VhostUserProtocol(e),
+                ..
+            } => matches!(
+                e,
+                VuError::Disconnected
+                    | VuError::PartialMessage
+                    | VuError::SocketBroken(_)
+                    | VuError::SocketError(_)
+                    | VuError::SocketRetry(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+fn request<T>(request: &'static str, r: vhost::Result<T>) -> Result<T, FsError> {
+    r.map_err(|source| FsError::Request { request, source })
+}
+
+/// The features offered to the guest, from what the backend offers.
+pub fn guest_features(backend_features: u64) -> Result<u64, FsError> {
+    if backend_features & (1 << VIRTIO_F_VERSION_1) == 0 {
+        return Err(FsError::NoVersion1(backend_features));
+    }
+    Ok(backend_features & GUEST_FEATURES_MASK)
+}
+
+/// The features to send with SET_FEATURES: what the driver acked (of what we offered) plus
+/// VHOST_USER_F_PROTOCOL_FEATURES when the backend has it (the guest never sees that bit,
+/// but dropping it would turn the protocol features off again).
+pub fn backend_ack(driver_acked: u64, guest_features: u64, backend_features: u64) -> u64 {
+    let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    (driver_acked & guest_features) | (backend_features & protocol)
+}
+
+/// The memory table: every region's guest address, size, host address and the fd and
+/// offset of the shared file behind it.
+pub fn memory_regions(mem: &GuestMemoryMmap) -> Result<Vec<VhostUserMemoryRegionInfo>, FsError> {
+    let n = mem.num_regions();
+    if n > MAX_ATTACHED_FD_ENTRIES {
+        return Err(FsError::TooManyRegions(n));
+    }
+    mem.iter()
+        .map(|region| {
+            let file = region
+                .file_offset()
+                .ok_or(FsError::RegionNotShared(region.start_addr().raw_value()))?;
+            Ok(VhostUserMemoryRegionInfo {
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                mmap_offset: file.start(),
+                mmap_handle: file.file().as_raw_fd(),
+            })
+        })
+        .collect()
+}
+
+/// The host address of `len` bytes at `addr` aligned to `align`, all in one region.
+fn host_range(mem: &GuestMemoryMmap, addr: u64, len: usize, align: u64) -> Option<u64> {
+    if !addr.is_multiple_of(align) {
+        return None;
+    }
+    let slice = mem.get_slice(GuestAddress(addr), len).ok()?;
+    Some(slice.ptr_guard().as_ptr() as u64)
+}
+
+/// The ring addresses of one queue as the backend needs them: host user addresses in our
+/// address space, which it maps through the memory table. Sizes include the event index
+/// fields (`used_event`, `avail_event`) so EVENT_IDX stays inside the checked range.
+pub fn vring_config(
+    mem: &GuestMemoryMmap,
+    queue: &Queue,
+    index: usize,
+) -> Result<VringConfigData, FsError> {
+    let size = usize::from(queue.size());
+    if size == 0 || size > usize::from(queue.max_size()) || !size.is_power_of_two() {
+        return Err(FsError::BadQueue(index));
+    }
+    let bad = || FsError::BadQueue(index);
+    let desc = host_range(mem, queue.desc_table(), 16 * size, 16).ok_or_else(bad)?;
+    let avail = host_range(mem, queue.avail_ring(), 6 + 2 * size, 2).ok_or_else(bad)?;
+    let used = host_range(mem, queue.used_ring(), 6 + 8 * size, 4).ok_or_else(bad)?;
+    Ok(VringConfigData {
+        queue_max_size: queue.max_size(),
+        queue_size: queue.size(),
+        flags: 0,
+        desc_table_addr: desc,
+        used_ring_addr: used,
+        avail_ring_addr: avail,
+        log_addr: None,
+    })
+}
+
+/// An owned vhost-user session with one virtio-fs backend.
+pub struct Backend {
+    frontend: Frontend,
+    socket: PathBuf,
+    backend_features: u64,
+    guest_features: u64,
+    protocol: VhostUserProtocolFeatures,
+}
+
+impl Backend {
+    /// Connects to `socket`, takes ownership of the backend and negotiates the protocol
+    /// features; checks that the backend serves `num_queues` queues.
+    pub fn connect(socket: &Path, num_queues: usize, timeout: Duration) -> Result<Self, FsError> {
+        let stream = UnixStream::connect(socket).map_err(|source| FsError::Connect {
+            socket: socket.to_owned(),
+            source,
+        })?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .map_err(FsError::SocketTimeout)?;
+        let mut frontend = Frontend::from_stream(stream, num_queues as u64);
+
+        request("SET_OWNER", frontend.set_owner())?;
+        let backend_features = request("GET_FEATURES", frontend.get_features())?;
+        let guest_features = guest_features(backend_features)?;
+
+        let mut protocol = VhostUserProtocolFeatures::empty();
+        if backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+            let offered = request("GET_PROTOCOL_FEATURES", frontend.get_protocol_features())?;
+            protocol = offered & PROTOCOL_FEATURES;
+            request(
+                "SET_PROTOCOL_FEATURES",
+                frontend.set_protocol_features(protocol),
+            )?;
+            if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
+        }
+
+        let backend_queues = if protocol.contains(VhostUserProtocolFeatures::MQ) {
+            request("GET_QUEUE_NUM", frontend.get_queue_num())?
+        } else {
+            DEFAULT_BACKEND_QUEUES
+        };
+        if num_queues as u64 > backend_queues {
+            return Err(FsError::TooManyQueues {
+                wanted: num_queues,
+                backend: backend_queues,
+            });
+        }
+
+        tracing::debug!(
+            socket = %socket.display(),
+            backend_features = format_args!("{backend_features:#x}"),
+            protocol = format_args!("{:#x}", protocol.bits()),
+            backend_queues,
+            "virtio-fs: vhost-user handshake done"
+        );
+        Ok(Self {
+            frontend,
+            socket: socket.to_owned(),
+            backend_features,
+            guest_features,
+            protocol,
+        })
+    }
+
+    /// The features to offer the guest.
+    pub fn guest_features(&self) -> u64 {
+        self.guest_features
+    }
+
+    /// The protocol features both sides agreed on.
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Hands the backend the memory table and the queues: after this virtiofsd serves the
+    /// rings on its own. `kicks[i]` and `calls[i]` belong to `queues[i]`; queues the driver
+    /// did not make ready are left alone.
+    pub fn activate(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queues: &[Queue],
+        kicks: &[EventFd],
+        calls: &[EventFd],
+        driver_acked: u64,
+    ) -> Result<(), FsError> {
+        let regions = memory_regions(mem)?;
+        // Check every queue before telling the backend anything.
+        let mut rings = Vec::with_capacity(queues.len());
+        for (index, queue) in queues.iter().enumerate() {
+            if queue.ready() {
+                rings.push((index, vring_config(mem, queue, index)?));
+            }
+        }
+
+        let acked = backend_ack(driver_acked, self.guest_features, self.backend_features);
+        request("SET_FEATURES", self.frontend.set_features(acked))?;
+        request("SET_MEM_TABLE", self.frontend.set_mem_table(&regions))?;
+        for (index, ring) in rings {
+            let (Some(kick), Some(call)) = (kicks.get(index), calls.get(index)) else {
+                return Err(FsError::BadQueue(index));
+            };
+            let f = &mut self.frontend;
+            request("SET_VRING_NUM", f.set_vring_num(index, ring.queue_size))?;
+            request("SET_VRING_ADDR", f.set_vring_addr(index, &ring))?;
+            request("SET_VRING_BASE", f.set_vring_base(index, 0))?;
+            request("SET_VRING_CALL", f.set_vring_call(index, call))?;
+            request("SET_VRING_KICK", f.set_vring_kick(index, kick))?;
+            if acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+                request("SET_VRING_ENABLE", f.set_vring_enable(index, true))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the backend's rings (the driver reset the device): disables them, then
+    /// GET_VRING_BASE, which the spec defines as stopping the ring.
+    pub fn stop(&mut self, num_queues: usize) -> Result<(), FsError> {
+        for index in 0..num_queues {
+            if self.backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+                request(
+                    "SET_VRING_ENABLE",
+                    self.frontend.set_vring_enable(index, false),
+                )?;
+            }
+            request("GET_VRING_BASE", self.frontend.get_vring_base(index))?;
+        }
+        Ok(())
+    }
+}
+
+impl AsRawFd for Backend {
+    /// The vhost-user socket, for watching it for hang-ups.
+    fn as_raw_fd(&self) -> RawFd {
+        self.frontend.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::Wrapping;
+
+    use virtio_bindings::virtio_config::{
+        VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_NOTIFICATION_DATA, VIRTIO_F_RING_PACKED,
+    };
+    use virtio_queue::mock::MockSplitQueue;
+
+    use super::super::test_utils::memfd_memory;
+    use super::*;
+
+    #[test]
+    fn guest_features_filter() {
+        let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let log_all = VhostUserVirtioFeatures::LOG_ALL.bits();
+        let backend = (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_F_NOTIFICATION_DATA)
+            | (1 << VIRTIO_F_RING_PACKED)
+            | (1 << VIRTIO_F_ACCESS_PLATFORM)
+            | protocol
+            | log_all;
+        let offered = guest_features(backend).unwrap();
+        assert_eq!(
+            offered,
+            (1 << VIRTIO_F_VERSION_1)
+                | (1 << VIRTIO_RING_F_EVENT_IDX)
+                | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+        );
+        // Only what the backend has.
+        assert_eq!(
+            guest_features(1 << VIRTIO_F_VERSION_1).unwrap(),
+            1 << VIRTIO_F_VERSION_1
+        );
+        assert!(matches!(
+            guest_features(protocol | (1 << VIRTIO_RING_F_EVENT_IDX)),
+            Err(FsError::NoVersion1(_))
+        ));
+    }
+
+    #[test]
+    fn backend_ack_keeps_protocol_bit() {
+        let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let v1 = 1u64 << VIRTIO_F_VERSION_1;
+        let idx = 1u64 << VIRTIO_RING_F_EVENT_IDX;
+        // The driver's bits outside what we offered are dropped.
+        assert_eq!(
+            backend_ack(v1 | (1 << 40), v1 | idx, v1 | idx | protocol),
+            v1 | protocol
+        );
+        assert_eq!(backend_ack(v1 | idx, v1 | idx, v1 | idx), v1 | idx);
+    }
+
+    #[test]
+    fn memory_table_from_memfd_regions() {
+        let mem = memfd_memory(&[(0, 0x10_0000), (0x20_0000, 0x8_0000)]);
+        let regions = memory_regions(&mem).unwrap();
+        assert_eq!(regions.len(), 2);
+        assert_eq!(regions[0].guest_phys_addr, 0);
+        assert_eq!(regions[0].memory_size, 0x10_0000);
+        assert_eq!(regions[0].mmap_offset, 0);
+        assert_eq!(regions[1].guest_phys_addr, 0x20_0000);
+        assert_eq!(regions[1].memory_size, 0x8_0000);
+        // Both regions live in one memfd, the second after the first.
+        assert_eq!(regions[1].mmap_offset, 0x10_0000);
+        assert_eq!(regions[0].mmap_handle, regions[1].mmap_handle);
+        let host = mem.get_host_address(GuestAddress(0x20_0000)).unwrap() as u64;
+        assert_eq!(regions[1].userspace_addr, host);
+    }
+
+    #[test]
+    fn memory_table_needs_shared_file() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x1000), 0x1000)]).unwrap();
+        assert!(matches!(
+            memory_regions(&mem),
+            Err(FsError::RegionNotShared(0x1000))
+        ));
+    }
+
+    #[test]
+    fn vring_addresses_are_host_addresses() {
+        let mem = memfd_memory(&[(0, 0x10_0000)]);
+        let vq = MockSplitQueue::new(&mem, 16);
+        let q: Queue = vq.create_queue().unwrap();
+        let cfg = vring_config(&mem, &q, 1).unwrap();
+        let host = |a: GuestAddress| mem.get_host_address(a).unwrap() as u64;
+        assert_eq!(cfg.desc_table_addr, host(vq.desc_table_addr()));
+        assert_eq!(cfg.avail_ring_addr, host(vq.avail_addr()));
+        assert_eq!(cfg.used_ring_addr, host(vq.used_addr()));
+        assert_eq!(cfg.queue_size, 16);
+        assert_eq!(cfg.flags, 0);
+        assert_eq!(
+            q.avail_idx(&mem, std::sync::atomic::Ordering::Relaxed)
+                .unwrap(),
+            Wrapping(0)
+        );
+    }
+
+    #[test]
+    fn vring_rejects_bad_rings() {
+        let mem = memfd_memory(&[(0, 0x1_0000)]);
+        let vq = MockSplitQueue::new(&mem, 16);
+        // Used ring running past the end of guest memory.
+        let mut q: Queue = vq.create_queue().unwrap();
+        q.set_used_ring_address(Some(0x1_0000 - 8), Some(0));
+        assert!(matches!(
+            vring_config(&mem, &q, 3),
+            Err(FsError::BadQueue(3))
+        ));
+
+        // Avail ring outside guest memory entirely.
+        let mut q: Queue = vq.create_queue().unwrap();
+        q.set_avail_ring_address(Some(0), Some(1));
+        assert!(vring_config(&mem, &q, 0).is_err());
+    }
+
+    #[test]
+    fn vring_must_stay_in_one_region() {
+        // Two adjacent regions: a ring straddling the boundary has no single host range.
+        let mem = memfd_memory(&[(0, 0x1000), (0x1000, 0x1000)]);
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0x800), 256);
+        let q: Queue = vq.create_queue().unwrap();
+        assert!(vring_config(&mem, &q, 0).is_err());
+    }
+}
