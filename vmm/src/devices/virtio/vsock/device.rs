@@ -273,3 +273,323 @@ impl VirtioDevice for Vsock {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::devices::virtio::vsock::muxer::tests::TempDir;
+    use crate::devices::virtio::vsock::muxer::FIRST_LOCAL_PORT;
+    use crate::devices::virtio::vsock::packet::tests::{sample_hdr, test_mem};
+    use crate::devices::virtio::vsock::packet::{op, PacketHeader, HDR_SIZE, HOST_CID};
+
+    const QLEN: u16 = 16;
+    const QADDR: [u64; 3] = [0x0, 0x1_0000, 0x2_0000];
+
+    /// Writes a chain at descriptor index `at` and makes it available.
+    /// Each element: (guest address, length, device-writable).
+    fn push_chain(vq: &MockSplitQueue<GuestMemoryMmap>, at: u16, descs: &[(u64, u32, bool)]) {
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, write))| {
+                let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+                if i + 1 < descs.len() {
+                    flags |= VRING_DESC_F_NEXT as u16;
+                }
+                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, at + i as u16 + 1))
+            })
+            .collect();
+        vq.add_desc_chains(&raw, at).unwrap();
+    }
+
+    fn used(vq: &MockSplitQueue<GuestMemoryMmap>) -> Vec<(u32, u32)> {
+        let n = vq.used().idx().load();
+        (0..n)
+            .map(|i| {
+                let e = vq.used().ring().ref_at(i as usize).unwrap().load();
+                (e.id(), e.len())
+            })
+            .collect()
+    }
+
+    fn read_hdr(mem: &GuestMemoryMmap, addr: u64) -> PacketHeader {
+        let mut raw = [0u8; HDR_SIZE];
+        mem.read_slice(&mut raw, GuestAddress(addr)).unwrap();
+        PacketHeader::from_bytes(&raw)
+    }
+
+    struct Setup<'a> {
+        dir: TempDir,
+        mem: &'a GuestMemoryMmap,
+        dev: Vsock,
+        rxq: MockSplitQueue<'a, GuestMemoryMmap>,
+        txq: MockSplitQueue<'a, GuestMemoryMmap>,
+        irq: Arc<IrqTrigger>,
+    }
+
+    fn setup(mem: &GuestMemoryMmap) -> Setup<'_> {
+        let dir = TempDir::new();
+        let cfg = VsockConfig {
+            guest_cid: 3,
+            uds_path: dir.0.join("v.sock"),
+        };
+        let mut dev = Vsock::new(&cfg).unwrap();
+        let rxq = MockSplitQueue::create(mem, GuestAddress(QADDR[RX]), QLEN);
+        let txq = MockSplitQueue::create(mem, GuestAddress(QADDR[TX]), QLEN);
+        let evq = MockSplitQueue::create(mem, GuestAddress(QADDR[EVT]), QLEN);
+        let irq = IrqTrigger::for_tests();
+        dev.activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![
+                rxq.create_queue().unwrap(),
+                txq.create_queue().unwrap(),
+                evq.create_queue().unwrap(),
+            ],
+            irq: irq.clone(),
+            acked_features: VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
+        Setup {
+            dir,
+            mem,
+            dev,
+            rxq,
+            txq,
+            irq,
+        }
+    }
+
+    fn put_tx(s: &Setup, at: u16, addr: u64, hdr: &PacketHeader, payload: &[u8]) {
+        let mut bytes = hdr.to_bytes().to_vec();
+        bytes.extend_from_slice(payload);
+        s.mem.write_slice(&bytes, GuestAddress(addr)).unwrap();
+        push_chain(&s.txq, at, &[(addr, bytes.len() as u32, false)]);
+    }
+
+    #[test]
+    fn identity_and_config_space() {
+        let dir = TempDir::new();
+        let dev = Vsock::new(&VsockConfig {
+            guest_cid: 0x1_0203,
+            uds_path: dir.0.join("v.sock"),
+        })
+        .unwrap();
+        assert_eq!(dev.device_type(), 19);
+        assert_eq!(dev.avail_features(), VIRTIO_F_VERSION_1);
+        assert_eq!(dev.queue_max_sizes(), &[256, 256, 256]);
+        assert_eq!(dev.queue_events().len(), 3);
+        let mut cfg = [0xffu8; 8];
+        dev.read_config(0, &mut cfg);
+        assert_eq!(cfg, [3, 2, 1, 0, 0, 0, 0, 0]);
+        let mut hi = [0xffu8; 4];
+        dev.read_config(4, &mut hi);
+        assert_eq!(hi, [0; 4]);
+        assert!(matches!(
+            Vsock::new(&VsockConfig {
+                guest_cid: 2,
+                uds_path: dir.0.join("w.sock"),
+            }),
+            Err(VsockError::Config(_))
+        ));
+    }
+
+    #[test]
+    fn activate_checks_queues() {
+        let mem = test_mem();
+        let dir = TempDir::new();
+        let mut dev = Vsock::new(&VsockConfig {
+            guest_cid: 3,
+            uds_path: dir.0.join("v.sock"),
+        })
+        .unwrap();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), QLEN);
+        let ctx = |queues| ActivateContext {
+            mem: mem.clone(),
+            queues,
+            irq: IrqTrigger::for_tests(),
+            acked_features: VIRTIO_F_VERSION_1,
+        };
+        let r = dev.activate(ctx(vec![vq.create_queue().unwrap()]));
+        assert!(matches!(r, Err(ActivateError::QueueCount { .. })));
+        let mut bad: Queue = vq.create_queue().unwrap();
+        bad.set_ready(false);
+        let r = dev.activate(ctx(vec![
+            vq.create_queue().unwrap(),
+            bad,
+            vq.create_queue().unwrap(),
+        ]));
+        assert!(matches!(r, Err(ActivateError::BadQueue(1))));
+        assert!(!dev.is_active());
+    }
+
+    #[test]
+    fn malformed_tx_chains_are_dropped_without_panic() {
+        let mem = test_mem();
+        let mut s = setup(&mem);
+        let mut long = sample_hdr();
+        long.len = 100;
+        mem.write_slice(&long.to_bytes(), GuestAddress(0x10_0000))
+            .unwrap();
+        // Header shorter than 44 bytes; wrong direction; len larger than the buffer;
+        // outside guest memory; zero length.
+        push_chain(&s.txq, 0, &[(0x10_0000, 43, false)]);
+        push_chain(&s.txq, 1, &[(0x10_0000, 200, true)]);
+        push_chain(&s.txq, 2, &[(0x10_0000, 60, false)]);
+        push_chain(&s.txq, 3, &[(0x1_0000_0000, 100, false)]);
+        push_chain(&s.txq, 4, &[(0x10_0000, 0, false)]);
+        push_chain(
+            &s.txq,
+            5,
+            &[(0x10_0000, 44, false), (0x3f_fff0, 100, false)],
+        );
+        s.dev.process_tx();
+        assert_eq!(
+            used(&s.txq),
+            [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (5, 0)]
+        );
+        assert_eq!(s.dev.metrics().malformed_chains.load(Ordering::Relaxed), 6);
+        assert!(!s.dev.muxer.has_rx());
+        assert_eq!(s.irq.status(), INT_VRING);
+    }
+
+    #[test]
+    fn rx_waits_for_buffers_and_skips_bad_ones() {
+        let mem = test_mem();
+        let mut s = setup(&mem);
+        // A request to a port nobody listens on: the RST waits for an rx buffer.
+        let mut h = sample_hdr();
+        h.op = op::REQUEST;
+        put_tx(&s, 0, 0x10_0000, &h, b"");
+        s.dev.process_tx();
+        assert!(s.dev.muxer.has_rx());
+        assert!(used(&s.rxq).is_empty());
+
+        // Read-only and too-short rx buffers are returned unused; the good one gets it.
+        push_chain(&s.rxq, 0, &[(0x20_0000, 4096, false)]);
+        push_chain(&s.rxq, 1, &[(0x20_0000, 43, true)]);
+        push_chain(&s.rxq, 2, &[(0x1_0000_0000, 4096, true)]);
+        push_chain(&s.rxq, 3, &[(0x21_0000, 44, true), (0x22_0000, 4096, true)]);
+        push_chain(&s.rxq, 5, &[(0x23_0000, 4096, true)]);
+        s.dev.process_rx();
+        assert_eq!(used(&s.rxq), [(0, 0), (1, 0), (2, 0), (3, 44)]);
+        let r = read_hdr(&mem, 0x21_0000);
+        assert_eq!((r.op, r.src_cid, r.dst_cid), (op::RST, HOST_CID, 3));
+        assert_eq!((r.src_port, r.dst_port), (h.dst_port, h.src_port));
+        assert!(!s.dev.muxer.has_rx());
+        // The last buffer stays available for later.
+        s.dev.process_rx();
+        assert_eq!(used(&s.rxq).len(), 4);
+    }
+
+    #[test]
+    fn host_connection_through_the_event_loop() {
+        let mem = test_mem();
+        let s = setup(&mem);
+        let Setup {
+            dir,
+            dev,
+            rxq,
+            txq,
+            irq,
+            ..
+        } = s;
+        let tx_evt = dev.queue_evts[TX].try_clone().unwrap();
+        let rx_evt = dev.queue_evts[RX].try_clone().unwrap();
+        let dev = Arc::new(Mutex::new(dev));
+        let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+        em.add_subscriber(dev.clone());
+        let mut run = || {
+            for _ in 0..5 {
+                em.run_with_timeout(10).unwrap();
+            }
+        };
+
+        let mut host = UnixStream::connect(dir.0.join("v.sock")).unwrap();
+        host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        host.write_all(b"CONNECT 1024\n").unwrap();
+        push_chain(&rxq, 0, &[(0x20_0000, 4096 + 44, true)]);
+        rx_evt.write(1).unwrap();
+        run();
+        let req = read_hdr(&mem, 0x20_0000);
+        assert_eq!((req.op, req.dst_port), (op::REQUEST, 1024));
+        assert_eq!(req.src_port, FIRST_LOCAL_PORT);
+        assert_ne!(irq.status() & INT_VRING, 0);
+
+        // The guest accepts.
+        let mut resp = sample_hdr();
+        resp.op = op::RESPONSE;
+        resp.src_port = 1024;
+        resp.dst_port = req.src_port;
+        resp.fwd_cnt = 0;
+        let mut bytes = resp.to_bytes().to_vec();
+        mem.write_slice(&bytes, GuestAddress(0x30_0000)).unwrap();
+        push_chain(&txq, 0, &[(0x30_0000, 44, false)]);
+        tx_evt.write(1).unwrap();
+        run();
+        let mut line = [0u8; 14];
+        host.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"OK 1073741824\n");
+
+        // Data both ways.
+        resp.op = op::RW;
+        resp.len = 3;
+        bytes = resp.to_bytes().to_vec();
+        bytes.extend_from_slice(b"abc");
+        mem.write_slice(&bytes, GuestAddress(0x30_1000)).unwrap();
+        push_chain(&txq, 1, &[(0x30_1000, 47, false)]);
+        tx_evt.write(1).unwrap();
+        run();
+        let mut got = [0u8; 3];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"abc");
+
+        host.write_all(b"xyz").unwrap();
+        push_chain(&rxq, 1, &[(0x21_0000, 44, true), (0x22_0000, 4096, true)]);
+        rx_evt.write(1).unwrap();
+        run();
+        let rw = read_hdr(&mem, 0x21_0000);
+        assert_eq!((rw.op, rw.len), (op::RW, 3));
+        let mut data = [0u8; 3];
+        mem.read_slice(&mut data, GuestAddress(0x22_0000)).unwrap();
+        assert_eq!(&data, b"xyz");
+        assert_eq!(used(&rxq), [(0, 44), (1, 47)]);
+        assert_eq!(used(&txq), [(0, 0), (1, 0)]);
+    }
+
+    #[test]
+    fn queue_events_before_activation_are_ignored() {
+        let dir = TempDir::new();
+        let dev = Vsock::new(&VsockConfig {
+            guest_cid: 3,
+            uds_path: dir.0.join("v.sock"),
+        })
+        .unwrap();
+        let tx_evt = dev.queue_evts[TX].try_clone().unwrap();
+        let dev = Arc::new(Mutex::new(dev));
+        let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+        em.add_subscriber(dev.clone());
+        tx_evt.write(1).unwrap();
+        // A host program may connect early: it is held until the guest is up.
+        let mut host = UnixStream::connect(dir.0.join("v.sock")).unwrap();
+        host.write_all(b"CONNECT 5\n").unwrap();
+        for _ in 0..5 {
+            em.run_with_timeout(10).unwrap();
+        }
+        let d = dev.lock().unwrap();
+        assert!(!d.is_active());
+        assert_eq!(tx_evt.read().ok(), None, "notification drained");
+        assert!(d.muxer.has_rx(), "the request waits for activation");
+    }
+}
