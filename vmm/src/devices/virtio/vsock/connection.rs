@@ -306,6 +306,10 @@ impl<S: HostStream> Connection<S> {
                 }
             }
         }
+        if !rest.is_empty() && self.tx_buf.capacity() == 0 {
+            // One allocation that never grows: the credit check bounds the contents.
+            self.tx_buf = VecDeque::with_capacity(CONN_BUF_SIZE as usize);
+        }
         self.tx_buf.extend(rest);
         self.check_credit_update();
         self.maybe_finish();
@@ -338,6 +342,10 @@ impl<S: HostStream> Connection<S> {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return self.kill(),
             }
+        }
+        if self.tx_buf.is_empty() {
+            // Idle connections hold no buffer.
+            self.tx_buf = VecDeque::new();
         }
         self.check_credit_update();
         self.maybe_finish();
@@ -693,6 +701,7 @@ pub(crate) mod tests {
             assert_eq!(c.state(), ConnState::Established);
         }
         assert_eq!(c.buffered(), CONN_BUF_SIZE as usize);
+        assert!(c.tx_buf.capacity() < 2 * CONN_BUF_SIZE as usize);
         c.on_guest_packet(&guest(op::RW, 1, 8192, 0));
         assert_eq!(c.state(), ConnState::Killed);
         assert_eq!(c.buffered(), 0);
