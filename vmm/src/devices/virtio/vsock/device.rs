@@ -159,6 +159,9 @@ pub(crate) fn process_tx_queue(
                 if warn.allow() {
                     tracing::warn!("vsock: dropping a tx chain: {e}");
                 }
+                if let Some(hdr) = e.header() {
+                    muxer.handle_bad_payload(hdr);
+                }
             }
         }
         if let Err(e) = queue.add_used(mem, head, 0) {
@@ -460,6 +463,10 @@ mod tests {
             [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (5, 0)]
         );
         assert_eq!(s.dev.metrics().malformed_chains.load(Ordering::Relaxed), 6);
+        // Chain 2 had a readable header: its (unknown) connection gets an RST.
+        let mut buf = [0u8; 64];
+        let (h, _) = s.dev.muxer.next_rx_packet(&mut buf).unwrap();
+        assert_eq!((h.op, h.dst_port), (op::RST, long.src_port));
         assert!(!s.dev.muxer.has_rx());
         assert_eq!(s.irq.status(), INT_VRING);
     }

@@ -260,6 +260,21 @@ impl Muxer {
         }
     }
 
+    /// A guest packet whose header was readable but whose payload was not (too long, or
+    /// past the end of its chain): its connection is reset.
+    pub fn handle_bad_payload(&mut self, h: &PacketHeader) {
+        if h.src_cid != self.guest_cid || h.dst_cid != HOST_CID {
+            return;
+        }
+        let key = (h.dst_port, h.src_port);
+        if let Some(conn) = self.conns.get_mut(&key) {
+            conn.kill();
+            self.post_conn(key);
+        } else {
+            self.reply_rst(h);
+        }
+    }
+
     fn reply_rst(&mut self, h: &PacketHeader) {
         if h.op == op::RST {
             return;

@@ -41,16 +41,26 @@ pub const SHUTDOWN_SEND: u32 = 2;
 pub enum PacketError {
     #[error("Chain has {0} readable bytes, fewer than the packet header")]
     HeaderTooShort(usize),
-    #[error("Payload length {0} exceeds the 64 KiB limit")]
-    PayloadTooLong(u32),
-    #[error("Header announces {len} payload bytes, the chain holds {avail}")]
-    PayloadTruncated { len: u32, avail: usize },
+    #[error("Payload length {} exceeds the 64 KiB limit", .hdr.len)]
+    PayloadTooLong { hdr: PacketHeader },
+    #[error("Header announces {} payload bytes, the chain holds {avail}", .hdr.len)]
+    PayloadTruncated { hdr: PacketHeader, avail: usize },
     #[error("Descriptor chain points outside guest memory")]
     Memory(#[source] virtio_queue::Error),
     #[error("Cannot copy between the chain and the packet")]
     Copy(#[source] std::io::Error),
     #[error("Receive buffer has {0} writable bytes, fewer than the packet header")]
     RxBufferTooShort(usize),
+}
+
+impl PacketError {
+    /// The header of a packet whose payload was bad (its connection should be reset).
+    pub fn header(&self) -> Option<&PacketHeader> {
+        match self {
+            Self::PayloadTooLong { hdr } | Self::PayloadTruncated { hdr, .. } => Some(hdr),
+            _ => None,
+        }
+    }
 }
 
 /// `struct virtio_vsock_hdr`, decoded.
@@ -141,14 +151,11 @@ pub fn parse_tx_packet(
     let hdr = PacketHeader::from_bytes(&raw);
     let len = hdr.len as usize;
     if len > MAX_PAYLOAD {
-        return Err(PacketError::PayloadTooLong(hdr.len));
+        return Err(PacketError::PayloadTooLong { hdr });
     }
     let avail = reader.available_bytes();
     if len > avail {
-        return Err(PacketError::PayloadTruncated {
-            len: hdr.len,
-            avail,
-        });
+        return Err(PacketError::PayloadTruncated { hdr, avail });
     }
     let mut payload = vec![0u8; len];
     reader.read_exact(&mut payload).map_err(PacketError::Copy)?;
@@ -289,7 +296,7 @@ pub(crate) mod tests {
             matches!(
                 e,
                 PacketError::PayloadTruncated {
-                    len: 100,
+                    hdr: PacketHeader { len: 100, .. },
                     avail: 99
                 }
             ),
@@ -306,7 +313,7 @@ pub(crate) mod tests {
         mem.write_slice(&h.to_bytes(), GuestAddress(0x10_0000))
             .unwrap();
         let e = parse(&mem, &[desc(0x10_0000, 0x2_0000, false)]).unwrap_err();
-        assert!(matches!(e, PacketError::PayloadTooLong(_)), "{e}");
+        assert!(matches!(e, PacketError::PayloadTooLong { .. }), "{e}");
     }
 
     #[test]

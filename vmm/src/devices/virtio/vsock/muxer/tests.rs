@@ -410,3 +410,21 @@ fn bulk_transfer_both_ways_respects_credit() {
         "stalled after {rounds} rounds"
     );
 }
+
+#[test]
+fn bad_payload_resets_its_connection() {
+    let (dir, mut m) = setup();
+    let app = UnixListener::bind(dir.0.join("v.sock_52")).unwrap();
+    m.handle_guest_packet(&gpkt(op::REQUEST, 9, 52, b""));
+    assert_eq!(rx(&mut m).unwrap().0.op, op::RESPONSE);
+    let (mut host, _) = app.accept().unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut h = gpkt(op::RW, 9, 52, b"").hdr;
+    h.len = 1000;
+    m.handle_bad_payload(&h);
+    let (r, _) = rx(&mut m).unwrap();
+    assert_eq!((r.op, r.src_port, r.dst_port), (op::RST, 52, 9));
+    assert_eq!(m.connection_count(), 0);
+    drop(m.take_ctl_ops());
+    assert_closed(&mut host);
+}
