@@ -20,6 +20,7 @@
 // Device modules are declared here as they land: block, fs, mmio, vsock.
 pub mod fs;
 pub mod mmio;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

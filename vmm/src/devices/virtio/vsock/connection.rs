@@ -1,0 +1,772 @@
+//! One vsock stream connection between a guest port and a host Unix socket: its state
+//! machine and the credit-based flow control of virtio spec 1.2, 5.10.6.3.
+//!
+//! Generic over the host stream so that the logic is tested without sockets.
+//!
+//! Flow control, both ways:
+//! - guest -> host: we advertise a fixed [`CONN_BUF_SIZE`] and put our `fwd_cnt` (bytes
+//!   written to the host socket) in every header. A guest that sends more than the credit
+//!   we last advertised gets RST, so what we buffer for a slow host stays below
+//!   [`CONN_BUF_SIZE`].
+//! - host -> guest: we read the host socket only when the guest has credit, straight into
+//!   its rx buffer, so nothing is buffered on our side; without credit we stop polling the
+//!   socket and ask the guest for an update.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::num::Wrapping;
+use std::os::unix::net::UnixStream;
+
+use event_manager::EventSet;
+
+use super::packet::{
+    op, PacketHeader, TxPacket, HOST_CID, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+};
+
+/// Receive buffer we advertise to the guest for each connection (and the most we ever
+/// buffer for it).
+pub const CONN_BUF_SIZE: u32 = 256 * 1024;
+/// Send a credit update when the guest believes it has less free space than this.
+pub const CREDIT_UPDATE_THRESHOLD: u32 = 64 * 1024;
+
+/// The host end of a connection.
+pub trait HostStream: Read + Write {
+    /// Half-closes the stream: the host reads EOF after the data already written.
+    fn shutdown_write(&self) -> std::io::Result<()>;
+}
+
+impl HostStream for UnixStream {
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    /// We sent (or will send) OP_REQUEST for a host program, awaiting the guest's answer.
+    LocalInit,
+    Established,
+    /// An RST is owed to the guest; nothing else happens on this connection.
+    Killed,
+    /// Finished: the muxer removes it.
+    Dead,
+}
+
+// Control packets owed to the guest, in the order they are sent.
+const P_REQUEST: u8 = 1;
+const P_RESPONSE: u8 = 2;
+const P_CREDIT_UPDATE: u8 = 4;
+const P_CREDIT_REQUEST: u8 = 8;
+const P_SHUTDOWN: u8 = 16;
+const P_RST: u8 = 32;
+
+pub struct Connection<S> {
+    stream: S,
+    state: ConnState,
+    peer_cid: u64,
+    local_port: u32,
+    peer_port: u32,
+    pending: u8,
+    /// The host socket polled readable and has not yet returned WouldBlock.
+    rx_data_ready: bool,
+    /// The host stopped sending (we read EOF).
+    host_eof: bool,
+    /// SHUTDOWN flags the guest sent.
+    peer_shut: u32,
+    write_shut_done: bool,
+    // Guest side of the credit: what it told us, and what we sent it.
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: Wrapping<u32>,
+    rx_cnt: Wrapping<u32>,
+    credit_requested: bool,
+    // Our side: guest bytes received, forwarded to the host, and last advertised.
+    tx_cnt: Wrapping<u32>,
+    fwd_cnt: Wrapping<u32>,
+    last_fwd_cnt_sent: Wrapping<u32>,
+    /// Bytes for the host that are not guest data (the `OK <port>` line); sent first.
+    prefix: Vec<u8>,
+    /// Guest data the host socket has not taken yet (at most [`CONN_BUF_SIZE`]).
+    tx_buf: VecDeque<u8>,
+}
+
+impl<S: HostStream> Connection<S> {
+    /// A connection a host program asked for: owes the guest an OP_REQUEST.
+    pub fn new_local(stream: S, peer_cid: u64, local_port: u32, peer_port: u32) -> Self {
+        let mut c = Self::new(
+            stream,
+            peer_cid,
+            local_port,
+            peer_port,
+            ConnState::LocalInit,
+        );
+        c.pending = P_REQUEST;
+        c
+    }
+
+    /// A connection the guest asked for (`req` is its OP_REQUEST), already connected to the
+    /// host socket: owes the guest an OP_RESPONSE.
+    pub fn new_peer(stream: S, peer_cid: u64, req: &PacketHeader) -> Self {
+        let mut c = Self::new(
+            stream,
+            peer_cid,
+            req.dst_port,
+            req.src_port,
+            ConnState::Established,
+        );
+        c.peer_buf_alloc = req.buf_alloc;
+        c.peer_fwd_cnt = Wrapping(req.fwd_cnt);
+        c.pending = P_RESPONSE;
+        c
+    }
+
+    fn new(stream: S, peer_cid: u64, local_port: u32, peer_port: u32, state: ConnState) -> Self {
+        Self {
+            stream,
+            state,
+            peer_cid,
+            local_port,
+            peer_port,
+            pending: 0,
+            rx_data_ready: false,
+            host_eof: false,
+            peer_shut: 0,
+            write_shut_done: false,
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: Wrapping(0),
+            rx_cnt: Wrapping(0),
+            credit_requested: false,
+            tx_cnt: Wrapping(0),
+            fwd_cnt: Wrapping(0),
+            last_fwd_cnt_sent: Wrapping(0),
+            prefix: Vec::new(),
+            tx_buf: VecDeque::new(),
+        }
+    }
+
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    pub fn into_stream(self) -> S {
+        self.stream
+    }
+
+    pub fn state(&self) -> ConnState {
+        self.state
+    }
+
+    pub fn local_port(&self) -> u32 {
+        self.local_port
+    }
+
+    pub fn peer_port(&self) -> u32 {
+        self.peer_port
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.state == ConnState::Dead
+    }
+
+    /// Bytes buffered for the host.
+    pub fn buffered(&self) -> usize {
+        self.tx_buf.len() + self.prefix.len()
+    }
+
+    /// How many more bytes the guest can take.
+    pub fn peer_credit(&self) -> u32 {
+        let in_flight = (self.rx_cnt - self.peer_fwd_cnt).0;
+        self.peer_buf_alloc.saturating_sub(in_flight)
+    }
+
+    /// Aborts the connection: an RST is owed to the guest and nothing else.
+    pub fn kill(&mut self) {
+        if matches!(self.state, ConnState::Killed | ConnState::Dead) {
+            return;
+        }
+        self.state = ConnState::Killed;
+        self.pending = P_RST;
+        self.rx_data_ready = false;
+        self.prefix.clear();
+        self.tx_buf = VecDeque::new();
+    }
+
+    /// The events the host socket should be polled for (empty: not polled at all).
+    pub fn interest(&self) -> EventSet {
+        let mut ev = EventSet::empty();
+        if !matches!(self.state, ConnState::LocalInit | ConnState::Established) {
+            return ev;
+        }
+        if self.wants_host_read() {
+            ev |= EventSet::IN;
+        }
+        if self.buffered() > 0 {
+            ev |= EventSet::OUT;
+        }
+        ev
+    }
+
+    fn wants_host_read(&self) -> bool {
+        self.state == ConnState::Established
+            && !self.rx_data_ready
+            && !self.host_eof
+            && self.peer_shut & SHUTDOWN_RCV == 0
+            && self.pending & P_RST == 0
+    }
+
+    /// Whether the connection has a packet for the guest.
+    pub fn wants_rx(&self) -> bool {
+        self.pending != 0
+            || (self.rx_data_ready && (self.peer_credit() > 0 || !self.credit_requested))
+    }
+
+    /// The host socket polled with `events`.
+    pub fn on_host_event(&mut self, events: EventSet) {
+        if !matches!(self.state, ConnState::LocalInit | ConnState::Established) {
+            return;
+        }
+        if events.contains(EventSet::ERROR) {
+            self.kill();
+            return;
+        }
+        if events.intersects(EventSet::OUT | EventSet::HANG_UP) && self.buffered() > 0 {
+            self.flush();
+        }
+        if events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP)
+            && self.wants_host_read()
+        {
+            self.rx_data_ready = true;
+        }
+    }
+
+    /// A packet from the guest for this connection (cids and type already checked).
+    pub fn on_guest_packet(&mut self, pkt: &TxPacket) {
+        let hdr = &pkt.hdr;
+        if matches!(self.state, ConnState::Killed | ConnState::Dead) {
+            return;
+        }
+        if hdr.op == op::RST {
+            self.state = ConnState::Dead;
+            self.pending = 0;
+            return;
+        }
+        self.peer_buf_alloc = hdr.buf_alloc;
+        self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
+        if self.peer_credit() > 0 {
+            self.credit_requested = false;
+        }
+        match (self.state, hdr.op) {
+            (ConnState::LocalInit, op::RESPONSE) => {
+                self.state = ConnState::Established;
+                self.prefix = format!("OK {}\n", self.local_port).into_bytes();
+                self.flush();
+            }
+            (ConnState::Established, op::RW) => self.guest_data(&pkt.payload),
+            (ConnState::Established, op::SHUTDOWN) => {
+                self.peer_shut |= hdr.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
+                self.maybe_finish();
+            }
+            (ConnState::Established, op::CREDIT_UPDATE) => {}
+            (ConnState::Established, op::CREDIT_REQUEST) => self.pending |= P_CREDIT_UPDATE,
+            _ => self.kill(),
+        }
+    }
+
+    fn guest_data(&mut self, data: &[u8]) {
+        if self.peer_shut & SHUTDOWN_SEND != 0 {
+            self.kill();
+            return;
+        }
+        let Ok(len) = u32::try_from(data.len()) else {
+            self.kill();
+            return;
+        };
+        // What the guest sent beyond the forwarded count we last told it.
+        let unacked = u64::from((self.tx_cnt - self.last_fwd_cnt_sent).0);
+        if unacked + u64::from(len) > u64::from(CONN_BUF_SIZE)
+            || self.tx_buf.len() + data.len() > CONN_BUF_SIZE as usize
+        {
+            tracing::debug!(port = self.local_port, "guest overran its vsock credit");
+            self.kill();
+            return;
+        }
+        self.tx_cnt += len;
+        let mut rest = data;
+        if self.buffered() == 0 {
+            match self.stream.write(data) {
+                Ok(n) => {
+                    rest = &data[n.min(data.len())..];
+                    // n <= data.len() <= u32::MAX.
+                    self.fwd_cnt += n as u32;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.kill();
+                    return;
+                }
+            }
+        }
+        if !rest.is_empty() && self.tx_buf.capacity() == 0 {
+            // One allocation that never grows: the credit check bounds the contents.
+            self.tx_buf = VecDeque::with_capacity(CONN_BUF_SIZE as usize);
+        }
+        self.tx_buf.extend(rest);
+        self.check_credit_update();
+        self.maybe_finish();
+    }
+
+    /// Writes buffered bytes to the host until it would block.
+    fn flush(&mut self) {
+        while !self.prefix.is_empty() {
+            match self.stream.write(&self.prefix) {
+                Ok(0) => return self.kill(),
+                Ok(n) => {
+                    self.prefix.drain(..n.min(self.prefix.len()));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return self.kill(),
+            }
+        }
+        while !self.tx_buf.is_empty() {
+            let (front, _) = self.tx_buf.as_slices();
+            match self.stream.write(front) {
+                Ok(0) => return self.kill(),
+                Ok(n) => {
+                    let n = n.min(front.len());
+                    self.tx_buf.drain(..n);
+                    // n <= CONN_BUF_SIZE.
+                    self.fwd_cnt += n as u32;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return self.kill(),
+            }
+        }
+        if self.tx_buf.is_empty() {
+            // Idle connections hold no buffer.
+            self.tx_buf = VecDeque::new();
+        }
+        self.check_credit_update();
+        self.maybe_finish();
+    }
+
+    fn check_credit_update(&mut self) {
+        let unadvertised = (self.fwd_cnt - self.last_fwd_cnt_sent).0;
+        if unadvertised == 0 {
+            return;
+        }
+        let guest_view_used = (self.tx_cnt - self.last_fwd_cnt_sent).0;
+        let guest_view_free = CONN_BUF_SIZE.saturating_sub(guest_view_used);
+        if guest_view_free < CREDIT_UPDATE_THRESHOLD
+            && (unadvertised >= CREDIT_UPDATE_THRESHOLD || self.tx_buf.is_empty())
+        {
+            self.pending |= P_CREDIT_UPDATE;
+        }
+    }
+
+    /// Half-closes the host socket and ends the connection once both sides are done.
+    fn maybe_finish(&mut self) {
+        if self.state != ConnState::Established || self.buffered() > 0 {
+            return;
+        }
+        if self.peer_shut & SHUTDOWN_SEND != 0 && !self.write_shut_done {
+            self.write_shut_done = true;
+            if self.stream.shutdown_write().is_err() {
+                return self.kill();
+            }
+        }
+        let guest_done = self.peer_shut == SHUTDOWN_RCV | SHUTDOWN_SEND;
+        let both_sent = self.peer_shut & SHUTDOWN_SEND != 0 && self.host_eof;
+        if guest_done || both_sent {
+            // Graceful: sent after the SHUTDOWN and data still owed.
+            self.pending |= P_RST;
+            self.rx_data_ready = false;
+        }
+    }
+
+    fn header(&mut self, op: u16, flags: u32) -> PacketHeader {
+        self.last_fwd_cnt_sent = self.fwd_cnt;
+        self.pending &= !P_CREDIT_UPDATE;
+        PacketHeader {
+            src_cid: HOST_CID,
+            dst_cid: self.peer_cid,
+            src_port: self.local_port,
+            dst_port: self.peer_port,
+            len: 0,
+            type_: TYPE_STREAM,
+            op,
+            flags,
+            buf_alloc: CONN_BUF_SIZE,
+            fwd_cnt: self.fwd_cnt.0,
+        }
+    }
+
+    fn take(&mut self, bit: u8, op: u16, flags: u32) -> Option<(PacketHeader, usize)> {
+        if self.pending & bit == 0 {
+            return None;
+        }
+        self.pending &= !bit;
+        Some((self.header(op, flags), 0))
+    }
+
+    /// The next packet for the guest. Payload (for OP_RW) is read from the host socket into
+    /// `buf` (the room in the guest's rx buffer); returns the header and payload length.
+    pub fn next_rx_packet(&mut self, buf: &mut [u8]) -> Option<(PacketHeader, usize)> {
+        match self.state {
+            ConnState::Dead => return None,
+            ConnState::Killed => {
+                self.state = ConnState::Dead;
+                self.pending = 0;
+                return Some((self.header(op::RST, 0), 0));
+            }
+            ConnState::LocalInit => return self.take(P_REQUEST, op::REQUEST, 0),
+            ConnState::Established => {}
+        }
+        if let Some(p) = self.take(P_RESPONSE, op::RESPONSE, 0) {
+            return Some(p);
+        }
+        if self.rx_data_ready {
+            let credit = self.peer_credit() as usize;
+            let n = buf.len().min(credit).min(MAX_PAYLOAD);
+            if credit == 0 {
+                if !self.credit_requested {
+                    self.credit_requested = true;
+                    self.pending |= P_CREDIT_REQUEST;
+                }
+            } else if n > 0 {
+                match self.stream.read(&mut buf[..n]) {
+                    Ok(0) => {
+                        self.rx_data_ready = false;
+                        self.host_eof = true;
+                        self.pending |= P_SHUTDOWN;
+                        self.maybe_finish();
+                    }
+                    Ok(k) => {
+                        let k = k.min(n);
+                        // k <= MAX_PAYLOAD.
+                        self.rx_cnt += k as u32;
+                        return Some((self.header(op::RW, 0), k));
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => self.rx_data_ready = false,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        self.kill();
+                        return self.next_rx_packet(buf);
+                    }
+                }
+            }
+        }
+        if let Some(p) = self.take(P_CREDIT_UPDATE, op::CREDIT_UPDATE, 0) {
+            return Some(p);
+        }
+        if let Some(p) = self.take(P_CREDIT_REQUEST, op::CREDIT_REQUEST, 0) {
+            return Some(p);
+        }
+        if let Some(p) = self.take(P_SHUTDOWN, op::SHUTDOWN, SHUTDOWN_SEND) {
+            return Some(p);
+        }
+        if self.pending & P_RST != 0 {
+            self.state = ConnState::Dead;
+            self.pending = 0;
+            return Some((self.header(op::RST, 0), 0));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+
+    /// A host stream: reads come from `input` (WouldBlock when empty unless `eof`),
+    /// writes go to `output` up to `write_room` bytes (then WouldBlock).
+    #[derive(Clone, Default)]
+    pub(crate) struct MockStream(Rc<RefCell<MockInner>>);
+
+    #[derive(Default)]
+    pub(crate) struct MockInner {
+        pub input: VecDeque<u8>,
+        pub eof: bool,
+        pub output: Vec<u8>,
+        pub write_room: usize,
+        pub write_error: bool,
+        pub shut_write: bool,
+    }
+
+    impl MockStream {
+        pub(crate) fn new(write_room: usize) -> Self {
+            let s = Self::default();
+            s.0.borrow_mut().write_room = write_room;
+            s
+        }
+        pub(crate) fn inner(&self) -> std::cell::RefMut<'_, MockInner> {
+            self.0.borrow_mut()
+        }
+    }
+
+    impl Read for MockStream {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let mut i = self.0.borrow_mut();
+            if i.input.is_empty() {
+                return if i.eof {
+                    Ok(0)
+                } else {
+                    Err(ErrorKind::WouldBlock.into())
+                };
+            }
+            let n = buf.len().min(i.input.len());
+            for (d, s) in buf.iter_mut().zip(i.input.drain(..n)) {
+                *d = s;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for MockStream {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut i = self.0.borrow_mut();
+            if i.write_error {
+                return Err(ErrorKind::BrokenPipe.into());
+            }
+            if i.write_room == 0 {
+                return Err(ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(i.write_room);
+            i.write_room -= n;
+            i.output.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl HostStream for MockStream {
+        fn shutdown_write(&self) -> std::io::Result<()> {
+            self.0.borrow_mut().shut_write = true;
+            Ok(())
+        }
+    }
+
+    fn guest(op: u16, len: usize, buf_alloc: u32, fwd_cnt: u32) -> TxPacket {
+        TxPacket {
+            hdr: PacketHeader {
+                src_cid: 3,
+                dst_cid: HOST_CID,
+                src_port: 1000,
+                dst_port: 52,
+                len: len as u32,
+                type_: TYPE_STREAM,
+                op,
+                flags: 0,
+                buf_alloc,
+                fwd_cnt,
+            },
+            payload: vec![0xab; len],
+        }
+    }
+
+    fn next(c: &mut Connection<MockStream>, room: usize) -> Option<(PacketHeader, usize)> {
+        let mut buf = vec![0u8; room];
+        c.next_rx_packet(&mut buf)
+    }
+
+    fn established(room: usize) -> (Connection<MockStream>, MockStream) {
+        let s = MockStream::new(room);
+        let req = guest(op::REQUEST, 0, 8192, 0).hdr;
+        let mut c = Connection::new_peer(s.clone(), 3, &req);
+        let (h, _) = next(&mut c, 4096).unwrap();
+        assert_eq!(h.op, op::RESPONSE);
+        assert_eq!((h.src_port, h.dst_port), (52, 1000));
+        assert_eq!(h.buf_alloc, CONN_BUF_SIZE);
+        (c, s)
+    }
+
+    #[test]
+    fn local_handshake_writes_ok_line() {
+        let s = MockStream::new(1024);
+        let mut c = Connection::new_local(s.clone(), 3, 1 << 30, 1024);
+        assert!(c.wants_rx());
+        assert!(c.interest().is_empty());
+        let (h, n) = next(&mut c, 4096).unwrap();
+        assert_eq!(
+            (h.op, n, h.src_port, h.dst_port),
+            (op::REQUEST, 0, 1 << 30, 1024)
+        );
+        assert!(next(&mut c, 4096).is_none());
+        c.on_guest_packet(&guest(op::RESPONSE, 0, 4096, 0));
+        assert_eq!(c.state(), ConnState::Established);
+        assert_eq!(s.inner().output, b"OK 1073741824\n");
+        assert_eq!(c.interest(), EventSet::IN);
+    }
+
+    #[test]
+    fn local_refused_by_rst() {
+        let mut c = Connection::new_local(MockStream::new(0), 3, 1 << 30, 1024);
+        next(&mut c, 0).unwrap();
+        c.on_guest_packet(&guest(op::RST, 0, 0, 0));
+        assert!(c.is_dead());
+        assert!(next(&mut c, 4096).is_none());
+    }
+
+    #[test]
+    fn host_data_respects_guest_credit() {
+        let (mut c, s) = established(0);
+        s.inner().input.extend(vec![7u8; 20000]);
+        c.on_host_event(EventSet::IN);
+        assert!(c.interest().is_empty(), "no polling while data is pending");
+        // Guest advertised 8192 bytes.
+        let (h, n) = next(&mut c, 4096).unwrap();
+        assert_eq!((h.op, n), (op::RW, 4096));
+        let (_, n) = next(&mut c, 65536).unwrap();
+        assert_eq!(n, 4096);
+        assert_eq!(c.peer_credit(), 0);
+        // No credit: one credit request, then nothing until the guest updates.
+        let (h, _) = next(&mut c, 4096).unwrap();
+        assert_eq!(h.op, op::CREDIT_REQUEST);
+        assert!(!c.wants_rx());
+        assert!(next(&mut c, 4096).is_none());
+        c.on_guest_packet(&guest(op::CREDIT_UPDATE, 0, 8192, 8192));
+        assert!(c.wants_rx());
+        let (h, n) = next(&mut c, 65536).unwrap();
+        assert_eq!((h.op, n), (op::RW, 8192));
+        assert_eq!(s.inner().input.len(), 20000 - 16384);
+    }
+
+    #[test]
+    fn host_eof_sends_shutdown_then_closes_on_guest_shutdown() {
+        let (mut c, s) = established(100);
+        s.inner().input.extend(b"bye");
+        s.inner().eof = true;
+        c.on_host_event(EventSet::IN | EventSet::READ_HANG_UP);
+        let (h, n) = next(&mut c, 4096).unwrap();
+        assert_eq!((h.op, n), (op::RW, 3));
+        let (h, _) = next(&mut c, 4096).unwrap();
+        assert_eq!((h.op, h.flags), (op::SHUTDOWN, SHUTDOWN_SEND));
+        assert!(c.interest().is_empty());
+        // The guest finishes too: we half-close the host side and reset.
+        let mut p = guest(op::SHUTDOWN, 0, 8192, 0);
+        p.hdr.flags = SHUTDOWN_SEND;
+        c.on_guest_packet(&p);
+        assert!(s.inner().shut_write);
+        let (h, _) = next(&mut c, 4096).unwrap();
+        assert_eq!(h.op, op::RST);
+        assert!(c.is_dead());
+    }
+
+    #[test]
+    fn guest_shutdown_flushes_before_half_close() {
+        let (mut c, s) = established(10);
+        c.on_guest_packet(&guest(op::RW, 30, 8192, 0));
+        assert_eq!(s.inner().output.len(), 10);
+        assert_eq!(c.interest(), EventSet::IN | EventSet::OUT);
+        let mut p = guest(op::SHUTDOWN, 0, 8192, 0);
+        p.hdr.flags = SHUTDOWN_SEND;
+        c.on_guest_packet(&p);
+        assert!(!s.inner().shut_write, "data still buffered");
+        s.inner().write_room = 100;
+        c.on_host_event(EventSet::OUT);
+        assert_eq!(s.inner().output.len(), 30);
+        assert!(s.inner().shut_write);
+        assert_eq!(c.state(), ConnState::Established, "half-closed only");
+        // Further guest data after its SHUTDOWN(SEND) is a protocol error.
+        c.on_guest_packet(&guest(op::RW, 1, 8192, 0));
+        assert_eq!(next(&mut c, 10).unwrap().0.op, op::RST);
+    }
+
+    #[test]
+    fn full_guest_shutdown_resets_after_flush() {
+        let (mut c, s) = established(0);
+        c.on_guest_packet(&guest(op::RW, 5, 8192, 0));
+        let mut p = guest(op::SHUTDOWN, 0, 8192, 0);
+        p.hdr.flags = SHUTDOWN_SEND | SHUTDOWN_RCV;
+        c.on_guest_packet(&p);
+        assert!(next(&mut c, 10).is_none(), "waits for the flush");
+        s.inner().write_room = 5;
+        c.on_host_event(EventSet::OUT);
+        assert_eq!(next(&mut c, 10).unwrap().0.op, op::RST);
+        assert!(c.is_dead());
+    }
+
+    #[test]
+    fn overrun_gets_rst_and_buffer_stays_bounded() {
+        let (mut c, s) = established(0);
+        let chunk = MAX_PAYLOAD;
+        for _ in 0..(CONN_BUF_SIZE as usize / chunk) {
+            c.on_guest_packet(&guest(op::RW, chunk, 8192, 0));
+            assert_eq!(c.state(), ConnState::Established);
+        }
+        assert_eq!(c.buffered(), CONN_BUF_SIZE as usize);
+        assert!(c.tx_buf.capacity() < 2 * CONN_BUF_SIZE as usize);
+        c.on_guest_packet(&guest(op::RW, 1, 8192, 0));
+        assert_eq!(c.state(), ConnState::Killed);
+        assert_eq!(c.buffered(), 0);
+        assert!(s.inner().output.is_empty());
+        assert_eq!(next(&mut c, 10).unwrap().0.op, op::RST);
+        assert!(c.is_dead());
+    }
+
+    #[test]
+    fn credit_update_when_guest_view_gets_low() {
+        let (mut c, s) = established(0);
+        for _ in 0..4 {
+            c.on_guest_packet(&guest(op::RW, MAX_PAYLOAD, 8192, 0));
+        }
+        assert!(!c.wants_rx());
+        // The host takes a little: not worth an update yet.
+        s.inner().write_room = 1000;
+        c.on_host_event(EventSet::OUT);
+        assert!(!c.wants_rx());
+        // The host takes everything: the guest learns it has the whole buffer again.
+        s.inner().write_room = usize::MAX;
+        c.on_host_event(EventSet::OUT);
+        assert!(c.wants_rx());
+        let (h, _) = next(&mut c, 10).unwrap();
+        assert_eq!((h.op, h.fwd_cnt), (op::CREDIT_UPDATE, CONN_BUF_SIZE));
+        // Now the guest may send a full buffer again.
+        for _ in 0..4 {
+            c.on_guest_packet(&guest(op::RW, MAX_PAYLOAD, 8192, 0));
+        }
+        assert_eq!(c.state(), ConnState::Established);
+    }
+
+    #[test]
+    fn credit_request_is_answered() {
+        let (mut c, _s) = established(0);
+        c.on_guest_packet(&guest(op::CREDIT_REQUEST, 0, 8192, 0));
+        let (h, _) = next(&mut c, 10).unwrap();
+        assert_eq!(h.op, op::CREDIT_UPDATE);
+    }
+
+    #[test]
+    fn write_error_and_protocol_errors_reset() {
+        let (mut c, s) = established(10);
+        s.inner().write_error = true;
+        c.on_guest_packet(&guest(op::RW, 3, 8192, 0));
+        assert_eq!(next(&mut c, 10).unwrap().0.op, op::RST);
+
+        let (mut c, _s) = established(10);
+        c.on_guest_packet(&guest(op::REQUEST, 0, 8192, 0));
+        assert_eq!(next(&mut c, 10).unwrap().0.op, op::RST);
+
+        let mut c = Connection::new_local(MockStream::new(10), 3, 5, 6);
+        c.on_guest_packet(&guest(op::RW, 3, 8192, 0));
+        assert_eq!(next(&mut c, 10).unwrap().0.op, op::RST);
+
+        let (mut c, _s) = established(10);
+        c.on_host_event(EventSet::ERROR);
+        assert_eq!(next(&mut c, 10).unwrap().0.op, op::RST);
+    }
+
+    #[test]
+    fn guest_credit_cannot_underflow() {
+        let (mut c, _s) = established(0);
+        // A guest claiming to have forwarded more than we sent gets no more than buf_alloc.
+        c.on_guest_packet(&guest(op::CREDIT_UPDATE, 0, 100, u32::MAX));
+        assert!(c.peer_credit() <= 100);
+    }
+}
