@@ -17,6 +17,7 @@
 //! buffer batch raises the interrupt with [`IrqTrigger::trigger`]`(INT_VRING)`.
 
 // Device modules are declared here as they land: block, fs, mmio, vsock.
+pub mod block;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
