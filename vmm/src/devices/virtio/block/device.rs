@@ -215,6 +215,7 @@ impl Block {
         let Some(active) = self.active.as_mut() else {
             return;
         };
+        let max_chains = usize::from(active.queue.size());
         let batch = process_queue(
             &mut active.queue,
             &active.mem,
@@ -222,6 +223,7 @@ impl Block {
             &self.props,
             &self.metrics,
             &mut self.warn,
+            max_chains,
         );
         if batch.used > 0 {
             active.irq.trigger(crate::devices::virtio::INT_VRING);
@@ -252,8 +254,9 @@ pub(crate) struct Batch {
     pub more: bool,
 }
 
-/// Answers the available chains: at most one queue's worth per pass, so a driver that keeps
-/// adding requests cannot hold the event loop. Signalling the guest is left to the caller.
+/// Answers the available chains, at most `max_chains` per pass (the device passes the queue
+/// size) so a driver that keeps adding requests cannot hold the event loop. Signalling the
+/// guest is left to the caller.
 pub(crate) fn process_queue<M: GuestMemory, D: DiskBackend>(
     queue: &mut Queue,
     mem: &M,
@@ -261,9 +264,9 @@ pub(crate) fn process_queue<M: GuestMemory, D: DiskBackend>(
     props: &DiskProperties,
     metrics: &BlockMetrics,
     warn: &mut WarnLimiter,
+    max_chains: usize,
 ) -> Batch {
     let mut batch = Batch::default();
-    let bound = usize::from(queue.size());
     loop {
         let chain = match queue.iter(mem) {
             Ok(mut avail) => avail.next(),
@@ -291,7 +294,7 @@ pub(crate) fn process_queue<M: GuestMemory, D: DiskBackend>(
             break;
         }
         batch.used += 1;
-        if batch.used >= bound {
+        if batch.used >= max_chains {
             batch.more = queue
                 .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
                 .is_ok_and(|idx| idx.0 != queue.next_avail());

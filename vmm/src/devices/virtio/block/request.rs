@@ -674,3 +674,6 @@ where
         },
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests;
