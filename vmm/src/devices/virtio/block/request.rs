@@ -252,7 +252,7 @@ impl Request {
                 if out_len != 0 {
                     return Err(fail(RequestError::UnexpectedReadable(request_type.name())));
                 }
-                if request_type == RequestType::In && in_len % SECTOR_SIZE != 0 {
+                if request_type == RequestType::In && !in_len.is_multiple_of(SECTOR_SIZE) {
                     return Err(fail(RequestError::UnalignedLength(in_len)));
                 }
                 if request_type == RequestType::GetId && in_len < ID_LEN as u64 {
@@ -264,7 +264,7 @@ impl Request {
                 if in_len != 0 {
                     return Err(fail(RequestError::UnexpectedWritable(request_type.name())));
                 }
-                if out_len % SECTOR_SIZE != 0 {
+                if !out_len.is_multiple_of(SECTOR_SIZE) {
                     return Err(fail(RequestError::UnalignedLength(out_len)));
                 }
                 take_segments(readable, u64::from(HEADER_LEN), out_len)
