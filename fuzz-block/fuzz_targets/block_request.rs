@@ -26,7 +26,7 @@ const HEADER_ADDR: u64 = 0x1_0000;
 const DATA_WINDOW: u64 = 0x1_8000;
 const SPAN_END: u64 = 0x5_1000;
 const QUEUE_SIZE: u16 = 256;
-const DISK_SECTORS: u64 = 64;
+const DISK_SECTORS: u32 = 64;
 
 /// Where a descriptor points: mostly somewhere useful, sometimes anywhere at all.
 #[derive(Arbitrary, Debug)]
@@ -141,7 +141,7 @@ fuzz_target!(|input: Input| {
         Kind::Raw(t) => t,
     };
     let sector = match input.sector {
-        Sector::Near(n) => u64::from(n) % (DISK_SECTORS + 8),
+        Sector::Near(n) => u64::from(n) % (u64::from(DISK_SECTORS) + 8),
         Sector::Raw(s) => s,
     };
     header[..4].copy_from_slice(&request_type.to_le_bytes());
@@ -171,7 +171,7 @@ fuzz_target!(|input: Input| {
     };
 
     let props = DiskProperties {
-        capacity: DISK_SECTORS,
+        capacity: u64::from(DISK_SECTORS),
         read_only: input.read_only,
         id: *b"fuzz-disk\0\0\0\0\0\0\0\0\0\0\0",
     };

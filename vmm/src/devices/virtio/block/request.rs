@@ -431,9 +431,10 @@ pub struct MemDisk {
 }
 
 impl MemDisk {
-    pub fn new(sectors: u64) -> Self {
+    /// A zeroed disk of `sectors` sectors (at most 2 TiB, so the size cannot overflow).
+    pub fn new(sectors: u32) -> Self {
         Self {
-            bytes: vec![0; (sectors * SECTOR_SIZE) as usize],
+            bytes: vec![0; sectors as usize * SECTOR_SIZE as usize],
             flushes: 0,
             fail: false,
         }

@@ -52,7 +52,7 @@ fn props(read_only: bool) -> DiskProperties {
 
 /// A disk whose byte `i` is `i / 512 + 1` (sector number + 1).
 fn patterned_disk() -> MemDisk {
-    let mut d = MemDisk::new(CAPACITY);
+    let mut d = MemDisk::new(CAPACITY as u32);
     for (i, b) in d.bytes.iter_mut().enumerate() {
         *b = (i / 512 + 1) as u8;
     }
@@ -185,7 +185,7 @@ fn any_layout_split_header_and_status_in_data_descriptor() {
 #[test]
 fn write() {
     let m = mem();
-    let mut disk = MemDisk::new(CAPACITY);
+    let mut disk = MemDisk::new(CAPACITY as u32);
     m.write_slice(&[0x5a; 1024], GuestAddress(DATA)).unwrap();
     let descs = [desc(HDR, 16, R), desc(DATA, 1024, R), desc(STATUS, 1, W)];
     // run() refills DATA; write the payload after the header instead.
@@ -206,7 +206,7 @@ fn write() {
 #[test]
 fn flush() {
     let m = mem();
-    let mut disk = MemDisk::new(CAPACITY);
+    let mut disk = MemDisk::new(CAPACITY as u32);
     let descs = [desc(HDR, 16, R), desc(STATUS, 1, W)];
     let r = run(
         &m,
@@ -248,7 +248,7 @@ fn flush() {
 #[test]
 fn get_id() {
     let m = mem();
-    let mut disk = MemDisk::new(CAPACITY);
+    let mut disk = MemDisk::new(CAPACITY as u32);
     let descs = [desc(HDR, 16, R), desc(DATA, 64, W), desc(STATUS, 1, W)];
     let r = run(
         &m,
