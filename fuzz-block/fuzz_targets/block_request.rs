@@ -201,6 +201,9 @@ fuzz_target!(|input: Input| {
     // A used length of 0 exactly when no status could be written.
     assert_eq!(done.used_len == 0, done.status.is_none());
     assert_eq!(done.malformed.is_some(), parsed.is_err());
+    if done.status == Some(0) {
+        assert!(done.failed.is_none() && done.malformed.is_none());
+    }
     if let (Ok(req), Some(0)) = (&parsed, done.status) {
         let want = match req.request_type {
             RequestType::In => req.data_len + 1,

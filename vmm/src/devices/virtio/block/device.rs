@@ -313,6 +313,11 @@ fn count(metrics: &BlockMetrics, done: &request::Completion, warn: &mut WarnLimi
             tracing::warn!("virtio-blk: malformed request: {e} ({dropped} more dropped)");
         }
     }
+    if let Some(e) = &done.failed {
+        if let Some(dropped) = warn.allow() {
+            tracing::warn!("virtio-blk: request failed: {e} ({dropped} more dropped)");
+        }
+    }
     match done.status.map(u32::from) {
         Some(VIRTIO_BLK_S_IOERR) => {
             metrics.io_errors.fetch_add(1, Ordering::Relaxed);

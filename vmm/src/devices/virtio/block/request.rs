@@ -560,47 +560,74 @@ pub struct Completion {
     pub request_type: Option<RequestType>,
     /// Why the chain was rejected, if it was.
     pub malformed: Option<RequestError>,
+    /// Why a well-formed request failed, if it did.
+    pub failed: Option<ExecError>,
+}
+
+/// Why a well-formed request was not carried out.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    #[error("Request type {0} is not supported")]
+    Unsupported(u32),
+    #[error("Write to a read-only disk")]
+    ReadOnly,
+    #[error("{sectors} sectors from sector {sector} reach past the disk's {capacity}")]
+    OutOfRange {
+        sector: u64,
+        sectors: u64,
+        capacity: u64,
+    },
+    #[error("Disk I/O failed: {0}")]
+    Io(String),
+}
+
+impl ExecError {
+    /// The status reported to the driver.
+    pub fn status(&self) -> u8 {
+        match self {
+            Self::Unsupported(_) => STATUS_UNSUPP,
+            _ => STATUS_IOERR,
+        }
+    }
 }
 
 impl Request {
-    /// Executes the request against `disk`. Returns the status and the bytes of data written
-    /// to the guest (before the status).
+    /// Executes the request against `disk`. Returns the bytes of data written to the guest
+    /// (before the status byte).
     pub fn execute<M: GuestMemory + ?Sized, D: DiskBackend>(
         &self,
         mem: &M,
         disk: &mut D,
         props: &DiskProperties,
-    ) -> (u8, u32) {
+    ) -> Result<u32, ExecError> {
         match self.request_type {
             RequestType::In | RequestType::Out => {
-                if self.request_type == RequestType::Out && props.read_only {
-                    return (STATUS_IOERR, 0);
+                let reading = self.request_type == RequestType::In;
+                if !reading && props.read_only {
+                    return Err(ExecError::ReadOnly);
                 }
-                let Some(offset) = self.disk_offset(props.capacity) else {
-                    return (STATUS_IOERR, 0);
-                };
+                let offset = self.disk_offset(props.capacity)?;
                 let mut cursor = DiskCursor { disk, offset };
                 for s in &self.data {
-                    let r = if self.request_type == RequestType::In {
-                        mem.read_exact_volatile_from(s.addr, &mut cursor, s.len as usize)
+                    let len = s.len as usize;
+                    if reading {
+                        mem.read_exact_volatile_from(s.addr, &mut cursor, len)
                     } else {
-                        mem.write_all_volatile_to(s.addr, &mut cursor, s.len as usize)
-                    };
-                    if r.is_err() {
-                        return (STATUS_IOERR, 0);
+                        mem.write_all_volatile_to(s.addr, &mut cursor, len)
                     }
+                    .map_err(|e| ExecError::Io(e.to_string()))?;
                 }
-                if self.request_type == RequestType::In {
+                if reading {
                     // At most the 4 GiB the chain can hold (`DescriptorChain` enforces it).
-                    (STATUS_OK, u32::try_from(self.data_len).unwrap_or(u32::MAX))
+                    Ok(u32::try_from(self.data_len).unwrap_or(u32::MAX))
                 } else {
-                    (STATUS_OK, 0)
+                    Ok(0)
                 }
             }
-            RequestType::Flush => match disk.flush() {
-                Ok(()) => (STATUS_OK, 0),
-                Err(_) => (STATUS_IOERR, 0),
-            },
+            RequestType::Flush => disk
+                .flush()
+                .map(|()| 0)
+                .map_err(|e| ExecError::Io(e.to_string())),
             RequestType::GetId => {
                 let mut rest: &[u8] = &props.id;
                 for s in &self.data {
@@ -608,25 +635,30 @@ impl Request {
                         break;
                     }
                     let n = rest.len().min(s.len as usize);
-                    if mem.write_slice(&rest[..n], s.addr).is_err() {
-                        return (STATUS_IOERR, 0);
-                    }
+                    mem.write_slice(&rest[..n], s.addr)
+                        .map_err(|e| ExecError::Io(e.to_string()))?;
                     rest = &rest[n..];
                 }
-                (STATUS_OK, ID_LEN as u32)
+                Ok(ID_LEN as u32)
             }
-            RequestType::Unsupported(_) => (STATUS_UNSUPP, 0),
+            RequestType::Unsupported(t) => Err(ExecError::Unsupported(t)),
         }
     }
 
     /// The byte offset of the request on the disk, if all its sectors lie within `capacity`.
-    fn disk_offset(&self, capacity: u64) -> Option<u64> {
+    fn disk_offset(&self, capacity: u64) -> Result<u64, ExecError> {
         let sectors = self.data_len / SECTOR_SIZE;
-        let end = self.sector.checked_add(sectors)?;
-        if end > capacity {
-            return None;
+        let out_of_range = ExecError::OutOfRange {
+            sector: self.sector,
+            sectors,
+            capacity,
+        };
+        match self.sector.checked_add(sectors) {
+            Some(end) if end <= capacity => {
+                self.sector.checked_mul(SECTOR_SIZE).ok_or(out_of_range)
+            }
+            _ => Err(out_of_range),
         }
-        self.sector.checked_mul(SECTOR_SIZE)
     }
 }
 
@@ -643,37 +675,47 @@ where
     D: DiskBackend,
 {
     let mem = chain.memory();
-    let (status_addr, status, written, data_bytes, request_type, malformed) =
-        match Request::parse(chain) {
-            Ok(req) => {
-                let (status, written) = req.execute(mem, disk, props);
-                let data_bytes = match req.request_type {
-                    RequestType::In | RequestType::Out if status == STATUS_OK => req.data_len,
-                    _ => 0,
-                };
-                let t = Some(req.request_type);
-                (Some(req.status_addr), status, written, data_bytes, t, None)
+    let mut done = Completion {
+        used_len: 0,
+        status: None,
+        data_bytes: 0,
+        request_type: None,
+        malformed: None,
+        failed: None,
+    };
+    let (status_addr, status, written) = match Request::parse(chain) {
+        Ok(req) => {
+            done.request_type = Some(req.request_type);
+            match req.execute(mem, disk, props) {
+                Ok(written) => {
+                    if matches!(req.request_type, RequestType::In | RequestType::Out) {
+                        done.data_bytes = req.data_len;
+                    }
+                    (Some(req.status_addr), STATUS_OK, written)
+                }
+                Err(e) => {
+                    let status = e.status();
+                    done.failed = Some(e);
+                    (Some(req.status_addr), status, 0)
+                }
             }
-            Err(bad) => (bad.status_addr, STATUS_IOERR, 0, 0, None, Some(bad.error)),
-        };
+        }
+        Err(bad) => {
+            done.malformed = Some(bad.error);
+            (bad.status_addr, STATUS_IOERR, 0)
+        }
+    };
     // The status address was checked to be guest memory; should writing fail anyway, the
     // chain goes back with nothing reported written.
-    match status_addr {
-        Some(addr) if mem.write_obj(status, addr).is_ok() => Completion {
-            used_len: written.saturating_add(1),
-            status: Some(status),
-            data_bytes,
-            request_type,
-            malformed,
-        },
-        _ => Completion {
-            used_len: 0,
-            status: None,
-            data_bytes: 0,
-            request_type,
-            malformed,
-        },
+    if let Some(addr) = status_addr {
+        if mem.write_obj(status, addr).is_ok() {
+            done.used_len = written.saturating_add(1);
+            done.status = Some(status);
+            return done;
+        }
     }
+    done.data_bytes = 0;
+    done
 }
 
 #[cfg(test)]

@@ -230,6 +230,7 @@ fn flush() {
     );
     assert_eq!(r.done.status, Some(STATUS_IOERR));
     assert_eq!(r.done.malformed, None);
+    assert!(matches!(r.done.failed, Some(ExecError::Io(_))));
 
     // FLUSH carries no data.
     disk.fail = false;
@@ -306,6 +307,7 @@ fn unsupported_type() {
         assert_eq!(r.status_byte, STATUS_UNSUPP);
         assert_eq!(r.done.used_len, 1);
         assert_eq!(r.done.request_type, Some(RequestType::Unsupported(t)));
+        assert_eq!(r.done.failed, Some(ExecError::Unsupported(t)));
     }
     assert_eq!(disk, before);
 }
@@ -334,6 +336,14 @@ fn out_of_range_sectors() {
             );
             assert_eq!(r.done.used_len, 1);
             assert_eq!(r.done.malformed, None);
+            assert_eq!(
+                r.done.failed,
+                Some(ExecError::OutOfRange {
+                    sector,
+                    sectors: u64::from(len) / 512,
+                    capacity: CAPACITY,
+                })
+            );
             assert_eq!(disk, before);
             assert_eq!(data(&m, 0, 1), vec![0xee]);
         }
@@ -377,6 +387,7 @@ fn read_only() {
     );
     assert_eq!(r.done.status, Some(STATUS_IOERR));
     assert_eq!(r.status_byte, STATUS_IOERR);
+    assert_eq!(r.done.failed, Some(ExecError::ReadOnly));
     assert_eq!(disk, before);
 
     let descs = [desc(HDR, 16, R), desc(DATA, 512, W), desc(STATUS, 1, W)];
@@ -407,6 +418,7 @@ fn disk_errors_are_ioerr() {
     assert_eq!(r.done.status, Some(STATUS_IOERR));
     assert_eq!(r.done.used_len, 1);
     assert_eq!(r.done.data_bytes, 0);
+    assert!(matches!(r.done.failed, Some(ExecError::Io(_))));
 
     // A disk shorter than the capacity claims (truncated underneath us): IOERR.
     let mut disk = patterned_disk();
@@ -418,6 +430,7 @@ fn disk_errors_are_ioerr() {
         &mut disk,
         &props(false),
     );
+    assert!(matches!(r.done.failed, Some(ExecError::Io(_))));
     assert_eq!(r.done.status, Some(STATUS_IOERR));
 }
 
