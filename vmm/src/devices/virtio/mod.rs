@@ -17,7 +17,7 @@
 //! buffer batch raises the interrupt with [`IrqTrigger::trigger`]`(INT_VRING)`. (virtio-fs
 //! is the exception: virtiofsd does the queue work, including EVENT_IDX, itself.)
 
-// Device modules are declared here as they land: block, fs, mmio, vsock.
+pub mod block;
 pub mod fs;
 pub mod mmio;
 pub mod vsock;
