@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::virtio::block::BlockConfig;
+use crate::devices::virtio::fs::{FsConfig, FsConfigError};
+use crate::devices::virtio::vsock::{VsockConfig, VsockConfigError};
+
 /// Smallest guest memory we accept: the kernel, initramfs and page tables must fit.
 pub const MIN_MEMORY_MIB: u64 = 64;
 /// Largest guest memory we accept (1 TiB); the host may still refuse less.
@@ -44,6 +48,18 @@ pub enum ConfigError {
     },
     #[error("Kernel command line must not contain NUL or newline characters")]
     BadCmdline,
+    #[error("Invalid virtio-fs device {index}")]
+    Fs {
+        index: usize,
+        #[source]
+        source: FsConfigError,
+    },
+    #[error("Invalid vsock device")]
+    Vsock(#[source] VsockConfigError),
+    #[error("Invalid block device {index}: {reason}")]
+    Block { index: usize, reason: String },
+    #[error("Two virtio-fs devices have the tag {0:?}")]
+    DuplicateFsTag(String),
 }
 
 /// Where the guest's serial console goes.
@@ -100,6 +116,15 @@ pub struct VmConfig {
     pub memory_mib: u64,
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// The hybrid vsock device: guest ports reached through a host Unix socket.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices: vhost-user connections to running virtiofsd instances.
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
+    /// virtio-blk devices on raw image files, in order (/dev/vda, /dev/vdb, ...).
+    #[serde(default)]
+    pub block: Vec<BlockConfig>,
 }
 
 impl VmConfig {
@@ -135,6 +160,22 @@ impl VmConfig {
                 path: initramfs.clone(),
                 source,
             })?;
+        }
+        if let Some(vsock) = &self.vsock {
+            vsock.validate().map_err(ConfigError::Vsock)?;
+        }
+        for (index, block) in self.block.iter().enumerate() {
+            block.validate().map_err(|e| ConfigError::Block {
+                index,
+                reason: e.to_string(),
+            })?;
+        }
+        for (index, fs) in self.fs.iter().enumerate() {
+            fs.validate()
+                .map_err(|source| ConfigError::Fs { index, source })?;
+            if self.fs[..index].iter().any(|other| other.tag == fs.tag) {
+                return Err(ConfigError::DuplicateFsTag(fs.tag.clone()));
+            }
         }
         Ok(())
     }
@@ -173,6 +214,9 @@ mod tests {
             vcpus: 1,
             memory_mib: 256,
             console: ConsoleConfig::Stdout,
+            vsock: None,
+            fs: Vec::new(),
+            block: Vec::new(),
         }
     }
 

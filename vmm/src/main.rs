@@ -7,6 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use husk_vmm::devices::virtio::block::BlockConfig;
+use husk_vmm::devices::virtio::fs::FsConfig;
+use husk_vmm::devices::virtio::vsock::VsockConfig;
 use husk_vmm::{ConsoleConfig, Vm, VmConfig, VmExit};
 
 #[derive(Parser, Debug)]
@@ -17,7 +20,7 @@ use husk_vmm::{ConsoleConfig, Vm, VmConfig, VmExit};
 )]
 struct Cli {
     /// JSON config file (the same fields as the flags); conflicts with the flags.
-    #[arg(long, conflicts_with_all = ["kernel", "initramfs", "cmdline", "vcpus", "memory", "console"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initramfs", "cmdline", "vcpus", "memory", "console", "fs", "vsock", "block"])]
     config: Option<PathBuf>,
     /// Guest kernel: ELF vmlinux or bzImage.
     #[arg(long, required_unless_present = "config")]
@@ -37,6 +40,17 @@ struct Cli {
     /// Serial console: stdout, off, or file:PATH.
     #[arg(long, default_value = "stdout")]
     console: ConsoleConfig,
+    /// Hybrid vsock device: cid=CID,uds=PATH. Host programs connect to PATH and write
+    /// `CONNECT <port>\n`; guest connections to the host's port P reach `PATH_P`.
+    #[arg(long, value_name = "SPEC")]
+    vsock: Option<VsockConfig>,
+    /// virtio-fs device: tag=TAG,socket=PATH[,queues=N][,queue_size=N] (repeatable); PATH
+    /// is a running virtiofsd's vhost-user socket.
+    #[arg(long, value_name = "SPEC")]
+    fs: Vec<FsConfig>,
+    /// virtio-blk device: path=IMAGE[,ro][,id=NAME] (repeatable; /dev/vda, /dev/vdb, ...).
+    #[arg(long, value_name = "SPEC")]
+    block: Vec<BlockConfig>,
     /// Print VM exit counts as a JSON line on stderr when the guest ends.
     #[arg(long)]
     exit_stats: bool,
@@ -54,6 +68,9 @@ impl Cli {
             vcpus: self.vcpus,
             memory_mib: self.memory,
             console: self.console.clone(),
+            vsock: self.vsock.clone(),
+            fs: self.fs.clone(),
+            block: self.block.clone(),
         })
     }
 }

@@ -19,6 +19,9 @@ use crate::config::{ConfigError, ConsoleConfig, VmConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{self, ConsoleSink, GuestPanic, I8042};
 use crate::devices::manager::{DeviceManager, DeviceManagerError, Subscriber};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{Fs, FsError};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::vcpu::{ExitCounters, Vcpu, VcpuContext, VcpuError};
 
 /// Errors building or running a VM.
@@ -40,6 +43,12 @@ pub enum VmError {
     MemoryFile(#[source] std::io::Error),
     #[error(transparent)]
     Devices(#[from] DeviceManagerError),
+    #[error("Cannot set up the block device {0}")]
+    Block(String, #[source] BlockError),
+    #[error("Cannot set up the vsock device")]
+    Vsock(#[source] VsockError),
+    #[error("Cannot set up the virtio-fs device {0:?}")]
+    Fs(String, #[source] FsError),
     #[error("Cannot start the device event loop thread")]
     EventThread(#[source] std::io::Error),
     #[error("Cannot write the MP table")]
@@ -139,7 +148,20 @@ impl Vm {
             .map_err(|e| VmError::Setup("pit", e))?;
 
         let mem = create_memory(&vm_fd, config.memory_bytes())?;
-        let devices = DeviceManager::new()?;
+        let mut devices = DeviceManager::new()?;
+        // Block devices first: the guest names them vda, vdb, ... in this order.
+        for block in &config.block {
+            let dev = Block::new(block)
+                .map_err(|e| VmError::Block(block.path.display().to_string(), e))?;
+            devices.add_virtio(&vm_fd, &mem, dev)?;
+        }
+        if let Some(vsock) = &config.vsock {
+            devices.add_virtio(&vm_fd, &mem, Vsock::new(vsock).map_err(VmError::Vsock)?)?;
+        }
+        for fs in &config.fs {
+            let dev = Fs::new(fs).map_err(|e| VmError::Fs(fs.tag.clone(), e))?;
+            devices.add_virtio(&vm_fd, &mem, dev)?;
+        }
 
         // Guest image: kernel, initramfs, command line, zero page, MP table.
         let kernel = boot::load_kernel(&mem, &config.kernel)?;
