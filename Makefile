@@ -9,7 +9,7 @@ AGENT   := target/$(MUSL)/release/husk-agent
 PROBE   := target/$(MUSL)/release/husk-guest-probe
 CARGO   ?= cargo
 
-.PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench bench-devices clean
+.PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench bench-devices fuzz clean
 
 deps:
 	scripts/install-deps.sh
@@ -34,18 +34,21 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit: deps
-	$(CARGO) test --workspace
+	HUSK_REQUIRE_VIRTIOFSD=1 $(CARGO) test --workspace
 
 integration: image vmm
 	scripts/integration.sh
 
-test: deps lint unit integration
+test: deps lint unit fuzz integration
 
 demo: image vmm
 	scripts/demo.sh
 
 bench: image vmm
 	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-boot --runs $${RUNS:-10}
+
+fuzz: deps
+	scripts/fuzz.sh $${FUZZ_SECONDS:-20}
 
 bench-devices: image vmm
 	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-devices --mib $${MIB:-256} --files $${FILES:-10000}

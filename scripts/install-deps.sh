@@ -8,6 +8,8 @@ packages=(
     linux-source-6.1 bc bison flex libelf-dev libssl-dev cpio xz-utils zstd
     # test host and the microvm peer in the boot benchmark
     qemu-system-x86 busybox-static kmod
+    # device tests: ext4 images for virtio-blk; virtiofsd's build dependencies
+    e2fsprogs libseccomp-dev libcap-ng-dev
     # build tools
     build-essential pkg-config
 )
@@ -35,3 +37,6 @@ if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-
     echo "install-deps: adding the x86_64-unknown-linux-musl target" >&2
     rustup target add x86_64-unknown-linux-musl >&2
 fi
+
+# virtio-fs backend (cargo install, ~2 min the first time).
+"$(dirname "${BASH_SOURCE[0]}")/install-virtiofsd.sh"
