@@ -163,15 +163,18 @@ impl Guest {
         }
     }
 
-    /// Opens a stream to guest `port` through the hybrid vsock socket (`CONNECT`/`OK`).
+    /// Opens a stream to guest `port` through the hybrid vsock socket (`CONNECT`/`OK`),
+    /// with read and write timeouts ([`io_timeout`]) so a stalled transfer fails the test.
     pub fn connect(&self, port: u32) -> Result<UnixStream> {
-        connect_vsock(&self.vsock_uds, port, boot_timeout())
+        let s = connect_vsock(&self.vsock_uds, port, boot_timeout())?;
+        s.set_read_timeout(Some(io_timeout()))?;
+        s.set_write_timeout(Some(io_timeout()))?;
+        Ok(s)
     }
 
     /// Sends one probe command and returns its reply line (without the newline).
     pub fn command(&self, line: &str) -> Result<String> {
         let s = self.connect(husk_guest_probe::PROBE_PORT)?;
-        s.set_read_timeout(Some(boot_timeout()))?;
         (&s).write_all(format!("{line}\n").as_bytes())?;
         let mut reply = String::new();
         BufReader::new(&s).read_line(&mut reply)?;
@@ -228,6 +231,16 @@ impl Drop for Guest {
             let _ = c.wait();
         }
     }
+}
+
+/// How long one read or write on a guest connection may block (`HUSK_IO_TIMEOUT` seconds,
+/// default 300): generous for emulation, but a stall fails instead of hanging.
+pub fn io_timeout() -> Duration {
+    let secs = std::env::var("HUSK_IO_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    Duration::from_secs(secs)
 }
 
 /// The host side of a hybrid vsock connection: connect to the VMM's socket, send
