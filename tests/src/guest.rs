@@ -230,6 +230,20 @@ impl Drop for Guest {
             kill_group(c.id());
             let _ = c.wait();
         }
+        // HUSK_TEST_LOGS=DIR keeps each guest's console and VMM log for a post-mortem.
+        if let Some(dir) = std::env::var_os("HUSK_TEST_LOGS") {
+            let dir = PathBuf::from(dir);
+            let name = self
+                .dir
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if std::fs::create_dir_all(&dir).is_ok() {
+                let _ = std::fs::copy(&self.console, dir.join(format!("{name}.console")));
+                let _ = std::fs::copy(&self.stderr_path, dir.join(format!("{name}.vmm")));
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@ impl Vsock {
                 CtlOp::Remove(fd, _stream) => {
                     ops.remove(Events::with_data_raw(fd, CONNECTION, EventSet::empty()))
                 }
+                CtlOp::Close(_stream) => Ok(()),
             };
             if let Err(e) = r {
                 tracing::error!("vsock: cannot update the event loop: {e:?}");

@@ -51,6 +51,9 @@ pub enum CtlOp {
     Modify(RawFd, EventSet),
     /// Remove the fd, then drop the stream (closing it) if one is given.
     Remove(RawFd, Option<UnixStream>),
+    /// Close a stream that is not in epoll, after the ops queued before it (which may
+    /// still name its fd) are applied, so its fd number cannot be reused under them.
+    Close(UnixStream),
 }
 
 /// Connections are keyed by (host port, guest port).
@@ -337,6 +340,8 @@ impl Muxer {
             let stream = conn.into_stream();
             if self.registered.remove(&fd).is_some() {
                 self.ctl.push(CtlOp::Remove(fd, Some(stream)));
+            } else {
+                self.ctl.push(CtlOp::Close(stream));
             }
             return;
         }
