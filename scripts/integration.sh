@@ -12,7 +12,10 @@ bins=$(cargo test -p husk-tests --release --no-run 2>&1 | tee /dev/stderr |
     sed -n 's/^ *Executable .*(\(.*\))$/\1/p')
 [ -n "$bins" ] || { echo "integration: no test executables were built" >&2; exit 1; }
 
-runner=$(mktemp /tmp/husk-integration.XXXXXX)
+# The runner lives in the workspace: the test host sees the machine's files, but its /tmp
+# is a fresh tmpfs.
+mkdir -p "$root/build"
+runner=$(mktemp "$root/build/integration.XXXXXX")
 trap 'rm -f "$runner"' EXIT
 {
     echo 'set -u; cd "$1"; shift; passed=0; failed=0'
