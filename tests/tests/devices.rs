@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use husk_guest_probe::{stream_hash, Hasher, Stream};
+use husk_guest_probe::{hash_reader, stream_hash, write_stream, Hasher};
 use husk_tests::guest::{try_connect_vsock, Guest, GuestOptions, TempDir};
 use husk_tests::{kill_group, kvm_available};
 
@@ -28,28 +28,13 @@ fn guest(args: Vec<String>) -> Guest {
 }
 
 /// Sends `n` bytes of `stream(seed)` into `w`.
+/// Sends `n` bytes of `stream(seed)` into `w`.
 fn send_stream(w: &mut impl Write, n: u64, seed: u64) {
-    let mut s = Stream::new(seed);
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(buf.len() as u64) as usize;
-        s.fill(&mut buf[..k]);
-        w.write_all(&buf[..k]).unwrap();
-        left -= k as u64;
-    }
+    write_stream(w, n, seed).expect("send to the guest");
 }
 
 fn hash_all(r: &mut impl Read) -> Hasher {
-    let mut h = Hasher::default();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = r.read(&mut buf).unwrap();
-        if n == 0 {
-            return h;
-        }
-        h.update(&buf[..n]);
-    }
+    hash_reader(r).expect("read from the guest")
 }
 
 fn mib_per_s(bytes: u64, d: Duration) -> f64 {

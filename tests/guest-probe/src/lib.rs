@@ -136,6 +136,34 @@ impl Hasher {
     }
 }
 
+/// Writes `n` bytes of `stream(seed)` into `w`.
+pub fn write_stream(w: &mut impl std::io::Write, n: u64, seed: u64) -> std::io::Result<()> {
+    let mut s = Stream::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(buf.len() as u64) as usize;
+        s.fill(&mut buf[..k]);
+        w.write_all(&buf[..k])?;
+        left -= k as u64;
+    }
+    Ok(())
+}
+
+/// Reads `r` to its end and returns the checksum of what it read.
+pub fn hash_reader(r: &mut impl std::io::Read) -> std::io::Result<Hasher> {
+    let mut h = Hasher::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(h),
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The checksum of the first `n` bytes of `stream(seed)`.
 pub fn stream_hash(n: u64, seed: u64) -> u64 {
     let mut s = Stream::new(seed);

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use husk_guest_probe::{Hasher, Stream, PROBE_PORT};
+use husk_guest_probe::{hash_reader, write_stream, PROBE_PORT};
 
 const HOST_CID: u32 = 2;
 const MAX_LINE: usize = 4096;
@@ -110,15 +110,7 @@ fn arg<T: std::str::FromStr>(words: &[&str], i: usize) -> io::Result<T> {
 fn run(conn: &mut File, words: &[&str]) -> io::Result<Option<String>> {
     match words.first().copied().unwrap_or("") {
         "SINK" => {
-            let mut h = Hasher::default();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = conn.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
+            let h = hash_reader(conn)?;
             Ok(Some(format!("OK {} {}\n", h.bytes(), h.value())))
         }
         "SOURCE" => {
@@ -194,16 +186,7 @@ fn run(conn: &mut File, words: &[&str]) -> io::Result<Option<String>> {
             Ok(Some("OK\n".into()))
         }
         "HASHFILE" => {
-            let mut f = File::open(words.get(1).copied().unwrap_or(""))?;
-            let mut h = Hasher::default();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
+            let h = hash_reader(&mut File::open(words.get(1).copied().unwrap_or(""))?)?;
             Ok(Some(format!("OK {} {}\n", h.bytes(), h.value())))
         }
         "FIND" => Ok(Some(format!(
@@ -236,15 +219,7 @@ fn count_entries(dir: &Path) -> io::Result<u64> {
 }
 
 fn send_stream(out: &mut File, n: u64, seed: u64) -> io::Result<()> {
-    let mut s = Stream::new(seed);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(buf.len() as u64) as usize;
-        s.fill(&mut buf[..k]);
-        out.write_all(&buf[..k])?;
-        left -= k as u64;
-    }
+    write_stream(out, n, seed)?;
     // SAFETY: shutdown on our own connected socket.
     unsafe { libc::shutdown(out.as_raw_fd(), libc::SHUT_WR) };
     Ok(())

@@ -107,11 +107,12 @@ fn qemu_cmd(qemu: &str) -> Command {
     .arg(guest_kernel())
     .arg("-initrd")
     .arg(guest_initramfs())
-    // Same command line as husk-vmm gives; microvm has no i8042, so the guest's reset
-    // falls back to a triple fault, which -no-reboot turns into QEMU exiting.
+    // The command line husk-vmm gives, but reboot=t: microvm has no i8042, and after the
+    // keyboard reset fails the kernel falls back to a BIOS restart that hangs there. A
+    // triple fault with -no-reboot makes QEMU exit.
     .args([
         "-append",
-        &format!("console=ttyS0 reboot=k panic=-1 {GUEST_CMDLINE}"),
+        &format!("console=ttyS0 reboot=t panic=-1 {GUEST_CMDLINE}"),
     ]);
     c
 }

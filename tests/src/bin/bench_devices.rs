@@ -11,35 +11,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use husk_guest_probe::{stream_hash, Hasher, Stream, PROBE_PORT};
+use husk_guest_probe::{hash_reader, stream_hash, write_stream, Hasher, PROBE_PORT};
 use husk_tests::guest::{Guest, GuestOptions, TempDir};
 use husk_tests::kill_group;
 
 const MIB: u64 = 1 << 20;
 
 fn send_stream(w: &mut impl Write, n: u64, seed: u64) -> Result<()> {
-    let mut s = Stream::new(seed);
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(buf.len() as u64) as usize;
-        s.fill(&mut buf[..k]);
-        w.write_all(&buf[..k])?;
-        left -= k as u64;
-    }
-    Ok(())
+    Ok(write_stream(w, n, seed)?)
 }
 
 fn hash_all(r: &mut impl Read) -> Result<Hasher> {
-    let mut h = Hasher::default();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            return Ok(h);
-        }
-        h.update(&buf[..n]);
-    }
+    Ok(hash_reader(r)?)
 }
 
 fn rate(bytes: u64, d: Duration) -> f64 {
