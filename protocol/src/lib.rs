@@ -54,6 +54,29 @@ mod tests {
         assert_eq!(VersionResponse::parse_from_bytes(&bytes).unwrap(), v);
     }
 
+    /// Field-by-field documentation is part of the API: every field, enum
+    /// value and RPC in the .proto has a comment on the line above it.
+    #[test]
+    fn every_field_and_rpc_is_documented() {
+        let proto = include_str!("../proto/agent.proto");
+        let lines: Vec<&str> = proto.lines().map(str::trim).collect();
+        let mut undocumented = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let is_field = line.ends_with(';')
+                && line.contains(" = ")
+                && line
+                    .trim_end_matches(';')
+                    .rsplit(' ')
+                    .next()
+                    .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()));
+            let is_rpc = line.starts_with("rpc ");
+            if (is_field || is_rpc) && !(i > 0 && lines[i - 1].starts_with("//")) {
+                undocumented.push(format!("line {}: {line}", i + 1));
+            }
+        }
+        assert!(undocumented.is_empty(), "undocumented: {undocumented:#?}");
+    }
+
     #[test]
     fn serving_status_numbers_are_stable() {
         assert_eq!(ServingStatus::SERVING_STATUS_SERVING as i32, 1);
