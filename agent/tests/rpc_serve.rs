@@ -32,11 +32,17 @@ impl Agent {
     /// Starts an agent listening on `<dir>/agent.sock`.
     fn start_in(dir: PathBuf) -> Result<Self> {
         let sock = dir.join("agent.sock");
+        // Appended to, so a second agent in the same dir keeps the first's log.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))?;
         let child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
             .arg("serve")
             .arg("--listen")
             .arg(format!("unix:{}", sock.display()))
             .stdin(Stdio::null())
+            .stderr(log)
             .spawn()
             .context("Failed to start husk-agent serve")?;
         let mut agent = Agent { child, dir, sock };
@@ -69,9 +75,20 @@ impl Agent {
         Ok(AgentClient::new(client))
     }
 
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Alive, and no thread of it panicked (in a debug build a panicking
+    /// connection thread would not kill the process; PID 1's release build
+    /// aborts on panic, which panics the guest kernel).
     fn assert_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!("husk-agent died: {status}");
+            bail!("husk-agent died: {status}\n{}", self.log());
+        }
+        let log = self.log();
+        if log.contains("panicked") {
+            bail!("husk-agent panicked:\n{log}");
         }
         Ok(())
     }
@@ -198,7 +215,7 @@ fn call_unimplemented(c: &AgentClient) -> Vec<(&'static str, ttrpc::Result<()>)>
 
 #[test]
 fn other_rpcs_answer_unimplemented_naming_themselves() -> Result<()> {
-    let agent = Agent::start("unimpl")?;
+    let mut agent = Agent::start("unimpl")?;
     let client = agent.client()?;
     let results = call_unimplemented(&client);
     assert_eq!(results.len(), 18);
@@ -218,7 +235,7 @@ fn other_rpcs_answer_unimplemented_naming_themselves() -> Result<()> {
     }
     // Still serving after the errors.
     health_ok(&client)?;
-    Ok(())
+    agent.assert_alive()
 }
 
 /// Writes `bytes` on a fresh raw connection and reads whatever comes back
