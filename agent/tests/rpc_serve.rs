@@ -301,6 +301,14 @@ fn garbage_does_not_stop_the_agent() -> Result<()> {
         health_ok(&client).with_context(|| format!("old client after {what}"))?;
         health_ok(&agent.client()?).with_context(|| format!("new client after {what}"))?;
     }
+
+    // A peer that stalls mid-frame holds only its own connection.
+    let mut stalled = UnixStream::connect(&agent.sock)?;
+    stalled.write_all(&header(64, 7, 1)[..6])?;
+    health_ok(&agent.client()?).context("new client while another stalls")?;
+    drop(stalled);
+    agent.assert_alive()?;
+    health_ok(&client)?;
     Ok(())
 }
 
