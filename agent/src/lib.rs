@@ -2,14 +2,17 @@
 //!
 //! For now the agent is a minimal init: it mounts the guest's file systems,
 //! prints a ready line on the console, reaps orphans and powers the VM off
-//! on request. The ttrpc agent API is served from this crate later.
+//! on request, and serves the agent API (`husk.agent.v1`) over ttrpc.
 //!
 //! - [`init`]: PID 1 duties (mounts, console, reaping, shutdown).
 //! - [`config`]: `husk.*` keys of the kernel command line.
 //! - [`log`]: leveled log lines to the console and /dev/kmsg.
+//! - [`rpc`]: the `husk.agent.v1` ttrpc server (vsock in the guest, Unix
+//!   socket on the host).
 //! - [`sys`]: the raw system calls, wrapped.
 
 pub mod config;
 pub mod init;
 pub mod log;
+pub mod rpc;
 pub mod sys;

@@ -14,12 +14,13 @@ use self::mounts::{MountError, MountOutcome, SysMountOps, GUEST_MOUNTS};
 use self::reaper::{Reaper, ReaperError, SysWait};
 use self::shutdown::ShutdownError;
 use crate::config::{self, TestAction};
+use crate::rpc::{self, ListenAddr};
 use crate::sys::{self, SignalFd};
-use crate::{debug, log, warn};
+use crate::{debug, info, log, warn};
 
 /// The message printed when the binary is started as anything but PID 1.
 pub const NOT_PID1_MESSAGE: &str =
-    "husk-agent: not PID 1; the agent API service is not implemented yet";
+    "husk-agent: not PID 1; to serve the agent API on the host run: husk-agent serve --listen unix:<path>";
 
 /// Exit status of PID 1 for `husk.test=panic`; the kernel then panics with
 /// "Attempted to kill init! exitcode=0x00000300".
@@ -142,6 +143,25 @@ pub fn run() -> Result<i32, InitError> {
         }
         None => {}
     }
+
+    // ttrpc serves on its own threads, which inherit this thread's blocked
+    // signals (so SIGCHLD still reaches only the signalfd) and never wait
+    // for children: reaping stays in main_loop. A guest without vsock keeps
+    // running as an init, just without the API.
+    let _server = match rpc::serve(ListenAddr::GUEST) {
+        Ok(server) => {
+            info!(
+                "Serving {} on {}",
+                husk_protocol::API_VERSION,
+                server.addr()
+            );
+            Some(server)
+        }
+        Err(e) => {
+            warn!("{}", error_chain(&e));
+            None
+        }
+    };
 
     main_loop(&signals, &reaper).map(|never| match never {})
 }
