@@ -66,6 +66,10 @@ pub struct GuestOptions {
     pub args: Vec<String>,
     /// Extra kernel command line.
     pub cmdline: String,
+    /// The initramfs (default: the probe's, [`probe_initramfs`]).
+    pub initramfs: Option<PathBuf>,
+    /// The console line that says the guest is up (default `husk-probe: ready`).
+    pub ready_line: Option<String>,
 }
 
 /// A running guest.
@@ -79,9 +83,14 @@ pub struct Guest {
 }
 
 impl Guest {
-    /// Starts husk-vmm with the probe initramfs and waits for `husk-probe: ready`.
+    /// Starts husk-vmm (by default with the probe initramfs) and waits for the ready line.
     pub fn start(opts: GuestOptions) -> Result<Self> {
-        for f in [vmm_bin(), guest_kernel(), probe_initramfs()] {
+        let initramfs = opts.initramfs.clone().unwrap_or_else(probe_initramfs);
+        let ready = opts
+            .ready_line
+            .clone()
+            .unwrap_or_else(|| "husk-probe: ready".to_owned());
+        for f in [vmm_bin(), guest_kernel(), initramfs.clone()] {
             require_file(&f);
         }
         let dir = TempDir::new("guest")?;
@@ -92,7 +101,7 @@ impl Guest {
         cmd.arg("--kernel")
             .arg(guest_kernel())
             .arg("--initramfs")
-            .arg(probe_initramfs())
+            .arg(&initramfs)
             .args(["--vcpus", &opts.vcpus.max(1).to_string()])
             .args(["--memory", &opts.memory_mib.max(256).to_string()])
             .arg("--console")
@@ -114,7 +123,7 @@ impl Guest {
             stderr_path,
             started: Instant::now(),
         };
-        g.wait_console("husk-probe: ready", boot_timeout())?;
+        g.wait_console(&ready, boot_timeout())?;
         Ok(g)
     }
 
