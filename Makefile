@@ -33,7 +33,7 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit: deps
+unit: deps vmm
 	HUSK_REQUIRE_VIRTIOFSD=1 $(CARGO) test --workspace
 
 integration: image vmm
