@@ -6,10 +6,12 @@
 //!
 //! - [`init`]: PID 1 duties (mounts, console, reaping, shutdown).
 //! - [`config`]: `husk.*` keys of the kernel command line.
+//! - [`container`]: the container engine (OCI spec + rootfs, on libcontainer).
 //! - [`log`]: leveled log lines to the console and /dev/kmsg.
 //! - [`sys`]: the raw system calls, wrapped.
 
 pub mod config;
+pub mod container;
 pub mod init;
 pub mod log;
 pub mod sys;
