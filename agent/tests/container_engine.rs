@@ -1,6 +1,9 @@
-//! The container engine against real busybox containers. Needs root (run
-//! as root on the host, or in the test host: `scripts/testhost/run.sh --
-//! <test binary>`); the spec checks run without root.
+//! The container engine against real busybox containers (rootfs from
+//! Debian's busybox-static). Needs root; the spec checks run without it.
+//! On a cgroup v1/hybrid host the tests use libcontainer's v1 manager (a
+//! dev-dependency feature); the guest's cgroup v2 path is exercised in the
+//! test host: `scripts/testhost/run.sh -- <container_engine test binary>
+//! --test-threads=1` (all pass there, ~14 s under emulation).
 
 mod support;
 
