@@ -187,11 +187,17 @@ fn twenty_create_delete_cycles_leave_nothing_behind() -> Result<()> {
             // Started and run to the end.
             let r = run(engine, &id, &["true"])?;
             assert_eq!(r.status, ExitStatus::Exited(0));
-        } else {
+        } else if i % 4 == 1 {
             // Created, never started: delete kills the waiting init.
             let spec = busybox_bundle::spec(&["true"])?;
             let created = engine.create(&id, spec, &rootfs())?;
             created.container.delete().context("delete created")?;
+        } else {
+            // Started, then dropped without delete (a caller's error path).
+            let spec = busybox_bundle::spec(&["sleep", "100"])?;
+            let mut created = engine.create(&id, spec, &rootfs())?;
+            created.container.start().context("start")?;
+            drop(created);
         }
         for hierarchy in ["", "pids", "memory"] {
             let cg = PathBuf::from("/sys/fs/cgroup")

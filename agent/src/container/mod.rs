@@ -230,6 +230,7 @@ impl Engine {
                 exit: None,
                 gate,
                 bundle: bundle.to_owned(),
+                removed: false,
             },
         })
     }
@@ -244,6 +245,8 @@ pub struct Container {
     exit: Option<ExitStatus>,
     gate: Arc<DrainGate>,
     bundle: PathBuf,
+    /// Set once `delete` has removed it.
+    removed: bool,
 }
 
 impl Container {
@@ -315,6 +318,13 @@ impl Container {
     /// Kills what is left of the container, reaps its init and removes its
     /// cgroup, state and bundle. Output streams stay readable to their end.
     pub fn delete(mut self) -> Result<(), Error> {
+        self.remove()
+    }
+
+    fn remove(&mut self) -> Result<(), Error> {
+        if self.removed {
+            return Ok(());
+        }
         if self.exit.is_none() {
             // Created-but-not-started and running both end here: SIGKILL
             // to every process of the container, then reap the init.
@@ -328,9 +338,18 @@ impl Container {
         self.inner
             .delete(true)
             .map_err(|e| self.runtime("delete", e))?;
+        self.removed = true;
         fs::remove_dir_all(&self.bundle).map_err(|source| Error::State {
             path: self.bundle.clone(),
             source,
         })
+    }
+}
+
+/// A container dropped without [`Container::delete`] (an error path of the
+/// caller) is still removed, so nothing outlives its handle.
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.remove();
     }
 }
