@@ -6,12 +6,14 @@
 //!
 //! - [`init`]: PID 1 duties (mounts, console, reaping, shutdown).
 //! - [`config`]: `husk.*` keys of the kernel command line.
+//! - [`container`]: the container engine (OCI spec + rootfs, on libcontainer).
 //! - [`log`]: leveled log lines to the console and /dev/kmsg.
 //! - [`rpc`]: the `husk.agent.v1` ttrpc server (vsock in the guest, Unix
 //!   socket on the host).
 //! - [`sys`]: the raw system calls, wrapped.
 
 pub mod config;
+pub mod container;
 pub mod init;
 pub mod log;
 pub mod rpc;
