@@ -18,12 +18,13 @@ mkdir -p "$root/build"
 runner=$(mktemp "$root/build/integration.XXXXXX")
 trap 'rm -f "$runner"' EXIT
 {
-    echo 'set -u; cd "$1"; shift; passed=0; failed=0'
+    echo 'set -u; cd "$1"; shift; passed=0; failed=0; log=$(mktemp)'
     echo 'for t in "$@"; do'
     echo '  echo "=== $t"'
     # One guest at a time: under emulation two nested guests starve each other.
-    echo '  if out=$("$t" --include-ignored --test-threads=1 2>&1); then s=0; else s=$?; fi'
-    echo '  printf "%s\n" "$out"'
+    # Output streams live (a hang shows where it is) and is kept for the counts.
+    echo '  "$t" --include-ignored --test-threads=1 2>&1 | tee "$log"; s=${PIPESTATUS[0]}'
+    echo '  out=$(cat "$log")'
     echo '  p=$(printf "%s\n" "$out" | sed -n "s/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p" | awk "{s+=\$1} END {print s+0}")'
     echo '  f=$(printf "%s\n" "$out" | sed -n "s/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p" | awk "{s+=\$1} END {print s+0}")'
     echo '  passed=$((passed + p)); failed=$((failed + f))'
