@@ -49,17 +49,27 @@ run_once() {
     rm -f "$fifo" && mkfifo "$fifo"
     # shellcheck disable=SC2086
     "$root/scripts/in-kvm.sh" --timeout "$timeout_s" -- bash "$runner" "$root" $bins >"$fifo" 2>&1 &
-    local pid=$! line hung=0
+    local pid=$! line hung=0 start st
     while true; do
+        start=$SECONDS
         if IFS= read -r -t "$idle_s" line; then
             printf '%s\n' "$line"
-        elif [ $? -gt 128 ]; then
-            hung=1
-            break
+            continue
         else
-            [ -n "$line" ] && printf '%s\n' "$line"
-            break
+            st=$?
         fi
+        if ((st > 128)); then
+            # A signal can interrupt read before its timeout: only real silence counts.
+            # What was read so far is kept in $line.
+            printf '%s' "$line"
+            if ((SECONDS - start >= idle_s)); then
+                hung=1
+                break
+            fi
+            continue
+        fi
+        [ -n "$line" ] && printf '%s\n' "$line"
+        break
     done <"$fifo"
     if ((hung)); then
         echo "integration: no output for ${idle_s}s: the test host hung; stopping it" >&2

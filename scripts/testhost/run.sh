@@ -111,7 +111,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'echo "testhost: interrupted" >&2; exit 130' INT
-trap 'echo "testhost: terminated" >&2; exit 143' TERM HUP
+trap 'echo "testhost: terminated; last lines of its serial console:" >&2; tail -n 40 "$console_log" 2>/dev/null | sed "s/^/  | /" >&2; exit 143' TERM HUP
 
 # Single-quote $1 for a POSIX shell (the config is read by busybox sh).
 shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
