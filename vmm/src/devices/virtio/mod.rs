@@ -20,6 +20,7 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod ratelimit;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -5,7 +5,7 @@ use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{self, DiskBackend, DiskProperties, RequestType, ID_LEN, SECTOR_SIZE};
 use super::{BlockConfig, BlockError, QUEUE_MAX_SIZE};
+use crate::devices::virtio::ratelimit::WarnLimiter;
 use crate::devices::virtio::{
     check_queues, read_config_bytes, ActivateContext, ActivateError, IrqTrigger, VirtioDevice,
     TYPE_BLOCK, VIRTIO_F_VERSION_1,
@@ -36,39 +37,6 @@ pub struct BlockMetrics {
     pub malformed: AtomicU64,
     /// Used-ring interrupts raised.
     pub interrupts: AtomicU64,
-}
-
-/// Logs a guest-triggered warning at most once per interval, counting what it drops.
-#[derive(Debug)]
-pub(crate) struct WarnLimiter {
-    interval: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl WarnLimiter {
-    pub(crate) fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// Returns how many warnings were dropped since the last one if this one may be logged.
-    pub(crate) fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.last {
-            Some(t) if now.duration_since(t) < self.interval => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
 }
 
 /// What the device holds once the driver set DRIVER_OK.
@@ -680,15 +648,5 @@ mod tests {
         b.process_queue_event();
         assert!(used(&vq).is_empty());
         assert!(irq.irqfd().read().is_err());
-    }
-
-    #[test]
-    fn warn_limiter() {
-        let mut w = WarnLimiter::new(Duration::from_secs(3600));
-        assert_eq!(w.allow(), Some(0));
-        assert_eq!(w.allow(), None);
-        assert_eq!(w.allow(), None);
-        w.last = Some(Instant::now() - Duration::from_secs(3601));
-        assert_eq!(w.allow(), Some(2));
     }
 }

@@ -10,7 +10,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::{Muxer, MuxerError};
 use super::packet::{parse_tx_packet, rx_payload_room, write_rx_packet, MAX_PAYLOAD};
-use super::{LogLimiter, VsockConfig, VsockConfigError};
+use super::{VsockConfig, VsockConfigError};
+use crate::devices::virtio::ratelimit::WarnLimiter;
 use crate::devices::virtio::{
     check_queues, read_config_bytes, ActivateContext, ActivateError, IrqTrigger, VirtioDevice,
     INT_VRING, TYPE_VSOCK, VIRTIO_F_VERSION_1,
@@ -55,7 +56,7 @@ pub struct Vsock {
     pub(super) muxer: Muxer,
     pub(super) active: Option<Active>,
     scratch: Vec<u8>,
-    warn: LogLimiter,
+    warn: WarnLimiter,
     metrics: Arc<VsockMetrics>,
 }
 
@@ -72,7 +73,7 @@ impl Vsock {
             muxer,
             active: None,
             scratch: vec![0u8; MAX_PAYLOAD],
-            warn: LogLimiter::default(),
+            warn: WarnLimiter::default(),
             metrics: Arc::new(VsockMetrics::default()),
         })
     }
@@ -141,7 +142,7 @@ pub(crate) fn process_tx_queue(
     queue: &mut Queue,
     muxer: &mut Muxer,
     metrics: &VsockMetrics,
-    warn: &mut LogLimiter,
+    warn: &mut WarnLimiter,
 ) -> (bool, bool) {
     let mut used = false;
     for _ in 0..queue.size() {
@@ -156,7 +157,7 @@ pub(crate) fn process_tx_queue(
             }
             Err(e) => {
                 metrics.malformed_chains.fetch_add(1, Ordering::Relaxed);
-                if warn.allow() {
+                if warn.allow().is_some() {
                     tracing::warn!("vsock: dropping a tx chain: {e}");
                 }
                 if let Some(hdr) = e.header() {
@@ -165,7 +166,7 @@ pub(crate) fn process_tx_queue(
             }
         }
         if let Err(e) = queue.add_used(mem, head, 0) {
-            if warn.allow() {
+            if warn.allow().is_some() {
                 tracing::warn!("vsock: cannot return a tx buffer: {e}");
             }
         }
@@ -182,7 +183,7 @@ pub(crate) fn process_rx_queue(
     muxer: &mut Muxer,
     scratch: &mut [u8],
     metrics: &VsockMetrics,
-    warn: &mut LogLimiter,
+    warn: &mut WarnLimiter,
 ) -> (bool, bool) {
     let mut used = false;
     for _ in 0..queue.size() {
@@ -207,7 +208,7 @@ pub(crate) fn process_rx_queue(
                         len
                     }
                     Err(e) => {
-                        if warn.allow() {
+                        if warn.allow().is_some() {
                             tracing::warn!("vsock: lost an rx packet: {e}");
                         }
                         0
@@ -216,14 +217,14 @@ pub(crate) fn process_rx_queue(
             }
             Err(e) => {
                 metrics.malformed_chains.fetch_add(1, Ordering::Relaxed);
-                if warn.allow() {
+                if warn.allow().is_some() {
                     tracing::warn!("vsock: dropping an rx chain: {e}");
                 }
                 0
             }
         };
         if let Err(e) = queue.add_used(mem, head, len) {
-            if warn.allow() {
+            if warn.allow().is_some() {
                 tracing::warn!("vsock: cannot return an rx buffer: {e}");
             }
         }

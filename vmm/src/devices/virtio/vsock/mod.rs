@@ -19,7 +19,6 @@ pub mod packet;
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -102,33 +101,6 @@ impl FromStr for VsockConfig {
     }
 }
 
-/// Lets through at most a few log lines per second for events the guest can trigger.
-#[derive(Default)]
-pub(crate) struct LogLimiter {
-    window_start: Option<Instant>,
-    count: u32,
-}
-
-impl LogLimiter {
-    const WINDOW: Duration = Duration::from_secs(1);
-    const BURST: u32 = 5;
-
-    pub(crate) fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        match self.window_start {
-            Some(start) if now.duration_since(start) < Self::WINDOW => {
-                self.count = self.count.saturating_add(1);
-                self.count <= Self::BURST
-            }
-            _ => {
-                self.window_start = Some(now);
-                self.count = 1;
-                true
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,12 +146,5 @@ mod tests {
         .is_err());
         let back: VsockConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
-    }
-
-    #[test]
-    fn log_limiter_limits() {
-        let mut l = LogLimiter::default();
-        let allowed = (0..100).filter(|_| l.allow()).count();
-        assert_eq!(allowed, LogLimiter::BURST as usize);
     }
 }

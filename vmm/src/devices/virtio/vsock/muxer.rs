@@ -20,7 +20,7 @@ use event_manager::EventSet;
 
 use super::connection::Connection;
 use super::packet::{op, PacketHeader, TxPacket, HOST_CID, TYPE_STREAM};
-use super::LogLimiter;
+use crate::devices::virtio::ratelimit::WarnLimiter;
 
 /// Most connections (established or waiting for their CONNECT line) at a time.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -79,7 +79,7 @@ pub struct Muxer {
     rst_q: VecDeque<PacketHeader>,
     next_local_port: u32,
     ctl: Vec<CtlOp>,
-    warn: LogLimiter,
+    warn: WarnLimiter,
     max_conns: usize,
 }
 
@@ -110,7 +110,7 @@ impl Muxer {
             rst_q: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
             ctl: Vec::new(),
-            warn: LogLimiter::default(),
+            warn: WarnLimiter::default(),
             max_conns: MAX_CONNECTIONS,
         })
     }
@@ -141,14 +141,14 @@ impl Muxer {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    if self.warn.allow() {
+                    if self.warn.allow().is_some() {
                         tracing::warn!("vsock: cannot accept a host connection: {e}");
                     }
                     return;
                 }
             };
             if self.connection_count() >= self.max_conns {
-                if self.warn.allow() {
+                if self.warn.allow().is_some() {
                     tracing::warn!("vsock: connection table full, refusing a host connection");
                 }
                 continue;
@@ -237,7 +237,7 @@ impl Muxer {
     pub fn handle_guest_packet(&mut self, pkt: &TxPacket) {
         let h = &pkt.hdr;
         if h.src_cid != self.guest_cid || h.dst_cid != HOST_CID {
-            if self.warn.allow() {
+            if self.warn.allow().is_some() {
                 tracing::warn!(
                     src = h.src_cid,
                     dst = h.dst_cid,
@@ -283,7 +283,7 @@ impl Muxer {
             return;
         }
         if self.rst_q.len() >= MAX_PENDING_RST {
-            if self.warn.allow() {
+            if self.warn.allow().is_some() {
                 tracing::warn!("vsock: too many RSTs pending, dropping one");
             }
             return;
@@ -304,7 +304,7 @@ impl Muxer {
 
     fn guest_connect(&mut self, h: &PacketHeader) {
         if self.connection_count() >= self.max_conns {
-            if self.warn.allow() {
+            if self.warn.allow().is_some() {
                 tracing::warn!("vsock: connection table full, refusing a guest connection");
             }
             return self.reply_rst(h);
