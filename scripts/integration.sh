@@ -8,8 +8,14 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$root"
 
 # Build the test executables on this machine (fast) and list them.
-bins=$(cargo test -p husk-tests --release --no-run 2>&1 | tee /dev/stderr |
-    sed -n 's/^ *Executable .*(\(.*\))$/\1/p')
+# (Not `tee /dev/stderr`: when stderr is a file, tee reopens and truncates it.)
+build=$(cargo test -p husk-tests --release --no-run 2>&1) || {
+    printf '%s\n' "$build" >&2
+    echo "integration: building the tests failed" >&2
+    exit 1
+}
+printf '%s\n' "$build" >&2
+bins=$(printf '%s\n' "$build" | sed -n 's/^ *Executable .*(\(.*\))$/\1/p')
 [ -n "$bins" ] || { echo "integration: no test executables were built" >&2; exit 1; }
 
 # The runner lives in the workspace: the test host sees the machine's files, but its /tmp

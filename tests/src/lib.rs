@@ -200,7 +200,7 @@ mod tests {
     fn watchdog_kills_and_reports() {
         let e = run_with_watchdog(
             Command::new("sh").args(["-c", "echo started; sleep 30"]),
-            Duration::from_millis(300),
+            Duration::from_secs(3),
         )
         .unwrap_err()
         .to_string();
