@@ -289,10 +289,10 @@ impl AsRawFd for SignalFd {
 }
 
 /// Undoes, in a process about to exec a container's program, what the
-/// agent changed for itself: every signal unblocked (PID 1 blocks the ones
-/// its signalfd reads, and a blocked mask survives exec) and SIGPIPE back
-/// to its default action (the Rust runtime ignores it, which also survives
-/// exec).
+/// agent's own signal set-up would pass on through exec: every signal
+/// unblocked (PID 1 blocks the ones its signalfd reads) and every ignored
+/// signal back to its default action (the Rust runtime ignores SIGPIPE, and
+/// the agent may have been started with others ignored).
 pub fn reset_signals_for_exec() -> io::Result<()> {
     let mut set = MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset() initialises the set it is given.
@@ -306,10 +306,52 @@ pub fn reset_signals_for_exec() -> io::Result<()> {
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
-    // SAFETY: SIG_DFL is a valid disposition for SIGPIPE; no handler code
-    // of ours is involved.
-    if unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) } == libc::SIG_ERR {
-        return Err(io::Error::last_os_error());
+    /// The kernel's `struct sigaction` (x86_64): the C library's refuses
+    /// the signals it reserves (32, 33), which may be ignored too.
+    #[repr(C)]
+    #[derive(Default)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    const SIG_IGN: usize = 1;
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let mut old = KernelSigaction::default();
+        // SAFETY: rt_sigaction with a NULL new action only writes the old
+        // one into `old`, a live struct of the kernel's layout; 8 is the
+        // size of the kernel's signal set.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<KernelSigaction>(),
+                &mut old as *mut KernelSigaction,
+                8usize,
+            )
+        };
+        if rc != 0 || old.handler != SIG_IGN {
+            continue;
+        }
+        let default = KernelSigaction::default();
+        // SAFETY: as above; the new action (SIG_DFL, no flags, empty mask)
+        // is a live struct of the kernel's layout.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     Ok(())
 }
