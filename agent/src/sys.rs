@@ -376,7 +376,7 @@ pub fn set_window_size(fd: &impl AsRawFd, rows: u16, columns: u16) -> io::Result
 /// `clock_settime(CLOCK_REALTIME)`.
 pub fn set_realtime_clock(sec: i64, nsec: u32) -> io::Result<()> {
     let ts = libc::timespec {
-        tv_sec: sec as libc::time_t,
+        tv_sec: sec as _,
         tv_nsec: nsec as libc::c_long,
     };
     // SAFETY: `ts` is a valid timespec that outlives the call.
@@ -417,8 +417,8 @@ pub fn shutdown(fd: &impl AsRawFd, how: std::net::Shutdown) -> io::Result<()> {
 pub fn set_recv_timeout(fd: &impl AsRawFd, timeout: Option<std::time::Duration>) -> io::Result<()> {
     let tv = match timeout {
         Some(d) => libc::timeval {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_usec: d.subsec_micros() as libc::suseconds_t,
+            tv_sec: d.as_secs() as _,
+            tv_usec: d.subsec_micros() as _,
         },
         None => libc::timeval {
             tv_sec: 0,
