@@ -91,13 +91,8 @@ impl SandboxError {
             Self::ContainerExists(_) | Self::ExecExists { .. } => ErrorKind::AlreadyExists,
             Self::InvalidArgument(_) | Self::Json { .. } => ErrorKind::InvalidArgument,
             Self::Setup(SetupError::Invalid { .. }) => ErrorKind::InvalidArgument,
-            Self::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
-            Self::Stdin { source, .. } => match source {
-                AttachError::NotDeclared | AttachError::StdinClosed => {
-                    ErrorKind::FailedPrecondition
-                }
-                _ => ErrorKind::FailedPrecondition,
-            },
+            // Stdin not declared or already closed.
+            Self::FailedPrecondition(_) | Self::Stdin { .. } => ErrorKind::FailedPrecondition,
             Self::Container(E::Spec(_) | E::LoadSpec { .. } | E::Rootfs { .. } | E::Signal(_)) => {
                 ErrorKind::InvalidArgument
             }
