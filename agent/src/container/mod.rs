@@ -14,6 +14,7 @@
 //! reaper that waits for any child must leave the init pids of live
 //! containers to [`Container::wait`].
 
+pub mod cgroups;
 mod exit_status;
 mod output;
 mod spec_validation;
@@ -30,6 +31,7 @@ use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{RootBuilder, Spec};
 
+pub use self::cgroups::{Cgroup, CgroupError, ContainerStats, OomEvent, OomMonitor};
 pub use self::exit_status::ExitStatus;
 use self::output::DrainGate;
 pub use self::output::OutputStream;
