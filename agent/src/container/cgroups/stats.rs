@@ -167,6 +167,21 @@ fn v1_limit(limit: u64) -> u64 {
     }
 }
 
+/// User or system CPU time on v1: the per-CPU nanoseconds of
+/// cpuacct.usage_all when there, else cpuacct.stat's ticks (USER_HZ, 100
+/// per second in the kernel's ABI), which is what libcgroups stores in
+/// `usage_user`/`usage_kernel`.
+fn v1_mode_usec(per_core_ns: &[u64], ticks: u64) -> u64 {
+    if per_core_ns.is_empty() {
+        ticks.saturating_mul(10_000)
+    } else {
+        per_core_ns
+            .iter()
+            .fold(0u64, |sum, ns| sum.saturating_add(*ns))
+            / 1000
+    }
+}
+
 /// Maps libcgroups' v1 statistics (nanoseconds, v1 names) to the API's
 /// figures. `oom_kill` comes from memory.oom_control, which libcgroups
 /// does not read.
@@ -212,8 +227,8 @@ pub fn from_v1(stats: &V1Stats, oom_kill: u64) -> ContainerStats {
     ContainerStats {
         cpu: CpuStats {
             usage_usec: usage.usage_total / 1000,
-            user_usec: usage.usage_user / 1000,
-            system_usec: usage.usage_kernel / 1000,
+            user_usec: v1_mode_usec(&usage.per_core_usage_user, usage.usage_user),
+            system_usec: v1_mode_usec(&usage.per_core_usage_kernel, usage.usage_kernel),
             nr_periods: throttling.periods,
             nr_throttled: throttling.throttled_periods,
             throttled_usec: throttling.throttled_time / 1000,
@@ -390,8 +405,11 @@ mod tests {
         use libcgroups::stats::BlkioDeviceStat;
         let mut v1 = V1Stats::default();
         v1.cpu.usage.usage_total = 5_000_000;
-        v1.cpu.usage.usage_user = 3_000_000;
-        v1.cpu.usage.usage_kernel = 2_000_000;
+        // cpuacct.stat ticks, and the per-CPU ns of cpuacct.usage_all.
+        v1.cpu.usage.usage_user = 300;
+        v1.cpu.usage.usage_kernel = 200;
+        v1.cpu.usage.per_core_usage_user = vec![1_000_000, 2_000_000];
+        v1.cpu.usage.per_core_usage_kernel = vec![1_500_000, 500_000];
         v1.cpu.throttling.throttled_time = 7_000;
         v1.memory.memory.usage = 4096;
         v1.memory.memory.limit = 0x7FFF_FFFF_FFFF_F000;
@@ -411,6 +429,8 @@ mod tests {
             (5000, 3000, 2000)
         );
         assert_eq!(s.cpu.throttled_usec, 7);
+        v1.cpu.usage.per_core_usage_user.clear();
+        assert_eq!(from_v1(&v1, 0).cpu.user_usec, 3_000_000);
         assert_eq!(
             (s.memory.usage, s.memory.limit, s.memory.swap_usage),
             (4096, 0, 4096)
