@@ -5,6 +5,8 @@
 //! calls use v2. Run in the test host to exercise v2:
 //! `scripts/testhost/run.sh -- <container_cgroups test binary> --test-threads=1`.
 
+// Each test binary uses part of the shared helpers.
+#[allow(dead_code)]
 mod support;
 
 use std::fs;

@@ -17,6 +17,7 @@
 pub mod cgroups;
 mod exit_status;
 mod output;
+pub mod seccomp;
 mod spec_validation;
 
 use std::fs::{self, File};
@@ -79,6 +80,8 @@ pub enum Error {
     Signal(i32),
     #[error("Cannot make the agent a child subreaper")]
     Subreaper(#[source] io::Error),
+    #[error("Invalid seccomp profile")]
+    Seccomp(#[from] seccomp::SeccompError),
 }
 
 /// Creates containers; holds where their state lives.
@@ -158,6 +161,9 @@ impl Engine {
                 linux.set_cgroups_path(Some(PathBuf::from(format!("/husk/{id}"))));
             }
         }
+        // libcontainer without libseccomp ignores linux.seccomp: compile it
+        // here (a bad profile fails create) and install it before exec.
+        let executor = seccomp::prepare(&mut spec)?;
 
         let runtime = |op, source| Error::Runtime {
             op,
@@ -175,7 +181,7 @@ impl Engine {
             source,
         };
         fs::create_dir_all(&bundle).map_err(state_err)?;
-        let result = self.build(id, builder, &spec, &bundle);
+        let result = self.build(id, builder.with_executor(executor), &spec, &bundle);
         if result.is_err() {
             let _ = fs::remove_dir_all(&bundle);
             let _ = fs::remove_dir_all(self.state_dir.join(id));

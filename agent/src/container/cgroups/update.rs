@@ -64,7 +64,7 @@ pub fn validate(r: &LinuxResources) -> Result<(), ResourcesError> {
                 Some(v) if v < -1 => {
                     return Err(invalid(field, v, "must be -1 (unlimited) or >= 0"))
                 }
-                Some(v) if v >= 0 && v < MIN_MEMORY && field != "memory.reservation" => {
+                Some(v) if (0..MIN_MEMORY).contains(&v) && field != "memory.reservation" => {
                     return Err(invalid(field, v, "must be at least 1 MiB"));
                 }
                 _ => {}
