@@ -231,8 +231,8 @@ fn stats_grow_under_cpu_and_memory_load() -> Result<()> {
         let cgroup = running.container.cgroup()?;
         let first = cgroup.stats()?;
         thread::sleep(Duration::from_millis(500));
-        let grown = eventually(Duration::from_secs(10), || {
-            Ok(cgroup.stats()?.memory.usage >= 40 << 20)
+        let grown = eventually(Duration::from_secs(30), || {
+            Ok(cgroup.stats()?.memory.usage >= 32 << 20)
         })?;
         let second = cgroup.stats()?;
         assert!(grown, "memory usage stayed at {}", second.memory.usage);
@@ -300,6 +300,30 @@ fn update_changes_the_cgroup_files_and_refuses_nonsense() -> Result<()> {
         cgroup.update(&parse_resources(br#"{"pids":{"limit":30}}"#)?)?;
         assert_eq!(fs::read_to_string(&memory_file)?.trim(), "67108864");
         assert_eq!(fs::read_to_string(&pids_file)?.trim(), "30");
+        Ok(())
+    })();
+    running.finish(true)?;
+    result
+}
+
+#[test]
+fn a_cpu_quota_update_shows_as_throttling() -> Result<()> {
+    let Some((_g, engine)) = engine() else {
+        return Ok(());
+    };
+    let running = Running::start(engine, "quota", spec(BURN)?)?;
+    let result = (|| -> Result<()> {
+        let cgroup = running.container.cgroup()?;
+        assert_eq!(cgroup.stats()?.cpu.nr_throttled, 0);
+        // 10 ms per 100 ms period for a loop that wants all of it.
+        cgroup.update(&parse_resources(
+            br#"{"cpu":{"quota":10000,"period":100000}}"#,
+        )?)?;
+        let throttled = eventually(Duration::from_secs(10), || {
+            let cpu = cgroup.stats()?.cpu;
+            Ok(cpu.nr_periods > 0 && cpu.nr_throttled > 0 && cpu.throttled_usec > 0)
+        })?;
+        assert!(throttled, "{:?}", cgroup.stats()?.cpu);
         Ok(())
     })();
     running.finish(true)?;
