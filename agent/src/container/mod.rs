@@ -181,7 +181,19 @@ impl Engine {
             source,
         };
         fs::create_dir_all(&bundle).map_err(state_err)?;
-        let result = self.build(id, builder.with_executor(executor), &spec, &bundle);
+        let result = self
+            .build(id, builder.with_executor(executor.clone()), &spec, &bundle)
+            .and_then(|created| {
+                // The init holds its copy of the spec now: save the one
+                // execs start from without the capability lent for seccomp.
+                executor.restore(&mut spec);
+                spec.save(bundle.join("config.json"))
+                    .map_err(|e| Error::State {
+                        path: bundle.clone(),
+                        source: io::Error::other(e),
+                    })?;
+                Ok(created)
+            });
         if result.is_err() {
             let _ = fs::remove_dir_all(&bundle);
             let _ = fs::remove_dir_all(self.state_dir.join(id));

@@ -384,6 +384,34 @@ impl SeccompExecutor {
         self.filter.is_some()
     }
 
+    /// Takes the lent CAP_SYS_ADMIN out of `spec`'s process again. The
+    /// engine saves the spec after libcontainer has created the init (which
+    /// keeps its own copy), so the saved spec, which execs start from,
+    /// holds the capabilities the caller asked for.
+    pub fn restore(&self, spec: &mut Spec) {
+        if !(self.lent_effective || self.lent_permitted) {
+            return;
+        }
+        let Some(process) = spec.process_mut() else {
+            return;
+        };
+        if let Some(mut caps) = process.capabilities().clone() {
+            if self.lent_effective {
+                if let Some(mut set) = caps.effective().clone() {
+                    set.remove(&Capability::SysAdmin);
+                    caps.set_effective(Some(set));
+                }
+            }
+            if self.lent_permitted {
+                if let Some(mut set) = caps.permitted().clone() {
+                    set.remove(&Capability::SysAdmin);
+                    caps.set_permitted(Some(set));
+                }
+            }
+            process.set_capabilities(Some(caps));
+        }
+    }
+
     fn install(&self) -> Result<(), ExecutorError> {
         let Some(filter) = &self.filter else {
             return Ok(());

@@ -343,6 +343,15 @@ fn sys_admin_is_lent_only_without_no_new_privs_and_never_to_bounding() {
     assert!(exec.has_filter() && !exec.lent_effective && !exec.lent_permitted);
     assert!(!has(proc.capabilities().as_ref().unwrap().effective()));
 
+    // restore() gives the spec back what it asked for.
+    let mut spec = Spec::default();
+    spec.set_process(Some(process(None, false)));
+    let before = spec.process().as_ref().unwrap().capabilities().clone();
+    let exec = prepare_process(Some(&p), spec.process_mut().as_mut().unwrap()).unwrap();
+    assert_ne!(spec.process().as_ref().unwrap().capabilities(), &before);
+    exec.restore(&mut spec);
+    assert_eq!(spec.process().as_ref().unwrap().capabilities(), &before);
+
     // Already privileged: nothing to lend, nothing to take back.
     let mut proc = process(Some(false), true);
     let exec = prepare_process(Some(&p), &mut proc).unwrap();
