@@ -190,9 +190,12 @@ pub fn from_v1(stats: &V1Stats, oom_kill: u64) -> ContainerStats {
     let throttling = &stats.cpu.throttling;
     let memory = &stats.memory;
     let mut io: Vec<IoDeviceStats> = Vec::new();
-    let mut device = |major: u64, minor: u64| -> usize {
-        let (major, minor) = (major as u32, minor as u32);
-        match io.iter().position(|d| d.major == major && d.minor == minor) {
+    let blkio = &stats.blkio;
+    let entries = (blkio.service_bytes.iter().map(|e| (e, true)))
+        .chain(blkio.serviced.iter().map(|e| (e, false)));
+    for (entry, bytes) in entries {
+        let (major, minor) = (entry.major as u32, entry.minor as u32);
+        let i = match io.iter().position(|d| (d.major, d.minor) == (major, minor)) {
             Some(i) => i,
             None => {
                 io.push(IoDeviceStats {
@@ -202,27 +205,16 @@ pub fn from_v1(stats: &V1Stats, oom_kill: u64) -> ContainerStats {
                 });
                 io.len() - 1
             }
-        }
-    };
-    let mut slots = Vec::new();
-    for (entries, bytes) in [
-        (&stats.blkio.service_bytes, true),
-        (&stats.blkio.serviced, false),
-    ] {
-        for entry in entries {
-            let i = device(entry.major, entry.minor);
-            slots.push((i, bytes, entry.op_type.clone(), entry.value));
-        }
-    }
-    for (i, bytes, op, value) in slots {
+        };
         let dev = &mut io[i];
-        match (op.as_deref(), bytes) {
-            (Some("Read"), true) => dev.rbytes = value,
-            (Some("Write"), true) => dev.wbytes = value,
-            (Some("Read"), false) => dev.rios = value,
-            (Some("Write"), false) => dev.wios = value,
-            _ => {}
-        }
+        let slot = match (entry.op_type.as_deref(), bytes) {
+            (Some("Read"), true) => &mut dev.rbytes,
+            (Some("Write"), true) => &mut dev.wbytes,
+            (Some("Read"), false) => &mut dev.rios,
+            (Some("Write"), false) => &mut dev.wios,
+            _ => continue,
+        };
+        *slot = entry.value;
     }
     ContainerStats {
         cpu: CpuStats {
