@@ -3,7 +3,8 @@
 //! containers. Needs root. On this cgroup v1/hybrid host libcgroups' v1
 //! manager does the work (a dev-dependency feature); in the guest the same
 //! calls use v2. Run in the test host to exercise v2:
-//! `scripts/testhost/run.sh -- <container_cgroups test binary> --test-threads=1`.
+//! `scripts/testhost/run.sh -- <container_cgroups test binary> --test-threads=1`
+//! (all pass there, ~21 s under emulation).
 
 // Each test binary uses part of the shared helpers.
 #[allow(dead_code)]

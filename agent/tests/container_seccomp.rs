@@ -2,6 +2,7 @@
 //! and kill actions, with and without no_new_privileges (the second path
 //! lends CAP_SYS_ADMIN to install the filter and must take it back), a large
 //! allow-list profile, and clear errors for malformed profiles at create.
+//! Also run in the test host (cgroup v2, Debian's kernel): all pass there.
 
 mod support;
 
