@@ -14,8 +14,10 @@
 //! reaper that waits for any child must leave the init pids of live
 //! containers to [`Container::wait`].
 
+pub mod cgroups;
 mod exit_status;
 mod output;
+pub mod seccomp;
 mod spec_validation;
 
 use std::fs::{self, File};
@@ -30,6 +32,7 @@ use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{RootBuilder, Spec};
 
+pub use self::cgroups::{Cgroup, CgroupError, ContainerStats, OomEvent, OomMonitor};
 pub use self::exit_status::ExitStatus;
 use self::output::DrainGate;
 pub use self::output::OutputStream;
@@ -77,6 +80,8 @@ pub enum Error {
     Signal(i32),
     #[error("Cannot make the agent a child subreaper")]
     Subreaper(#[source] io::Error),
+    #[error("Invalid seccomp profile")]
+    Seccomp(#[from] seccomp::SeccompError),
 }
 
 /// Creates containers; holds where their state lives.
@@ -156,6 +161,9 @@ impl Engine {
                 linux.set_cgroups_path(Some(PathBuf::from(format!("/husk/{id}"))));
             }
         }
+        // libcontainer without libseccomp ignores linux.seccomp: compile it
+        // here (a bad profile fails create) and install it before exec.
+        let executor = seccomp::prepare(&mut spec)?;
 
         let runtime = |op, source| Error::Runtime {
             op,
@@ -173,7 +181,19 @@ impl Engine {
             source,
         };
         fs::create_dir_all(&bundle).map_err(state_err)?;
-        let result = self.build(id, builder, &spec, &bundle);
+        let result = self
+            .build(id, builder.with_executor(executor.clone()), &spec, &bundle)
+            .and_then(|created| {
+                // The init holds its copy of the spec now: save the one
+                // execs start from without the capability lent for seccomp.
+                executor.restore(&mut spec);
+                spec.save(bundle.join("config.json"))
+                    .map_err(|e| Error::State {
+                        path: bundle.clone(),
+                        source: io::Error::other(e),
+                    })?;
+                Ok(created)
+            });
         if result.is_err() {
             let _ = fs::remove_dir_all(&bundle);
             let _ = fs::remove_dir_all(self.state_dir.join(id));
