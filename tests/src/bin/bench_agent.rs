@@ -6,7 +6,8 @@
 //!
 //! Usage: husk-bench-agent [--runs N] [--agent PATH] [--runc PATH]
 //! (the agent defaults to `HUSK_AGENT`, else target/release/husk-agent,
-//! else target/debug/husk-agent).
+//! else target/debug/husk-agent). On a cgroup v1/hybrid host build the
+//! agent with `cargo build --release -p husk-agent --features cgroup-v1`.
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
