@@ -361,21 +361,30 @@ fn wait_answers_only_after_the_declared_output_is_attached_and_drained() -> Resu
         stdio(false, true, false),
     )?;
     start(&c, id)?;
-    let waiter = {
-        let c = agent.client()?;
-        thread::spawn(move || wait(&c, id, ""))
-    };
+    // Blocked WaitProcess calls on the same connection do not hold other
+    // RPCs back.
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let c = c.clone();
+            thread::spawn(move || wait(&c, id, ""))
+        })
+        .collect();
     // The process has exited, but its declared stdout was not attached.
     thread::sleep(Duration::from_millis(700));
-    assert!(
-        !waiter.is_finished(),
-        "WaitProcess answered before the output was attached"
-    );
+    health_ok(&c).context("Health while WaitProcess calls block")?;
+    for waiter in &waiters {
+        assert!(
+            !waiter.is_finished(),
+            "WaitProcess answered before the output was attached"
+        );
+    }
     let out = agent.read_stream(id, "", OUT)?;
-    let status = waiter
-        .join()
-        .map_err(|_| anyhow::anyhow!("waiter panicked"))??;
-    assert_eq!(status.exit_status, 4);
+    for waiter in waiters {
+        let status = waiter
+            .join()
+            .map_err(|_| anyhow::anyhow!("waiter panicked"))??;
+        assert_eq!(status.exit_status, 4);
+    }
     assert_eq!(joined(out)?, b"late\n");
     remove(&c, id, false)?;
     Ok(())

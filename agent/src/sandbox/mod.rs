@@ -555,9 +555,13 @@ impl Sandbox {
                     }
                 }
             }
+            // One deadline for all: the timeout is the sandbox's, not each
+            // container's.
+            let deadline = std::time::Instant::now() + timeout;
             for entry in &entries {
                 if entry.running() {
-                    entry.init.exit.wait_timeout(timeout);
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    entry.init.exit.wait_timeout(left);
                 }
             }
         }
