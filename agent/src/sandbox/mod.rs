@@ -230,6 +230,17 @@ impl Sandbox {
         })
     }
 
+    /// Runs `f` on a container's engine handle, under its lock (for the
+    /// cgroup RPCs: `Container::cgroup`, `pause`, `resume`, `pid`).
+    pub fn with_container<T>(&self, id: &str, f: impl FnOnce(&mut Container) -> T) -> Result<T> {
+        let entry = self.entry(id)?;
+        let mut guard = entry.lock();
+        let container = guard
+            .as_mut()
+            .ok_or_else(|| SandboxError::ContainerNotFound(id.to_string()))?;
+        Ok(f(container))
+    }
+
     /// Ids of the containers.
     pub fn container_ids(&self) -> Vec<String> {
         lock(&self.containers).keys().cloned().collect()
@@ -665,6 +676,10 @@ mod tests {
             ErrorKind::NotFound
         );
         assert!(sb.lookup("nope", "").unwrap_err().contains("not found"));
+        assert_eq!(
+            kind(sb.with_container("nope", |c| c.pid())),
+            ErrorKind::NotFound
+        );
     }
 
     #[test]
