@@ -140,58 +140,45 @@ fn health_and_version() -> Result<()> {
     Ok(())
 }
 
-/// The RPCs that wait for the engine's cgroup features, called with an
-/// empty request.
-fn call_unimplemented(c: &AgentClient) -> Vec<(&'static str, ttrpc::Result<()>)> {
+/// The cgroup RPCs, called for a container that does not exist.
+fn call_cgroup_rpcs(c: &AgentClient) -> Vec<(&'static str, ttrpc::Result<()>)> {
     fn ok<T>(r: ttrpc::Result<T>) -> ttrpc::Result<()> {
         r.map(|_| ())
     }
+    let id = || "nope".to_string();
+    let mut pause = agent::PauseContainerRequest::new();
+    pause.container_id = id();
+    let mut resume = agent::ResumeContainerRequest::new();
+    resume.container_id = id();
+    let mut stats = agent::StatsContainerRequest::new();
+    stats.container_id = id();
+    let mut update = agent::UpdateContainerRequest::new();
+    update.container_id = id();
+    update.resources_json = b"{}".to_vec();
+    let mut ps = agent::ListProcessesRequest::new();
+    ps.container_id = id();
     vec![
-        (
-            "PauseContainer",
-            ok(c.pause_container(ctx(), &Default::default())),
-        ),
-        (
-            "ResumeContainer",
-            ok(c.resume_container(ctx(), &Default::default())),
-        ),
-        (
-            "StatsContainer",
-            ok(c.stats_container(ctx(), &Default::default())),
-        ),
-        (
-            "UpdateContainer",
-            ok(c.update_container(ctx(), &Default::default())),
-        ),
-        (
-            "ListProcesses",
-            ok(c.list_processes(ctx(), &Default::default())),
-        ),
-        (
-            "GetOOMEvent",
-            ok(c.get_oom_event(ctx(), &Default::default())),
-        ),
+        ("PauseContainer", ok(c.pause_container(ctx(), &pause))),
+        ("ResumeContainer", ok(c.resume_container(ctx(), &resume))),
+        ("StatsContainer", ok(c.stats_container(ctx(), &stats))),
+        ("UpdateContainer", ok(c.update_container(ctx(), &update))),
+        ("ListProcesses", ok(c.list_processes(ctx(), &ps))),
     ]
 }
 
 #[test]
-fn other_rpcs_answer_unimplemented_naming_themselves() -> Result<()> {
-    let mut agent = Agent::start("unimpl")?;
+fn cgroup_rpcs_for_an_unknown_container_answer_not_found() -> Result<()> {
+    let mut agent = Agent::start("cgroup-notfound")?;
     let client = agent.client()?;
-    let results = call_unimplemented(&client);
-    assert_eq!(results.len(), 6);
+    let results = call_cgroup_rpcs(&client);
+    assert_eq!(results.len(), 5);
     for (rpc, result) in results {
         match result {
             Err(ttrpc::Error::RpcStatus(s)) => {
-                assert_eq!(s.code(), Code::UNIMPLEMENTED, "{rpc}: {s:?}");
-                assert!(
-                    s.message()
-                        .starts_with(&format!("{rpc} is not implemented yet")),
-                    "{rpc}: message {:?}",
-                    s.message()
-                );
+                assert_eq!(s.code(), Code::NOT_FOUND, "{rpc}: {s:?}");
+                assert!(s.message().contains("\"nope\""), "{rpc}: {:?}", s.message());
             }
-            other => panic!("{rpc}: expected UNIMPLEMENTED, got {other:?}"),
+            other => panic!("{rpc}: expected NOT_FOUND, got {other:?}"),
         }
     }
     // Still serving after the errors.

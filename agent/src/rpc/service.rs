@@ -1,8 +1,4 @@
 //! The `husk.agent.v1` service: the RPCs mapped onto the [`Sandbox`].
-//!
-//! PauseContainer, ResumeContainer, StatsContainer, UpdateContainer,
-//! ListProcesses and GetOOMEvent still answer UNIMPLEMENTED, naming
-//! themselves: they wait for the cgroup features of the engine.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -22,6 +18,7 @@ use husk_protocol::{agent_ttrpc, API_VERSION};
 
 use crate::container::ExitStatus;
 use crate::init::error_chain;
+use crate::sandbox::resources::OomWait;
 use crate::sandbox::{ErrorKind, Sandbox, SandboxError};
 use crate::{debug, info, warn};
 
@@ -103,18 +100,6 @@ pub fn version() -> VersionResponse {
         kernel_release,
         ..Default::default()
     }
-}
-
-/// Trait methods that answer UNIMPLEMENTED with the RPC's name.
-macro_rules! not_implemented_yet {
-    ($($method:ident($req:ty) -> $resp:ty = $rpc:literal;)*) => {
-        $(
-            fn $method(&self, _ctx: &TtrpcContext, _req: $req) -> ttrpc::Result<$resp> {
-                debug!("RPC {} (not implemented yet)", $rpc);
-                Err(unimplemented($rpc))
-            }
-        )*
-    };
 }
 
 fn wait_response(exited: crate::container::Exited) -> WaitProcessResponse {
@@ -294,13 +279,90 @@ impl agent_ttrpc::Agent for AgentService {
             .map_err(|e| status("SetGuestTime", &e))
     }
 
-    not_implemented_yet! {
-        pause_container(PauseContainerRequest) -> Empty = "PauseContainer";
-        resume_container(ResumeContainerRequest) -> Empty = "ResumeContainer";
-        stats_container(StatsContainerRequest) -> StatsContainerResponse = "StatsContainer";
-        update_container(UpdateContainerRequest) -> Empty = "UpdateContainer";
-        list_processes(ListProcessesRequest) -> ListProcessesResponse = "ListProcesses";
-        get_oom_event(GetOOMEventRequest) -> OOMEvent = "GetOOMEvent";
+    fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: PauseContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .pause_container(&req.container_id)
+            .map(|()| Empty::new())
+            .map_err(|e| status("PauseContainer", &e))
+    }
+
+    fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ResumeContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .resume_container(&req.container_id)
+            .map(|()| Empty::new())
+            .map_err(|e| status("ResumeContainer", &e))
+    }
+
+    fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StatsContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        self.sandbox
+            .stats_container(&req.container_id)
+            .map(StatsContainerResponse::from)
+            .map_err(|e| status("StatsContainer", &e))
+    }
+
+    fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .update_container(&req.container_id, &req.resources_json)
+            .map(|()| Empty::new())
+            .map_err(|e| status("UpdateContainer", &e))
+    }
+
+    fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ListProcessesRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
+        self.sandbox
+            .list_processes(&req.container_id)
+            .map(|pids| ListProcessesResponse {
+                pids,
+                ..Default::default()
+            })
+            .map_err(|e| status("ListProcesses", &e))
+    }
+
+    fn get_oom_event(
+        &self,
+        ctx: &TtrpcContext,
+        _req: GetOOMEventRequest,
+    ) -> ttrpc::Result<OOMEvent> {
+        // A long poll: until an OOM kill, the caller's deadline, or shutdown.
+        // The answer leaves a tenth of the deadline early (at most 1 s), so
+        // that it reaches a caller still waiting for it.
+        let timeout = (ctx.timeout_nano > 0).then(|| {
+            let t = Duration::from_nanos(u64::try_from(ctx.timeout_nano).unwrap_or(0));
+            t.saturating_sub((t / 10).min(Duration::from_secs(1)))
+        });
+        match self.sandbox.next_oom_event(timeout) {
+            Ok(ev) => Ok(OOMEvent {
+                container_id: ev.container_id,
+                ..Default::default()
+            }),
+            Err(OomWait::Timeout) => Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                Code::DEADLINE_EXCEEDED,
+                "No OOM event before the deadline",
+            ))),
+            Err(OomWait::Shutdown) => Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                Code::UNAVAILABLE,
+                "The agent is shutting down",
+            ))),
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! streams are behind `Arc`s of their own, so WaitProcess blocks holding
 //! no lock another RPC needs.
 
+pub mod resources;
 pub mod setup;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use husk_protocol::agent::{CreateSandboxRequest, StdioSet};
 use oci_spec::runtime::{Process, RootBuilder, Spec};
 
 use self::setup::{SetupError, Target};
+use crate::container::cgroups::{self as cg, CgroupError, OomMonitor};
 use crate::container::{self, Container, Engine, ExitCell, Exited};
 use crate::init::reaper::Reaper;
 use crate::stdio::slots::AttachError;
@@ -62,6 +64,8 @@ pub enum SandboxError {
     #[error(transparent)]
     Container(#[from] container::Error),
     #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
     Stdio(#[from] StdioError),
     #[error(transparent)]
     Setup(#[from] SetupError),
@@ -93,6 +97,15 @@ impl SandboxError {
             Self::Setup(SetupError::Invalid { .. }) => ErrorKind::InvalidArgument,
             // Stdin not declared or already closed.
             Self::FailedPrecondition(_) | Self::Stdin { .. } => ErrorKind::FailedPrecondition,
+            Self::Cgroup(CgroupError::Resources(_)) => ErrorKind::InvalidArgument,
+            Self::Cgroup(CgroupError::Runtime { source, .. })
+                if matches!(
+                    **source,
+                    libcontainer::error::LibcontainerError::IncorrectStatus(_)
+                ) =>
+            {
+                ErrorKind::FailedPrecondition
+            }
             Self::Container(E::Spec(_) | E::LoadSpec { .. } | E::Rootfs { .. } | E::Signal(_)) => {
                 ErrorKind::InvalidArgument
             }
@@ -168,6 +181,8 @@ pub struct Sandbox {
     /// atomically.
     create_lock: Mutex<()>,
     shared_mounts: Mutex<Vec<PathBuf>>,
+    /// OOM kills in any container, for GetOOMEvent.
+    oom: OomMonitor,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -207,6 +222,7 @@ impl Sandbox {
             containers: Mutex::new(HashMap::new()),
             create_lock: Mutex::new(()),
             shared_mounts: Mutex::new(Vec::new()),
+            oom: OomMonitor::start(cg::oom::DEFAULT_INTERVAL)?,
         })
     }
 
@@ -352,6 +368,7 @@ impl Sandbox {
             execs: Mutex::new(HashMap::new()),
         });
         lock(&self.containers).insert(id.to_string(), entry);
+        self.watch_oom(id);
         info!("Created container {id} (init pid {pid})");
         Ok(pid)
     }
@@ -392,6 +409,8 @@ impl Sandbox {
             )));
         }
         if let Some(container) = guard.take() {
+            // Reads the counter a last time: a kill just before is still reported.
+            self.oom.unwatch(id);
             container.delete()?;
         }
         drop(guard);
