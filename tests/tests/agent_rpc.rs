@@ -281,6 +281,28 @@ fn agent_runs_containers_from_a_virtio_fs_rootfs() {
     let text = String::from_utf8_lossy(&out.join().unwrap()).into_owned();
     assert!(text.contains("40 120"), "{text:?}");
 
+    // The guest's cgroup v2: ps, stats, update, pause/resume.
+    let mut ps = agent::ListProcessesRequest::new();
+    ps.container_id = id.into();
+    let pids = client.list_processes(ctx(), &ps).unwrap().pids;
+    assert!(!pids.is_empty(), "no processes listed");
+    let mut update = agent::UpdateContainerRequest::new();
+    update.container_id = id.into();
+    update.resources_json = br#"{"memory":{"limit":134217728},"pids":{"limit":64}}"#.to_vec();
+    client.update_container(ctx(), &update).unwrap();
+    let mut stats = agent::StatsContainerRequest::new();
+    stats.container_id = id.into();
+    let st = client.stats_container(ctx(), &stats).unwrap();
+    assert!(st.memory.usage > 0, "{st:?}");
+    assert_eq!((st.memory.limit, st.pids.limit), (128 << 20, 64), "{st:?}");
+    assert_eq!(st.pids.current, pids.len() as u64, "{st:?}");
+    let mut pause = agent::PauseContainerRequest::new();
+    pause.container_id = id.into();
+    client.pause_container(ctx(), &pause).unwrap();
+    let mut resume = agent::ResumeContainerRequest::new();
+    resume.container_id = id.into();
+    client.resume_container(ctx(), &resume).unwrap();
+
     // SIGKILL to the init: 137, after its output.
     let mut kill = agent::SignalProcessRequest::new();
     kill.container_id = id.into();
