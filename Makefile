@@ -9,7 +9,7 @@ AGENT   := target/$(MUSL)/release/husk-agent
 PROBE   := target/$(MUSL)/release/husk-guest-probe
 CARGO   ?= cargo
 
-.PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench bench-devices fuzz clean
+.PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench bench-devices bench-agent fuzz clean
 
 deps:
 	scripts/install-deps.sh
@@ -52,6 +52,13 @@ fuzz: deps
 
 bench-devices: image vmm
 	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-devices --mib $${MIB:-256} --files $${FILES:-10000}
+
+# Host-native container start through the agent against runc (cgroup-v1 feature: this
+# host's cgroups are v1; the guest binary is v2 only).
+bench-agent: deps
+	$(CARGO) build --release -p husk-agent --features cgroup-v1
+	$(CARGO) build --release -p husk-tests --bin husk-bench-agent
+	HUSK_AGENT=target/release/husk-agent target/release/husk-bench-agent --runs $${RUNS:-20}
 
 clean:
 	$(CARGO) clean
