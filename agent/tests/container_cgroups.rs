@@ -12,9 +12,8 @@ mod support;
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::MutexGuard;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,36 +23,14 @@ use husk_agent::container::{Cgroup, Container, Engine, ExitStatus, OomMonitor};
 use oci_spec::runtime::{LinuxBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, Spec};
 use support::busybox_bundle;
 
+const SUITE: &str = "cgroups";
+
 fn engine() -> Option<(MutexGuard<'static, ()>, &'static Engine)> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: container cgroup tests need root (namespaces, mounts, cgroups)");
-        return None;
-    }
-    static LOCK: Mutex<()> = Mutex::new(());
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let engine =
-        ENGINE.get_or_init(|| Engine::new(test_dir().join("engine")).expect("engine state dir"));
-    Some((guard, engine))
+    support::engine::engine(SUITE)
 }
 
-fn test_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("husk-cgroups-test-{}", std::process::id()));
-    fs::create_dir_all(&dir).expect("test dir");
-    dir
-}
-
-/// The shared busybox rootfs plus the applets these tests use.
 fn rootfs() -> PathBuf {
-    let rootfs = busybox_bundle::busybox_rootfs(&test_dir()).expect("busybox rootfs");
-    for applet in ["tail", "dd", "cat"] {
-        let link = rootfs.join("bin").join(applet);
-        if !link.exists() {
-            symlink("busybox", &link).expect("applet link");
-        }
-    }
-    rootfs
+    support::engine::rootfs(SUITE, &["tail", "dd", "cat"])
 }
 
 /// A started container whose output is read on two threads.

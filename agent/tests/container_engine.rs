@@ -10,37 +10,25 @@ mod support;
 use std::fs;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::MutexGuard;
 use std::thread;
 
 use anyhow::{Context, Result};
 use husk_agent::container::{Container, Engine, Error, ExitStatus, SpecError};
 use support::busybox_bundle;
 
-/// One engine per test process; container tests run one at a time so the
-/// leak checks see only their own processes.
+const SUITE: &str = "engine";
+
 fn engine() -> Option<(MutexGuard<'static, ()>, &'static Engine)> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: container engine tests need root (namespaces, mounts, cgroups)");
-        return None;
-    }
-    static LOCK: Mutex<()> = Mutex::new(());
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let engine =
-        ENGINE.get_or_init(|| Engine::new(test_dir().join("engine")).expect("engine state dir"));
-    Some((guard, engine))
+    support::engine::engine(SUITE)
 }
 
 fn test_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("husk-engine-test-{}", std::process::id()));
-    fs::create_dir_all(&dir).expect("test dir");
-    dir
+    support::engine::test_dir(SUITE)
 }
 
 fn rootfs() -> PathBuf {
-    busybox_bundle::busybox_rootfs(&test_dir()).expect("busybox rootfs")
+    support::engine::rootfs(SUITE, &[])
 }
 
 struct Run {

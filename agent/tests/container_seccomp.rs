@@ -8,9 +8,8 @@ mod support;
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::symlink;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::MutexGuard;
 use std::thread;
 
 use anyhow::{Context, Result};
@@ -19,35 +18,18 @@ use husk_agent::container::{Engine, Error, ExitStatus};
 use oci_spec::runtime::{LinuxSeccomp, MountBuilder, Spec};
 use support::busybox_bundle;
 
+const SUITE: &str = "seccomp";
+
 fn engine() -> Option<(MutexGuard<'static, ()>, &'static Engine)> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: container seccomp tests need root (namespaces, mounts)");
-        return None;
-    }
-    static LOCK: Mutex<()> = Mutex::new(());
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let engine =
-        ENGINE.get_or_init(|| Engine::new(test_dir().join("engine")).expect("engine state dir"));
-    Some((guard, engine))
+    support::engine::engine(SUITE)
 }
 
 fn test_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("husk-seccomp-test-{}", std::process::id()));
-    fs::create_dir_all(&dir).expect("test dir");
-    dir
+    support::engine::test_dir(SUITE)
 }
 
 fn rootfs() -> PathBuf {
-    let rootfs = busybox_bundle::busybox_rootfs(&test_dir()).expect("busybox rootfs");
-    for applet in ["mkdir", "cat", "grep", "rm"] {
-        let link = rootfs.join("bin").join(applet);
-        if !link.exists() {
-            symlink("busybox", &link).expect("applet link");
-        }
-    }
-    rootfs
+    support::engine::rootfs(SUITE, &["mkdir", "cat", "grep", "rm"])
 }
 
 fn spec_with(args: &[&str], profile: Option<&str>, nnp: bool) -> Result<Spec> {

@@ -1,2 +1,3 @@
 pub mod agent;
 pub mod busybox_bundle;
+pub mod engine;
