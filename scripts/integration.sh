@@ -19,47 +19,43 @@ bins=$(printf '%s\n' "$build" | sed -n 's/^ *Executable .*(\(.*\))$/\1/p')
 [ -n "$bins" ] || { echo "integration: no test executables were built" >&2; exit 1; }
 
 # The runner lives in the workspace: the test host sees the machine's files, but its /tmp
-# is a fresh tmpfs.
+# is a fresh tmpfs. It runs the executables it is given one after another and ends each
+# with a line `@@ result <exe> <passed> <failed> <exit status>`.
 mkdir -p "$root/build"
 runner=$(mktemp "$root/build/integration.XXXXXX")
-trap 'rm -f "$runner"' EXIT
-{
-    echo 'set -u; cd "$1"; shift; passed=0; failed=0; log=$(mktemp)'
-    echo 'for t in "$@"; do'
-    echo '  echo "=== $t"'
-    # One guest at a time: under emulation two nested guests starve each other.
-    # Output streams live (a hang shows where it is) and is kept for the counts.
-    echo '  "$t" --include-ignored --test-threads=1 2>&1 | tee "$log"; s=${PIPESTATUS[0]}'
-    echo '  out=$(cat "$log")'
-    echo '  p=$(printf "%s\n" "$out" | sed -n "s/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p" | awk "{s+=\$1} END {print s+0}")'
-    echo '  f=$(printf "%s\n" "$out" | sed -n "s/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p" | awk "{s+=\$1} END {print s+0}")'
-    echo '  passed=$((passed + p)); failed=$((failed + f))'
-    echo '  if [ "$s" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); echo "integration: $t exited $s"; fi'
-    echo 'done'
-    echo 'echo "integration: $passed passed, $failed failed"'
-    echo '[ "$failed" -eq 0 ]'
-} >"$runner"
+fifo="$root/build/integration.fifo.$$"
+results="$root/build/integration.results.$$"
+trap 'rm -f "$runner" "$fifo" "$results"' EXIT
+cat >"$runner" <<'RUNNER'
+set -u; cd "$1"; shift; log=$(mktemp)
+count() { sed -n "s/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\\$1/p" "$log" | awk '{s+=$1} END {print s+0}'; }
+for t in "$@"; do
+  echo "=== $t"
+  # One guest at a time: under emulation two nested guests starve each other.
+  # Output streams live (a hang shows where it is) and is kept for the counts.
+  "$t" --include-ignored --test-threads=1 2>&1 | tee "$log"; s=${PIPESTATUS[0]}
+  echo "@@ result $t $(count 1) $(count 2) $s"
+done
+RUNNER
 
 export HUSK_REQUIRE_KVM=1
-# The whole suite takes ~3 min in the test host. Under software emulation the test host
-# itself occasionally hangs (DESIGN.md; seen here about one run in three): no output for
-# HUSK_INTEGRATION_IDLE seconds (no test prints nothing for that long) or the overall
-# watchdog ends that attempt, and a hang or harness failure (exit 124/125) gets another
-# try, said loudly. A failing test (exit 1) is never retried.
-timeout_s="${HUSK_INTEGRATION_TIMEOUT:-900}"
+# Under software emulation the test host itself occasionally hangs (DESIGN.md; seen here
+# about one run in three): no output for HUSK_INTEGRATION_IDLE seconds (no test prints
+# nothing for that long) or the overall watchdog ends that attempt. A hang or harness
+# failure (exit 124/125) gets another try, said loudly, for the executables that had not
+# finished; a failing test is never retried.
+timeout_s="${HUSK_INTEGRATION_TIMEOUT:-3600}"
 idle_s="${HUSK_INTEGRATION_IDLE:-300}"
-fifo="$root/build/integration.fifo.$$"
-trap 'rm -f "$runner" "$fifo"' EXIT
 
 run_once() {
     rm -f "$fifo" && mkfifo "$fifo"
-    # shellcheck disable=SC2086
-    "$root/scripts/in-kvm.sh" --timeout "$timeout_s" -- bash "$runner" "$root" $bins >"$fifo" 2>&1 &
+    "$root/scripts/in-kvm.sh" --timeout "$timeout_s" -- bash "$runner" "$root" "$@" >"$fifo" 2>&1 &
     local pid=$! line hung=0 start st
     while true; do
         start=$SECONDS
         if IFS= read -r -t "$idle_s" line; then
             printf '%s\n' "$line"
+            [[ "$line" == "@@ result "* ]] && printf '%s\n' "${line#@@ result }" >>"$results"
             continue
         else
             st=$?
@@ -86,12 +82,41 @@ run_once() {
     wait "$pid"
 }
 
+read -r -a remaining <<<"$(printf '%s ' $bins)"
+passed=0
+failed=0
+: >"$results"
 for attempt in 1 2 3; do
     rc=0
-    run_once || rc=$?
-    if [ "$rc" -ne 124 ] && [ "$rc" -ne 125 ]; then
+    run_once "${remaining[@]}" || rc=$?
+    left=()
+    for t in "${remaining[@]}"; do
+        r=$(awk -v t="$t" '$1 == t {print $2, $3, $4}' "$results" | tail -n 1)
+        if [ -z "$r" ]; then
+            left+=("$t")
+            continue
+        fi
+        read -r p f s <<<"$r"
+        passed=$((passed + p))
+        failed=$((failed + f))
+        if [ "$s" -ne 0 ] && [ "$f" -eq 0 ]; then
+            failed=$((failed + 1))
+            echo "integration: $t exited $s"
+        fi
+    done
+    remaining=("${left[@]+"${left[@]}"}")
+    : >"$results"
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$rc" -ne 125 ]; then
+        echo "integration: the test host run failed (exit $rc)" >&2
         exit "$rc"
     fi
-    echo "integration: attempt $attempt: the test host hung or failed to start (exit $rc)" >&2
+    [ "${#remaining[@]}" -eq 0 ] && break
+    echo "integration: attempt $attempt: the test host hung or failed (exit $rc);" \
+        "${#remaining[@]} test executables left to run" >&2
 done
-exit "$rc"
+echo "integration: $passed passed, $failed failed"
+if [ "${#remaining[@]}" -ne 0 ]; then
+    echo "integration: not run after 3 tries: ${remaining[*]}" >&2
+    exit 124
+fi
+[ "$failed" -eq 0 ]
