@@ -10,11 +10,17 @@
 //! - [`log`]: leveled log lines to the console and /dev/kmsg.
 //! - [`rpc`]: the `husk.agent.v1` ttrpc server (vsock in the guest, Unix
 //!   socket on the host).
+//! - [`sandbox`]: the containers and processes the RPCs act on.
+//! - [`stdio`]: per-process standard streams on the stdio port.
+//! - [`host`]: `husk-agent serve`, the agent on the host for tests.
 //! - [`sys`]: the raw system calls, wrapped.
 
 pub mod config;
 pub mod container;
+pub mod host;
 pub mod init;
 pub mod log;
 pub mod rpc;
+pub mod sandbox;
+pub mod stdio;
 pub mod sys;

@@ -1,10 +1,11 @@
 //! The husk-agent binary: PID 1 of the guest, or `husk-agent serve --listen
-//! unix:<path>` on the host for tests.
+//! unix:<path> [--stdio-listen unix:<path>] [--root <dir>]` on the host for
+//! tests.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use husk_agent::{init, rpc};
+use husk_agent::{host, init, rpc};
 
 fn main() -> ExitCode {
     if init::is_pid1() {
@@ -36,14 +37,6 @@ fn main() -> ExitCode {
 
 /// Host mode: serves the agent API until the process is killed.
 fn serve(args: &[String]) -> anyhow::Result<std::convert::Infallible> {
-    let addr = rpc::parse_serve_args(args)?;
-    let server = rpc::serve(addr).context("Failed to start the agent API server")?;
-    husk_agent::info!(
-        "Serving {} on {}",
-        husk_protocol::API_VERSION,
-        server.addr()
-    );
-    loop {
-        std::thread::park();
-    }
+    let args = rpc::parse_serve_args(args)?;
+    host::run(args).context("Failed to serve the agent API")
 }

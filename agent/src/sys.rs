@@ -60,6 +60,16 @@ pub fn mount(
     }
 }
 
+/// `umount2(path, MNT_DETACH)`.
+pub fn umount_detach(target: &Path) -> io::Result<()> {
+    let target = path_to_cstring(target)?;
+    // SAFETY: `target` is a valid NUL-terminated string that outlives the call.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `sync(2)`: flush all file systems.
 pub fn sync() {
     // SAFETY: sync() has no preconditions.
@@ -275,6 +285,296 @@ impl SignalFd {
 impl AsRawFd for SignalFd {
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+}
+
+/// Undoes, in a process about to exec a container's program, what the
+/// agent's own signal set-up would pass on through exec: every signal
+/// unblocked (PID 1 blocks the ones its signalfd reads) and every ignored
+/// signal back to its default action (the Rust runtime ignores SIGPIPE, and
+/// the agent may have been started with others ignored).
+pub fn reset_signals_for_exec() -> io::Result<()> {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset() initialises the set it is given.
+    if unsafe { libc::sigemptyset(set.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sigemptyset() succeeded, so the set is initialised.
+    let set = unsafe { set.assume_init() };
+    // SAFETY: `set` is initialised; the old mask is not asked for.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    /// The kernel's `struct sigaction` (x86_64): the C library's refuses
+    /// the signals it reserves (32, 33), which may be ignored too.
+    #[repr(C)]
+    #[derive(Default)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    const SIG_IGN: usize = 1;
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let mut old = KernelSigaction::default();
+        // SAFETY: rt_sigaction with a NULL new action only writes the old
+        // one into `old`, a live struct of the kernel's layout; 8 is the
+        // size of the kernel's signal set.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                std::ptr::null::<KernelSigaction>(),
+                &mut old as *mut KernelSigaction,
+                8usize,
+            )
+        };
+        if rc != 0 || old.handler != SIG_IGN {
+            continue;
+        }
+        let default = KernelSigaction::default();
+        // SAFETY: as above; the new action (SIG_DFL, no flags, empty mask)
+        // is a live struct of the kernel's layout.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `ioctl(TIOCSWINSZ)`: sets the window size of the terminal behind `fd`.
+pub fn set_window_size(fd: &impl AsRawFd, rows: u16, columns: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: columns,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a struct winsize from the pointer, which
+    // points to a live, initialised one.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `clock_settime(CLOCK_REALTIME)`.
+pub fn set_realtime_clock(sec: i64, nsec: u32) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: sec as _,
+        tv_nsec: nsec as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid timespec that outlives the call.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `sethostname(2)`.
+pub fn set_hostname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe the bytes of `name`, which
+    // outlive the call; the kernel copies them.
+    let rc = unsafe { libc::sethostname(name.as_ptr().cast::<libc::c_char>(), name.len()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `shutdown(2)` of one or both directions of a socket. Unlike `close`,
+/// the peer sees the end even when a copy of the descriptor lives on in
+/// another process.
+pub fn shutdown(fd: &impl AsRawFd, how: std::net::Shutdown) -> io::Result<()> {
+    let how = match how {
+        std::net::Shutdown::Read => libc::SHUT_RD,
+        std::net::Shutdown::Write => libc::SHUT_WR,
+        std::net::Shutdown::Both => libc::SHUT_RDWR,
+    };
+    // SAFETY: shutdown() on a descriptor we own; no memory is passed.
+    if unsafe { libc::shutdown(fd.as_raw_fd(), how) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `SO_RCVTIMEO` on a socket; `None` blocks forever.
+pub fn set_recv_timeout(fd: &impl AsRawFd, timeout: Option<std::time::Duration>) -> io::Result<()> {
+    let tv = match timeout {
+        Some(d) => libc::timeval {
+            tv_sec: d.as_secs() as _,
+            tv_usec: d.subsec_micros() as _,
+        },
+        None => libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+    };
+    // SAFETY: the option value points to a live timeval of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast::<libc::c_void>(),
+            mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits until `fd` is readable (or at its end, or in error), at most
+/// `timeout_ms` milliseconds (-1: no limit). Returns whether it is.
+pub fn poll_readable(fd: &impl AsRawFd, timeout_ms: i32) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `pfd` is one live pollfd, matching the count of 1.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        return Ok(rc > 0);
+    }
+}
+
+/// A listening AF_VSOCK stream socket on `port`, any CID.
+pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+    // SAFETY: socket() takes plain integers.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket() just returned this descriptor, nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_vm is a valid value of the struct.
+    let mut addr: libc::sockaddr_vm = unsafe { mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    // SAFETY: the address points to a live sockaddr_vm of the given size.
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast::<libc::sockaddr>(),
+            mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen() on a bound socket we own.
+    if unsafe { libc::listen(sock.as_raw_fd(), 128) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+/// `accept4(2)` on a listening socket; the new descriptor is close-on-exec.
+pub fn accept(listener: &impl AsRawFd) -> io::Result<OwnedFd> {
+    loop {
+        // SAFETY: NULL address pointers are allowed: the peer address is
+        // not asked for.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: accept4() just returned this descriptor.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Receives one file descriptor sent with SCM_RIGHTS on a Unix socket (how
+/// a container's init hands the agent its terminal's master side).
+pub fn recv_fd(sock: &impl AsRawFd) -> io::Result<OwnedFd> {
+    let mut data = [0u8; 256];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast::<libc::c_void>(),
+        iov_len: data.len(),
+    };
+    // Room for one cmsghdr carrying a few fds (more would be closed).
+    let mut cmsg_buf = [0u64; 16];
+    // SAFETY: an all-zero msghdr is a valid value of the struct.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg_buf.as_mut_ptr().cast::<libc::c_void>();
+    msg.msg_controllen = mem::size_of_val(&cmsg_buf) as _;
+    let n = loop {
+        // SAFETY: `msg` points to live buffers of the sizes it declares.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    };
+    let mut received = Vec::new();
+    // SAFETY: `msg` was filled in by recvmsg; the CMSG_* macros walk the
+    // control buffer within msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let count = payload / mem::size_of::<RawFd>();
+                let first = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..count {
+                    let fd = std::ptr::read_unaligned(first.add(i));
+                    received.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    let mut fds = received.into_iter();
+    match fds.next() {
+        Some(fd) => Ok(fd),
+        None if n == 0 => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the peer closed the socket without sending a descriptor",
+        )),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no descriptor in the message",
+        )),
     }
 }
 

@@ -14,15 +14,19 @@
 //! reaper that waits for any child must leave the init pids of live
 //! containers to [`Container::wait`].
 
+mod exec;
+mod exit_cell;
 mod exit_status;
 mod output;
 mod spec_validation;
+mod terminal;
 
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::error::LibcontainerError;
@@ -30,10 +34,14 @@ use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{RootBuilder, Spec};
 
+use self::exec::AgentExecutor;
+pub use self::exit_cell::{ExitCell, Exited};
 pub use self::exit_status::ExitStatus;
 use self::output::DrainGate;
 pub use self::output::OutputStream;
-pub use self::spec_validation::SpecError;
+pub use self::spec_validation::{validate_process, SpecError};
+use self::terminal::ConsoleSocket;
+use crate::init::reaper::{ChildExit, Reaper, ReaperError};
 
 /// Why a container operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +68,8 @@ pub enum Error {
     },
     #[error("Cannot set up the container's stdio")]
     Stdio(#[source] io::Error),
+    #[error("Cannot set up the terminal")]
+    Terminal(#[source] io::Error),
     #[error("Cannot {op} container {id}")]
     Runtime {
         op: &'static str,
@@ -77,6 +87,27 @@ pub enum Error {
     Signal(i32),
     #[error("Cannot make the agent a child subreaper")]
     Subreaper(#[source] io::Error),
+    #[error("Cannot register the process with the reaper")]
+    Reaper(#[from] ReaperError),
+}
+
+/// The process's side of its standard streams; `None` is /dev/null. With
+/// a terminal they are ignored: the terminal's slave side is all three.
+#[derive(Debug, Default)]
+pub struct ProcessStdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// A process the engine started (a container's init or an exec).
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    /// Where its exit status arrives.
+    pub exit: Arc<ExitCell>,
+    /// The master side of its terminal, when the spec asked for one.
+    pub pty_master: Option<File>,
 }
 
 /// Creates containers; holds where their state lives.
@@ -86,6 +117,16 @@ pub struct Engine {
     state_dir: PathBuf,
     /// The bundles the engine writes: the caller's spec, rootfs made absolute.
     bundles_dir: PathBuf,
+    /// Console sockets, while a terminal is handed over.
+    tty_dir: PathBuf,
+    /// Who collects exit statuses: a shared reaper (the agent: PID 1 in the
+    /// guest, the serve loop on the host) or, without one, `waitpid` on
+    /// the pid itself.
+    reaper: Option<Arc<Reaper>>,
+    /// libcontainer changes the process's working directory while it sets
+    /// up a console socket: one build at a time.
+    build_lock: Mutex<()>,
+    seq: AtomicU64,
 }
 
 /// A container just created, and its output pipes.
@@ -96,15 +137,35 @@ pub struct Created {
     pub stderr: OutputStream,
 }
 
+fn runtime_error(op: &'static str, id: &str, source: LibcontainerError) -> Error {
+    Error::Runtime {
+        op,
+        id: id.to_owned(),
+        source: Box::new(source),
+    }
+}
+
 impl Engine {
     /// An engine keeping its state under `root` (in the guest: a tmpfs
     /// such as /run/husk). Makes the calling process a child subreaper so
-    /// it can wait for container inits when it is not PID 1.
+    /// it can wait for container inits when it is not PID 1. Exit statuses
+    /// are collected with `waitpid` on each pid: for a process with no
+    /// other `waitpid(-1)` caller.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self, Error> {
-        let root = root.into();
+        Self::build_engine(root.into(), None)
+    }
+
+    /// An engine whose processes' exit statuses come from `reaper` (which
+    /// some loop must drive on SIGCHLD).
+    pub fn with_reaper(root: impl Into<PathBuf>, reaper: Arc<Reaper>) -> Result<Self, Error> {
+        Self::build_engine(root.into(), Some(reaper))
+    }
+
+    fn build_engine(root: PathBuf, reaper: Option<Arc<Reaper>>) -> Result<Self, Error> {
         let state_dir = root.join("state");
         let bundles_dir = root.join("bundles");
-        for dir in [&state_dir, &bundles_dir] {
+        let tty_dir = root.join("tty");
+        for dir in [&state_dir, &bundles_dir, &tty_dir] {
             fs::create_dir_all(dir).map_err(|source| Error::State {
                 path: dir.clone(),
                 source,
@@ -118,6 +179,10 @@ impl Engine {
         Ok(Self {
             state_dir,
             bundles_dir,
+            tty_dir,
+            reaper,
+            build_lock: Mutex::new(()),
+            seq: AtomicU64::new(0),
         })
     }
 
@@ -133,10 +198,40 @@ impl Engine {
     }
 
     /// Creates a container running `spec` on `rootfs` (the spec's own
-    /// `root.path` is replaced). The init is stopped before exec until
-    /// [`Container::start`]. Without `linux.cgroupsPath` the container's
-    /// cgroup is `/husk/<id>`.
-    pub fn create(&self, id: &str, mut spec: Spec, rootfs: &Path) -> Result<Created, Error> {
+    /// `root.path` is replaced), with its stdout and stderr on pipes. The
+    /// init is stopped before exec until [`Container::start`]. Without
+    /// `linux.cgroupsPath` the container's cgroup is `/husk/<id>`.
+    pub fn create(&self, id: &str, spec: Spec, rootfs: &Path) -> Result<Created, Error> {
+        let (stdout_r, stdout_w) = io::pipe().map_err(Error::Stdio)?;
+        let (stderr_r, stderr_w) = io::pipe().map_err(Error::Stdio)?;
+        // The write ends move into the builder and are closed in this
+        // process once the container exists, so the reader sees the end
+        // when the container's last holder closes them.
+        let stdio = ProcessStdio {
+            stdin: None,
+            stdout: Some(stdout_w.into()),
+            stderr: Some(stderr_w.into()),
+        };
+        let (mut container, _spawned) = self.create_with_stdio(id, spec, rootfs, stdio)?;
+        let gate = DrainGate::new(2);
+        container.gate = Some(gate.clone());
+        Ok(Created {
+            stdout: OutputStream::new(OwnedFd::from(stdout_r), gate.clone()),
+            stderr: OutputStream::new(OwnedFd::from(stderr_r), gate),
+            container,
+        })
+    }
+
+    /// Creates a container running `spec` on `rootfs` with the given stdio
+    /// (or a terminal, if `process.terminal` is set). Returns it and its
+    /// init process.
+    pub fn create_with_stdio(
+        &self,
+        id: &str,
+        mut spec: Spec,
+        rootfs: &Path,
+        stdio: ProcessStdio,
+    ) -> Result<(Container, Spawned), Error> {
         spec_validation::validate(&spec)?;
         let rootfs = rootfs.canonicalize().map_err(|source| Error::Rootfs {
             path: rootfs.to_owned(),
@@ -151,34 +246,100 @@ impl Engine {
             root.build()
                 .map_err(|e| SpecError::InvalidRoot(e.to_string()))?,
         ));
+        let mut cgroup_path = PathBuf::from(format!("/husk/{id}"));
         if let Some(linux) = spec.linux_mut() {
-            if linux.cgroups_path().is_none() {
-                linux.set_cgroups_path(Some(PathBuf::from(format!("/husk/{id}"))));
+            match linux.cgroups_path() {
+                Some(path) => cgroup_path = path.clone(),
+                None => {
+                    linux.set_cgroups_path(Some(cgroup_path.clone()));
+                }
             }
         }
 
-        let runtime = |op, source| Error::Runtime {
-            op,
-            id: id.to_owned(),
-            source: Box::new(source),
-        };
         // Check the id before it becomes a path.
         let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
             .validate_id()
-            .map_err(|e| runtime("create", e))?;
+            .map_err(|e| runtime_error("create", id, e))?;
 
         let bundle = self.bundles_dir.join(id);
+        if bundle.exists() || self.state_dir.join(id).exists() {
+            return Err(runtime_error("create", id, LibcontainerError::Exist));
+        }
         let state_err = |source| Error::State {
             path: bundle.clone(),
             source,
         };
         fs::create_dir_all(&bundle).map_err(state_err)?;
-        let result = self.build(id, builder, &spec, &bundle);
-        if result.is_err() {
-            let _ = fs::remove_dir_all(&bundle);
-            let _ = fs::remove_dir_all(self.state_dir.join(id));
+        let result = self.build(id, builder, &spec, &bundle, stdio);
+        match result {
+            Ok((inner, spawned)) => Ok((
+                Container {
+                    id: id.to_owned(),
+                    inner,
+                    pid: spawned.pid,
+                    exit: spawned.exit.clone(),
+                    direct_wait: self.reaper.is_none(),
+                    gate: None,
+                    bundle: bundle.to_owned(),
+                    cgroup_path,
+                    removed: false,
+                },
+                spawned,
+            )),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&bundle);
+                let _ = fs::remove_dir_all(self.state_dir.join(id));
+                Err(e)
+            }
         }
-        result
+    }
+
+    fn console_socket(&self, terminal: bool) -> Result<Option<ConsoleSocket>, Error> {
+        if !terminal {
+            return Ok(None);
+        }
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.tty_dir.join(format!("{n}.sock"));
+        ConsoleSocket::bind(path).map(Some).map_err(Error::Terminal)
+    }
+
+    /// Runs `spawn` (which starts a process through libcontainer) so that
+    /// its exit status reaches the returned cell, however early it exits.
+    fn spawn<T>(
+        &self,
+        spawn: impl FnOnce() -> Result<(i32, T), Error>,
+    ) -> Result<(i32, Arc<ExitCell>, T), Error> {
+        let exit = Arc::new(ExitCell::new());
+        let _build = self
+            .build_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &self.reaper {
+            None => {
+                let (pid, value) = spawn()?;
+                Ok((pid, exit, value))
+            }
+            Some(reaper) => {
+                let cell = exit.clone();
+                let mut value = None;
+                // The reaper waits for nobody while libcontainer forks and
+                // waits for its intermediate process, and learns the new
+                // pid before it can collect its status.
+                let pid = reaper.spawn_watched(
+                    || {
+                        let (pid, v) = spawn()?;
+                        value = Some(v);
+                        Ok::<_, Error>(pid)
+                    },
+                    Box::new(move |child_exit| cell.set(ExitStatus::from(child_exit))),
+                )?;
+                let value = value.ok_or_else(|| Error::Wait {
+                    id: String::new(),
+                    source: io::Error::other("spawn returned no value"),
+                })?;
+                Ok((pid, exit, value))
+            }
+        }
     }
 
     fn build(
@@ -187,52 +348,224 @@ impl Engine {
         builder: ContainerBuilder,
         spec: &Spec,
         bundle: &Path,
-    ) -> Result<Created, Error> {
-        let runtime = |op, source| Error::Runtime {
-            op,
-            id: id.to_owned(),
-            source: Box::new(source),
-        };
+        stdio: ProcessStdio,
+    ) -> Result<(libcontainer::container::Container, Spawned), Error> {
+        let terminal = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false);
         spec.save(bundle.join("config.json"))
             .map_err(|e| Error::State {
                 path: bundle.to_owned(),
                 source: io::Error::other(e),
             })?;
-        let stdin = File::open("/dev/null").map_err(Error::Stdio)?;
-        let (stdout_r, stdout_w) = io::pipe().map_err(Error::Stdio)?;
-        let (stderr_r, stderr_w) = io::pipe().map_err(Error::Stdio)?;
-        // The write ends move into the builder and are closed in this
-        // process once the container exists, so the reader sees the end
-        // when the container's last holder closes them.
-        let inner = builder
-            .with_root_path(&self.state_dir)
-            .map_err(|e| runtime("create", e))?
-            .with_stdin(stdin)
-            .with_stdout(OwnedFd::from(stdout_w))
-            .with_stderr(OwnedFd::from(stderr_w))
-            .as_init(bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .build()
-            .map_err(|e| runtime("create", e))?;
-        let pid = inner
-            .pid()
-            .ok_or_else(|| runtime("create", LibcontainerError::Other("no init pid".into())))?
-            .as_raw();
-        let gate = DrainGate::new(2);
-        Ok(Created {
-            stdout: OutputStream::new(OwnedFd::from(stdout_r), gate.clone()),
-            stderr: OutputStream::new(OwnedFd::from(stderr_r), gate.clone()),
-            container: Container {
-                id: id.to_owned(),
-                inner,
+        let console = self.console_socket(terminal)?;
+        let (stdin, stdout, stderr) = stdio_or_null(stdio)?;
+        let (pid, exit, inner) = self.spawn(|| {
+            let inner = builder
+                .with_root_path(&self.state_dir)
+                .map_err(|e| runtime_error("create", id, e))?
+                .with_stdin(stdin)
+                .with_stdout(stdout)
+                .with_stderr(stderr)
+                .with_console_socket(console.as_ref().map(|c| c.path().to_owned()))
+                .with_executor(AgentExecutor)
+                .as_init(bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .map_err(|e| runtime_error("create", id, e))?;
+            let pid = inner
+                .pid()
+                .ok_or_else(|| {
+                    runtime_error("create", id, LibcontainerError::Other("no init pid".into()))
+                })?
+                .as_raw();
+            Ok((pid, inner))
+        })?;
+        let inner = ReapOnError {
+            inner: Some(inner),
+            pid,
+            exit: &exit,
+            direct_wait: self.reaper.is_none(),
+        };
+        let pty_master = match console {
+            Some(console) => Some(console.receive_master().map_err(Error::Terminal)?),
+            None => None,
+        };
+        let inner = inner.take().ok_or_else(|| {
+            runtime_error(
+                "create",
+                id,
+                LibcontainerError::Other("no container".into()),
+            )
+        })?;
+        Ok((
+            inner,
+            Spawned {
                 pid,
-                exit: None,
-                gate,
-                bundle: bundle.to_owned(),
-                removed: false,
+                exit,
+                pty_master,
             },
+        ))
+    }
+
+    /// Starts `process` (an OCI runtime spec's process object) in the
+    /// running `container`, with the given stdio (or a terminal, if
+    /// `process.terminal` is set).
+    pub fn exec(
+        &self,
+        container: &Container,
+        process: &oci_spec::runtime::Process,
+        stdio: ProcessStdio,
+    ) -> Result<Spawned, Error> {
+        validate_process(process)?;
+        let id = container.id.as_str();
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let process_path = container.bundle.join(format!("exec-{n}.json"));
+        let json = serde_json::to_vec(process).map_err(|e| Error::State {
+            path: process_path.clone(),
+            source: io::Error::other(e),
+        })?;
+        fs::write(&process_path, json).map_err(|source| Error::State {
+            path: process_path.clone(),
+            source,
+        })?;
+        let result = self.exec_built(container, process, &process_path, stdio);
+        let _ = fs::remove_file(&process_path);
+        result.map_err(|e| match e {
+            Error::Runtime { op, source, .. } => Error::Runtime {
+                op,
+                id: id.to_owned(),
+                source,
+            },
+            other => other,
         })
+    }
+
+    fn exec_built(
+        &self,
+        container: &Container,
+        process: &oci_spec::runtime::Process,
+        process_path: &Path,
+        stdio: ProcessStdio,
+    ) -> Result<Spawned, Error> {
+        let id = container.id.as_str();
+        let console = self.console_socket(process.terminal().unwrap_or(false))?;
+        let (stdin, stdout, stderr) = stdio_or_null(stdio)?;
+        let (pid, exit, ()) = self.spawn(|| {
+            let pid = ContainerBuilder::new(id.to_owned(), SyscallType::default())
+                .with_root_path(&self.state_dir)
+                .map_err(|e| runtime_error("exec in", id, e))?
+                .with_stdin(stdin)
+                .with_stdout(stdout)
+                .with_stderr(stderr)
+                .with_console_socket(console.as_ref().map(|c| c.path().to_owned()))
+                .with_executor(AgentExecutor)
+                .as_tenant()
+                .with_process(Some(process_path))
+                .with_detach(true)
+                .build()
+                .map_err(|e| runtime_error("exec in", id, e))?;
+            Ok((pid.as_raw(), ()))
+        })?;
+        let pty_master = match console {
+            Some(console) => match console.receive_master() {
+                Ok(master) => Some(master),
+                Err(e) => {
+                    // The process runs without its terminal: end it.
+                    // SAFETY: kill() takes plain integers.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    if self.reaper.is_none() {
+                        wait_pid(pid).ok();
+                    }
+                    return Err(Error::Terminal(e));
+                }
+            },
+            None => None,
+        };
+        Ok(Spawned {
+            pid,
+            exit,
+            pty_master,
+        })
+    }
+}
+
+/// Hands a just-built libcontainer container back, or on an error path
+/// deletes it (killing and reaping its init) so nothing is left behind.
+struct ReapOnError<'a> {
+    inner: Option<libcontainer::container::Container>,
+    pid: i32,
+    exit: &'a ExitCell,
+    direct_wait: bool,
+}
+
+impl ReapOnError<'_> {
+    fn take(mut self) -> Option<libcontainer::container::Container> {
+        self.inner.take()
+    }
+}
+
+impl Drop for ReapOnError<'_> {
+    fn drop(&mut self) {
+        if let Some(mut inner) = self.inner.take() {
+            let _ = inner.kill(Signal::try_from(9).expect("SIGKILL"), true);
+            if self.direct_wait {
+                if let Ok(status) = wait_pid(self.pid) {
+                    self.exit.set(status);
+                }
+            } else {
+                // The reaper collects it.
+                self.exit.wait_timeout(std::time::Duration::from_secs(5));
+            }
+            let _ = inner.delete(true);
+        }
+    }
+}
+
+fn stdio_or_null(stdio: ProcessStdio) -> Result<(OwnedFd, OwnedFd, OwnedFd), Error> {
+    let null = || -> Result<OwnedFd, Error> {
+        Ok(File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(Error::Stdio)?
+            .into())
+    };
+    Ok((
+        stdio.stdin.map_or_else(null, Ok)?,
+        stdio.stdout.map_or_else(null, Ok)?,
+        stdio.stderr.map_or_else(null, Ok)?,
+    ))
+}
+
+/// `waitpid` on one pid until it has ended.
+fn wait_pid(pid: i32) -> io::Result<ExitStatus> {
+    loop {
+        let mut raw = 0;
+        // SAFETY: `raw` is a live i32 the kernel writes the status into.
+        let r = unsafe { libc::waitpid(pid, &mut raw, 0) };
+        if r < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if let Some(status) = ExitStatus::from_wait_status(raw) {
+            return Ok(status);
+        }
+    }
+}
+
+impl From<ChildExit> for ExitStatus {
+    fn from(exit: ChildExit) -> Self {
+        match exit {
+            ChildExit::Exited(code) => ExitStatus::Exited(code),
+            ChildExit::Signaled { signal, .. } => ExitStatus::Signaled(signal),
+        }
     }
 }
 
@@ -242,9 +575,13 @@ pub struct Container {
     id: String,
     inner: libcontainer::container::Container,
     pid: i32,
-    exit: Option<ExitStatus>,
-    gate: Arc<DrainGate>,
+    exit: Arc<ExitCell>,
+    /// Whether `wait` calls `waitpid` itself (no shared reaper).
+    direct_wait: bool,
+    /// The output streams `wait` waits for (from [`Engine::create`]).
+    gate: Option<Arc<DrainGate>>,
     bundle: PathBuf,
+    cgroup_path: PathBuf,
     /// Set once `delete` has removed it.
     removed: bool,
 }
@@ -259,12 +596,19 @@ impl Container {
         self.pid
     }
 
+    /// The container's cgroup, relative to the cgroup mount (the spec's
+    /// `linux.cgroupsPath`, `/husk/<id>` by default).
+    pub fn cgroup_path(&self) -> &Path {
+        &self.cgroup_path
+    }
+
+    /// Where the init's exit status arrives.
+    pub fn exit_cell(&self) -> Arc<ExitCell> {
+        self.exit.clone()
+    }
+
     fn runtime(&self, op: &'static str, source: LibcontainerError) -> Error {
-        Error::Runtime {
-            op,
-            id: self.id.clone(),
-            source: Box::new(source),
-        }
+        runtime_error(op, &self.id, source)
     }
 
     /// Lets the init exec the spec's process.
@@ -272,12 +616,18 @@ impl Container {
         self.inner.start().map_err(|e| self.runtime("start", e))
     }
 
-    /// Sends `signal` to the container's init.
-    pub fn signal(&mut self, signal: i32) -> Result<(), Error> {
+    /// Sends `signal` to the container's init, or with `all` to every
+    /// process of the container.
+    pub fn signal_all(&mut self, signal: i32, all: bool) -> Result<(), Error> {
         let sig = Signal::try_from(signal).map_err(|_| Error::Signal(signal))?;
         self.inner
-            .kill(sig, false)
+            .kill(sig, all)
             .map_err(|e| self.runtime("signal", e))
+    }
+
+    /// Sends `signal` to the container's init.
+    pub fn signal(&mut self, signal: i32) -> Result<(), Error> {
+        self.signal_all(signal, false)
     }
 
     /// Waits for the init to end, then for both output streams to be read
@@ -285,34 +635,26 @@ impl Container {
     /// Read the streams on other threads, or before calling this.
     pub fn wait(&mut self) -> Result<ExitStatus, Error> {
         let status = self.reap()?;
-        self.gate.wait();
+        if let Some(gate) = &self.gate {
+            gate.wait();
+        }
         Ok(status)
     }
 
     /// Waits for the init only (not the output): for delete.
     fn reap(&mut self) -> Result<ExitStatus, Error> {
-        if let Some(status) = self.exit {
-            return Ok(status);
+        if let Some(exited) = self.exit.get() {
+            return Ok(exited.status);
         }
-        loop {
-            let mut raw = 0;
-            // SAFETY: `raw` is a live i32 the kernel writes the status into.
-            let r = unsafe { libc::waitpid(self.pid, &mut raw, 0) };
-            if r < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Error::Wait {
-                    id: self.id.clone(),
-                    source: err,
-                });
-            }
-            if let Some(status) = ExitStatus::from_wait_status(raw) {
-                self.exit = Some(status);
-                return Ok(status);
-            }
+        if !self.direct_wait {
+            return Ok(self.exit.wait().status);
         }
+        let status = wait_pid(self.pid).map_err(|source| Error::Wait {
+            id: self.id.clone(),
+            source,
+        })?;
+        self.exit.set(status);
+        Ok(status)
     }
 
     /// Kills what is left of the container, reaps its init and removes its
@@ -325,16 +667,15 @@ impl Container {
         if self.removed {
             return Ok(());
         }
-        if self.exit.is_none() {
-            // Created-but-not-started and running both end here: SIGKILL
-            // to every process of the container, then reap the init.
-            if let Err(e) = self.inner.kill(Signal::try_from(9).expect("SIGKILL"), true) {
-                if self.inner.can_kill() {
-                    return Err(self.runtime("kill", e));
-                }
+        // Created-but-not-started, running, and exited with execs still
+        // running all end here: SIGKILL to every process of the container
+        // (its cgroup), then reap the init.
+        if let Err(e) = self.inner.kill(Signal::try_from(9).expect("SIGKILL"), true) {
+            if self.exit.get().is_none() && self.inner.can_kill() {
+                return Err(self.runtime("kill", e));
             }
-            self.reap()?;
         }
+        self.reap()?;
         self.inner
             .delete(true)
             .map_err(|e| self.runtime("delete", e))?;

@@ -8,6 +8,7 @@ pub mod shutdown;
 
 use std::convert::Infallible;
 use std::io;
+use std::sync::Arc;
 
 use self::console::ReadyInfo;
 use self::mounts::{MountError, MountOutcome, SysMountOps, GUEST_MOUNTS};
@@ -15,6 +16,7 @@ use self::reaper::{Reaper, ReaperError, SysWait};
 use self::shutdown::ShutdownError;
 use crate::config::{self, TestAction};
 use crate::rpc::{self, ListenAddr};
+use crate::sandbox::setup::Target;
 use crate::sys::{self, SignalFd};
 use crate::{debug, info, log, warn};
 
@@ -31,6 +33,9 @@ pub const TEST_PANIC_EXIT_CODE: i32 = 3;
 /// the kernel sends on ctrl-alt-del once CAD is off).
 pub const HANDLED_SIGNALS: [libc::c_int; 4] =
     [libc::SIGCHLD, libc::SIGTERM, libc::SIGPWR, libc::SIGINT];
+
+/// How long DestroySandbox's reply has to leave before the power-off.
+const POWER_OFF_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Rate limiting of /dev/kmsg writers (`on`, `off` or `ratelimit`).
 const PRINTK_DEVKMSG: &str = "/proc/sys/kernel/printk_devkmsg";
@@ -127,7 +132,7 @@ pub fn run() -> Result<i32, InitError> {
         warn!("{}", error_chain(&e));
     }
 
-    let reaper = Reaper::new();
+    let reaper = Arc::new(Reaper::new());
     reap(&reaper)?;
 
     console::print_line(&ReadyInfo::collect().line());
@@ -148,7 +153,15 @@ pub fn run() -> Result<i32, InitError> {
     // signals (so SIGCHLD still reaches only the signalfd) and never wait
     // for children: reaping stays in main_loop. A guest without vsock keeps
     // running as an init, just without the API.
-    let _server = match rpc::serve(ListenAddr::GUEST) {
+    let config = rpc::ServeConfig {
+        listen: ListenAddr::GUEST,
+        stdio: crate::stdio::default_stdio_addr(&ListenAddr::GUEST),
+        root: rpc::GUEST_ROOT.into(),
+        target: Target::Guest,
+        reaper: reaper.clone(),
+        power_off: Some(Box::new(power_off_soon)),
+    };
+    let _server = match rpc::serve(config) {
         Ok(server) => {
             info!(
                 "Serving {} on {}",
@@ -189,6 +202,22 @@ fn reap(reaper: &Reaper) -> Result<(), InitError> {
         }
     }
     Ok(())
+}
+
+/// DestroySandbox's end: power off on another thread after a moment, so
+/// the RPC's reply is written first.
+fn power_off_soon() {
+    let spawned = std::thread::Builder::new()
+        .name("power-off".into())
+        .spawn(|| {
+            std::thread::sleep(POWER_OFF_DELAY);
+            console::print_line("husk-agent: powering off (DestroySandbox)");
+            let Err(e) = power_off();
+            crate::error!("{}", error_chain(&e));
+        });
+    if let Err(e) = spawned {
+        crate::error!("Cannot start the power-off thread: {e}");
+    }
 }
 
 fn power_off() -> Result<Infallible, InitError> {

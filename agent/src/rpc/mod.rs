@@ -3,7 +3,9 @@
 //! The same [`service::AgentService`] is served on two kinds of listener
 //! ([`ListenAddr`]): vsock port 1024 when the agent is PID 1 of the guest,
 //! a Unix socket when it runs on the host for tests (`husk-agent serve
-//! --listen unix:/path`).
+//! --listen unix:/path`). Next to it listens the stdio port ([`crate::stdio`]):
+//! vsock port 1025 in the guest; on the host `--stdio-listen ADDR`, by
+//! default the API socket's path with `.stdio` appended.
 //!
 //! ttrpc's synchronous, thread-based server is used rather than its tokio one:
 //! the guest agent is a static musl binary that is all of the initramfs, and
@@ -21,7 +23,11 @@ use std::sync::Arc;
 
 use husk_protocol::{agent_ttrpc, ttrpc, AGENT_VSOCK_PORT};
 
-use self::service::AgentService;
+use self::service::{AgentService, PowerOff};
+use crate::init::reaper::Reaper;
+use crate::sandbox::setup::Target;
+use crate::sandbox::{Sandbox, SandboxError};
+use crate::stdio::{self, StdioError, StdioListener};
 
 /// Where the server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +96,14 @@ impl fmt::Display for ListenAddr {
 pub enum RpcError {
     #[error("Bad listen address {addr:?}: {why}")]
     BadListenAddr { addr: String, why: String },
-    #[error("Usage: husk-agent serve --listen <unix:PATH|vsock:PORT>: {0}")]
+    #[error("Usage: husk-agent serve --listen <unix:PATH|vsock:PORT> [--stdio-listen <unix:PATH|vsock:PORT>] [--root DIR]: {0}")]
     Usage(String),
+    #[error("Cannot set up the agent's state")]
+    Sandbox(#[source] SandboxError),
+    #[error(transparent)]
+    Stdio(#[from] StdioError),
+    #[error("Cannot start the stdio thread")]
+    StdioThread(#[source] io::Error),
     #[error("Failed to remove the stale socket {path}")]
     RemoveStaleSocket {
         path: PathBuf,
@@ -112,32 +124,90 @@ pub enum RpcError {
     },
 }
 
-/// The arguments of `husk-agent serve`: `--listen <addr>` (or
-/// `--listen=<addr>`), nothing else.
-pub fn parse_serve_args(args: &[String]) -> Result<ListenAddr, RpcError> {
+/// Where `husk-agent serve` keeps container state unless `--root` says.
+pub const DEFAULT_HOST_ROOT: &str = "/run/husk-agent";
+
+/// Where PID 1 keeps container state in the guest (/run is a tmpfs).
+pub const GUEST_ROOT: &str = "/run/husk";
+
+/// The arguments of `husk-agent serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeArgs {
+    /// `--listen`: the API.
+    pub listen: ListenAddr,
+    /// `--stdio-listen`: the stdio port (default from `listen`).
+    pub stdio: ListenAddr,
+    /// `--root`: container state, and the re-rooted sandbox set-up.
+    pub root: PathBuf,
+}
+
+/// Parses `--listen <addr>` (required), `--stdio-listen <addr>` and
+/// `--root <dir>`, each also as `--flag=value`.
+pub fn parse_serve_args(args: &[String]) -> Result<ServeArgs, RpcError> {
     let usage = |why: String| RpcError::Usage(why);
     let mut listen = None;
+    let mut stdio_listen = None;
+    let mut root = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let value = if arg == "--listen" {
-            it.next()
-                .ok_or_else(|| usage("--listen needs an address".into()))?
-                .as_str()
-        } else if let Some(v) = arg.strip_prefix("--listen=") {
-            v
-        } else {
-            return Err(usage(format!("unexpected argument {arg:?}")));
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+            _ => (arg.as_str(), None),
         };
-        if listen.replace(ListenAddr::parse(value)?).is_some() {
-            return Err(usage("--listen given twice".into()));
+        if !matches!(flag, "--listen" | "--stdio-listen" | "--root") {
+            return Err(usage(format!("unexpected argument {arg:?}")));
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it
+                .next()
+                .ok_or_else(|| usage(format!("{flag} needs a value")))?
+                .as_str(),
+        };
+        let twice = match flag {
+            "--listen" => listen.replace(ListenAddr::parse(value)?).is_some(),
+            "--stdio-listen" => stdio_listen.replace(ListenAddr::parse(value)?).is_some(),
+            _ => {
+                if value.is_empty() {
+                    return Err(usage("--root needs a directory".into()));
+                }
+                root.replace(PathBuf::from(value)).is_some()
+            }
+        };
+        if twice {
+            return Err(usage(format!("{flag} given twice")));
         }
     }
-    listen.ok_or_else(|| usage("missing --listen <unix:PATH|vsock:PORT>".into()))
+    let listen = listen.ok_or_else(|| usage("missing --listen <unix:PATH|vsock:PORT>".into()))?;
+    let stdio = stdio_listen.unwrap_or_else(|| stdio::default_stdio_addr(&listen));
+    if stdio == listen {
+        return Err(usage("--stdio-listen must differ from --listen".into()));
+    }
+    Ok(ServeArgs {
+        listen,
+        stdio,
+        root: root.unwrap_or_else(|| PathBuf::from(DEFAULT_HOST_ROOT)),
+    })
+}
+
+/// What the server needs.
+pub struct ServeConfig {
+    pub listen: ListenAddr,
+    pub stdio: ListenAddr,
+    /// Container state.
+    pub root: PathBuf,
+    /// Where CreateSandbox acts.
+    pub target: Target,
+    /// The reaper that some loop drives on SIGCHLD.
+    pub reaper: Arc<Reaper>,
+    /// DestroySandbox's last step, if any.
+    pub power_off: Option<PowerOff>,
 }
 
 /// A running API server. Its threads serve until the process ends.
 pub struct RunningServer {
     addr: ListenAddr,
+    stdio: ListenAddr,
     server: ttrpc::Server,
 }
 
@@ -147,19 +217,33 @@ impl RunningServer {
         &self.addr
     }
 
+    /// Where the stdio port listens.
+    pub fn stdio_addr(&self) -> &ListenAddr {
+        &self.stdio
+    }
+
     /// Stops accepting connections and closes the open ones.
     pub fn shutdown(self) {
         self.server.shutdown();
     }
 }
 
-/// Binds `addr` and starts serving the agent API on ttrpc's own threads;
-/// returns once the listener is up, so a client may connect right away.
-pub fn serve(addr: ListenAddr) -> Result<RunningServer, RpcError> {
+/// Binds both listeners and starts serving the agent API on ttrpc's own
+/// threads and the stdio port on ours; returns once both listen, so a
+/// client may connect right away.
+pub fn serve(config: ServeConfig) -> Result<RunningServer, RpcError> {
+    let addr = config.listen;
     if let ListenAddr::Unix(path) = &addr {
         remove_stale_socket(path)?;
     }
-    let service = Arc::new(AgentService::new());
+    let sandbox = Arc::new(
+        Sandbox::new(&config.root, config.reaper, config.target).map_err(RpcError::Sandbox)?,
+    );
+    let stdio_listener = StdioListener::bind(&config.stdio)?;
+    stdio_listener
+        .spawn(sandbox.clone())
+        .map_err(RpcError::StdioThread)?;
+    let service = Arc::new(AgentService::new(sandbox, config.power_off));
     let mut server = ttrpc::Server::new()
         .bind(&addr.ttrpc_addr())
         .map_err(|source| RpcError::Bind {
@@ -171,7 +255,11 @@ pub fn serve(addr: ListenAddr) -> Result<RunningServer, RpcError> {
         addr: addr.clone(),
         source,
     })?;
-    Ok(RunningServer { addr, server })
+    Ok(RunningServer {
+        addr,
+        stdio: config.stdio,
+        server,
+    })
 }
 
 /// A socket left by an earlier run would make bind() fail with EADDRINUSE;
@@ -234,21 +322,29 @@ mod tests {
 
     #[test]
     fn serve_args() {
-        let want = ListenAddr::Unix("/tmp/a.sock".into());
-        assert_eq!(
-            parse_serve_args(&args(&["--listen", "unix:/tmp/a.sock"])).unwrap(),
-            want
-        );
-        assert_eq!(
-            parse_serve_args(&args(&["--listen=unix:/tmp/a.sock"])).unwrap(),
-            want
-        );
+        let a = parse_serve_args(&args(&["--listen", "unix:/tmp/a.sock"])).unwrap();
+        assert_eq!(a.listen, ListenAddr::Unix("/tmp/a.sock".into()));
+        assert_eq!(a.stdio, ListenAddr::Unix("/tmp/a.sock.stdio".into()));
+        assert_eq!(a.root, PathBuf::from(DEFAULT_HOST_ROOT));
+        let b = parse_serve_args(&args(&[
+            "--listen=unix:/tmp/a.sock",
+            "--stdio-listen",
+            "unix:/tmp/s",
+            "--root=/tmp/r",
+        ]))
+        .unwrap();
+        assert_eq!(b.stdio, ListenAddr::Unix("/tmp/s".into()));
+        assert_eq!(b.root, PathBuf::from("/tmp/r"));
+        let v = parse_serve_args(&args(&["--listen", "vsock:1024"])).unwrap();
+        assert_eq!(v.stdio, ListenAddr::Vsock { port: 1025 });
         for bad in [
             &[][..],
             &["--listen"],
             &["--port", "3"],
             &["--listen", "vsock:1", "--listen", "vsock:2"],
             &["--listen", "nope"],
+            &["--listen", "unix:/a", "--stdio-listen", "unix:/a"],
+            &["--listen", "unix:/a", "--root="],
         ] {
             assert!(parse_serve_args(&args(bad)).is_err(), "{bad:?} accepted");
         }

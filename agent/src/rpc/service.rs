@@ -1,7 +1,11 @@
-//! The `husk.agent.v1` service. Health and Version are real; every other RPC
-//! answers UNIMPLEMENTED, naming itself, until the engine behind it lands.
+//! The `husk.agent.v1` service: the RPCs mapped onto the [`Sandbox`].
+//!
+//! PauseContainer, ResumeContainer, StatsContainer, UpdateContainer,
+//! ListProcesses and GetOOMEvent still answer UNIMPLEMENTED, naming
+//! themselves: they wait for the cgroup features of the engine.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use husk_protocol::agent::{
     CloseStdinRequest, CreateContainerRequest, CreateContainerResponse, CreateSandboxRequest,
@@ -16,7 +20,10 @@ use husk_protocol::agent::{
 use husk_protocol::ttrpc::{self, Code, TtrpcContext};
 use husk_protocol::{agent_ttrpc, API_VERSION};
 
-use crate::{debug, sys, warn};
+use crate::container::ExitStatus;
+use crate::init::error_chain;
+use crate::sandbox::{ErrorKind, Sandbox, SandboxError};
+use crate::{debug, info, warn};
 
 /// The agent's build version, reported by Version.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -29,15 +36,42 @@ pub fn unimplemented(rpc: &str) -> ttrpc::Error {
     ))
 }
 
-/// The agent API's state. For now only when it started serving.
+/// The ttrpc status of a failed RPC: the code from the error's kind, the
+/// message the whole error chain.
+pub fn status(rpc: &str, err: &SandboxError) -> ttrpc::Error {
+    let code = match err.kind() {
+        ErrorKind::NotFound => Code::NOT_FOUND,
+        ErrorKind::AlreadyExists => Code::ALREADY_EXISTS,
+        ErrorKind::InvalidArgument => Code::INVALID_ARGUMENT,
+        ErrorKind::FailedPrecondition => Code::FAILED_PRECONDITION,
+        ErrorKind::Internal => Code::INTERNAL,
+    };
+    let message = error_chain(err);
+    if code == Code::INTERNAL {
+        warn!("{rpc} failed: {message}");
+    } else {
+        debug!("{rpc} refused: {message}");
+    }
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
+}
+
+/// What DestroySandbox does after the containers are gone: in the guest,
+/// power off (on another thread, shortly, so the reply goes out first).
+pub type PowerOff = Box<dyn Fn() + Send + Sync>;
+
+/// The agent API's state.
 pub struct AgentService {
     started: Instant,
+    sandbox: Arc<Sandbox>,
+    power_off: Option<PowerOff>,
 }
 
 impl AgentService {
-    pub fn new() -> Self {
+    pub fn new(sandbox: Arc<Sandbox>, power_off: Option<PowerOff>) -> Self {
         Self {
             started: Instant::now(),
+            sandbox,
+            power_off,
         }
     }
 
@@ -53,22 +87,21 @@ impl AgentService {
 
     /// The Version answer.
     pub fn version(&self) -> VersionResponse {
-        let kernel_release = sys::kernel_release().unwrap_or_else(|e| {
-            warn!("Failed to read the kernel release: {e}");
-            String::new()
-        });
-        VersionResponse {
-            agent_version: AGENT_VERSION.to_string(),
-            api_version: API_VERSION.to_string(),
-            kernel_release,
-            ..Default::default()
-        }
+        version()
     }
 }
 
-impl Default for AgentService {
-    fn default() -> Self {
-        Self::new()
+/// The Version answer.
+pub fn version() -> VersionResponse {
+    let kernel_release = crate::sys::kernel_release().unwrap_or_else(|e| {
+        warn!("Failed to read the kernel release: {e}");
+        String::new()
+    });
+    VersionResponse {
+        agent_version: AGENT_VERSION.to_string(),
+        api_version: API_VERSION.to_string(),
+        kernel_release,
+        ..Default::default()
     }
 }
 
@@ -84,6 +117,24 @@ macro_rules! not_implemented_yet {
     };
 }
 
+fn wait_response(exited: crate::container::Exited) -> WaitProcessResponse {
+    let signal = match exited.status {
+        ExitStatus::Signaled(n) => n as u32,
+        ExitStatus::Exited(_) => 0,
+    };
+    let nanos = exited
+        .at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    WaitProcessResponse {
+        exit_status: exited.status.code(),
+        signal,
+        exited_at_unix_nano: nanos,
+        ..Default::default()
+    }
+}
+
 impl agent_ttrpc::Agent for AgentService {
     fn health(&self, _ctx: &TtrpcContext, _req: HealthRequest) -> ttrpc::Result<HealthResponse> {
         Ok(AgentService::health(self))
@@ -94,25 +145,162 @@ impl agent_ttrpc::Agent for AgentService {
         Ok(AgentService::version(self))
     }
 
+    fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .setup(&req)
+            .map(|()| Empty::new())
+            .map_err(|e| status("CreateSandbox", &e))
+    }
+
+    fn destroy_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        info!("Destroying the sandbox");
+        self.sandbox
+            .destroy(Duration::from_millis(u64::from(req.timeout_ms)));
+        if let Some(power_off) = &self.power_off {
+            power_off();
+        }
+        Ok(Empty::new())
+    }
+
+    fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<CreateContainerResponse> {
+        let stdio = req.stdio.clone().unwrap_or_default();
+        self.sandbox
+            .create_container(
+                &req.container_id,
+                &req.oci_spec_json,
+                &req.rootfs_path,
+                req.terminal,
+                &stdio,
+            )
+            .map(|pid| CreateContainerResponse {
+                pid: pid as u32,
+                ..Default::default()
+            })
+            .map_err(|e| status("CreateContainer", &e))
+    }
+
+    fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StartContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .start_container(&req.container_id)
+            .map(|()| Empty::new())
+            .map_err(|e| status("StartContainer", &e))
+    }
+
+    fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .remove_container(&req.container_id, req.force)
+            .map(|()| Empty::new())
+            .map_err(|e| status("RemoveContainer", &e))
+    }
+
+    fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<ExecProcessResponse> {
+        let stdio = req.stdio.clone().unwrap_or_default();
+        self.sandbox
+            .exec_process(&req.container_id, &req.exec_id, &req.process_json, &stdio)
+            .map(|pid| ExecProcessResponse {
+                pid: pid as u32,
+                ..Default::default()
+            })
+            .map_err(|e| status("ExecProcess", &e))
+    }
+
+    fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .signal_process(&req.container_id, &req.exec_id, req.signal, req.all)
+            .map(|()| Empty::new())
+            .map_err(|e| status("SignalProcess", &e))
+    }
+
+    fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: WaitProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        let proc = self
+            .sandbox
+            .process(&req.container_id, &req.exec_id)
+            .map_err(|e| status("WaitProcess", &e))?;
+        Ok(wait_response(proc.wait()))
+    }
+
+    fn write_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: WriteStdinRequest,
+    ) -> ttrpc::Result<WriteStdinResponse> {
+        self.sandbox
+            .write_stdin(&req.container_id, &req.exec_id, &req.data)
+            .map(|n| WriteStdinResponse {
+                written: n as u32,
+                ..Default::default()
+            })
+            .map_err(|e| status("WriteStdin", &e))
+    }
+
+    fn close_stdin(&self, _ctx: &TtrpcContext, req: CloseStdinRequest) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .close_stdin(&req.container_id, &req.exec_id)
+            .map(|()| Empty::new())
+            .map_err(|e| status("CloseStdin", &e))
+    }
+
+    fn tty_win_resize(
+        &self,
+        _ctx: &TtrpcContext,
+        req: TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .resize_tty(&req.container_id, &req.exec_id, req.rows, req.columns)
+            .map(|()| Empty::new())
+            .map_err(|e| status("TtyWinResize", &e))
+    }
+
+    fn set_guest_time(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SetGuestTimeRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .set_time(req.sec, req.nsec)
+            .map(|()| Empty::new())
+            .map_err(|e| status("SetGuestTime", &e))
+    }
+
     not_implemented_yet! {
-        create_sandbox(CreateSandboxRequest) -> Empty = "CreateSandbox";
-        destroy_sandbox(DestroySandboxRequest) -> Empty = "DestroySandbox";
-        create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
-        start_container(StartContainerRequest) -> Empty = "StartContainer";
-        remove_container(RemoveContainerRequest) -> Empty = "RemoveContainer";
         pause_container(PauseContainerRequest) -> Empty = "PauseContainer";
         resume_container(ResumeContainerRequest) -> Empty = "ResumeContainer";
         stats_container(StatsContainerRequest) -> StatsContainerResponse = "StatsContainer";
         update_container(UpdateContainerRequest) -> Empty = "UpdateContainer";
         list_processes(ListProcessesRequest) -> ListProcessesResponse = "ListProcesses";
         get_oom_event(GetOOMEventRequest) -> OOMEvent = "GetOOMEvent";
-        exec_process(ExecProcessRequest) -> ExecProcessResponse = "ExecProcess";
-        signal_process(SignalProcessRequest) -> Empty = "SignalProcess";
-        wait_process(WaitProcessRequest) -> WaitProcessResponse = "WaitProcess";
-        write_stdin(WriteStdinRequest) -> WriteStdinResponse = "WriteStdin";
-        close_stdin(CloseStdinRequest) -> Empty = "CloseStdin";
-        tty_win_resize(TtyWinResizeRequest) -> Empty = "TtyWinResize";
-        set_guest_time(SetGuestTimeRequest) -> Empty = "SetGuestTime";
     }
 }
 
@@ -120,9 +308,20 @@ impl agent_ttrpc::Agent for AgentService {
 mod tests {
     use super::*;
 
+    fn service() -> AgentService {
+        let root = std::env::temp_dir().join(format!("husk-svc-test-{}", std::process::id()));
+        let sandbox = Sandbox::new(
+            &root,
+            Arc::new(crate::init::reaper::Reaper::new()),
+            crate::sandbox::setup::Target::Host(root.join("sandbox")),
+        )
+        .unwrap();
+        AgentService::new(Arc::new(sandbox), None)
+    }
+
     #[test]
     fn health_reports_serving_and_growing_uptime() {
-        let svc = AgentService::new();
+        let svc = service();
         let first = svc.health();
         assert_eq!(
             first.status.enum_value(),
@@ -134,7 +333,7 @@ mod tests {
 
     #[test]
     fn version_reports_api_and_kernel() {
-        let v = AgentService::new().version();
+        let v = version();
         assert_eq!(v.api_version, "husk.agent.v1");
         assert_eq!(v.agent_version, env!("CARGO_PKG_VERSION"));
         assert!(!v.kernel_release.is_empty());

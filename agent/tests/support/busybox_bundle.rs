@@ -1,6 +1,8 @@
 //! Builds an OCI bundle whose rootfs is Debian's static busybox
 //! (`apt-get install -y busybox-static`), for the container engine tests.
 
+#![allow(dead_code)]
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,8 @@ use oci_spec::runtime::{LinuxNamespaceType, ProcessBuilder, Spec};
 pub const BUSYBOX: &str = "/bin/busybox";
 
 const APPLETS: &[&str] = &[
-    "sh", "echo", "printf", "sleep", "seq", "head", "yes", "cat", "true", "false", "ls",
+    "sh", "echo", "printf", "sleep", "seq", "head", "yes", "cat", "true", "false", "ls", "stty",
+    "tty", "id",
 ];
 
 /// Makes `<dir>/rootfs` a minimal busybox root, if not there yet.

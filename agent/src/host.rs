@@ -1,0 +1,66 @@
+//! `husk-agent serve`: the agent API on the host, for tests. The same
+//! server as in the guest, with a Unix socket for the API and one for the
+//! stdio port, container state under `--root`, and the sandbox set-up
+//! re-rooted under `<root>/sandbox` (see [`crate::sandbox::setup`]).
+//!
+//! As in the guest, one loop reaps children on SIGCHLD and hands the
+//! statuses of container processes to the engine; the process is a child
+//! subreaper, so container processes whose parents exit become its
+//! children.
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+
+use crate::init::error_chain;
+use crate::init::reaper::{Reaper, ReaperError, SysWait};
+use crate::rpc::{self, RpcError, ServeArgs, ServeConfig};
+use crate::sandbox::setup::Target;
+use crate::sys::SignalFd;
+use crate::{debug, info};
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("Cannot set up the SIGCHLD signalfd")]
+    Signals(#[source] io::Error),
+    #[error("Cannot read a signal")]
+    ReadSignal(#[source] io::Error),
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error(transparent)]
+    Reaper(#[from] ReaperError),
+}
+
+/// Serves until the process is killed.
+pub fn run(args: ServeArgs) -> Result<Infallible, HostError> {
+    // Blocked before any thread starts, so every thread inherits the mask
+    // and SIGCHLD reaches only the signalfd.
+    let signals = SignalFd::new(&[libc::SIGCHLD]).map_err(HostError::Signals)?;
+    let reaper = Arc::new(Reaper::new());
+    let server = rpc::serve(ServeConfig {
+        listen: args.listen,
+        stdio: args.stdio,
+        target: Target::Host(args.root.join("sandbox")),
+        root: args.root,
+        reaper: reaper.clone(),
+        power_off: None,
+    })?;
+    info!(
+        "Serving {} on {}, stdio on {}",
+        husk_protocol::API_VERSION,
+        server.addr(),
+        server.stdio_addr()
+    );
+    loop {
+        signals.read_signal().map_err(HostError::ReadSignal)?;
+        match reaper.reap(&mut SysWait) {
+            Ok(reaped) => {
+                for r in reaped.iter().filter(|r| !r.forwarded) {
+                    debug!("Reaped orphan {}: {}", r.pid, r.exit);
+                }
+            }
+            Err(e) => crate::warn!("{}", error_chain(&e)),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The stdio port's handshake framing: a 4-byte big-endian length, then
+//! that many bytes of protobuf (see agent.proto's header).
+
+use std::io::{self, Read, Write};
+
+/// Largest handshake message accepted: a StdioAttach holds two ids and an
+/// enum, so anything near this is not one.
+pub const MAX_FRAME: usize = 4096;
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("Frame of {0} bytes is over the limit of {MAX_FRAME}")]
+    TooLong(usize),
+    #[error("Connection ended inside a frame")]
+    Truncated,
+    #[error("Cannot read the frame")]
+    Io(#[source] io::Error),
+}
+
+/// Reads one frame's payload.
+pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, FrameError> {
+    let eof = |e: io::Error| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            FrameError::Truncated
+        } else {
+            FrameError::Io(e)
+        }
+    };
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).map_err(eof)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLong(len));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).map_err(eof)?;
+    Ok(payload)
+}
+
+/// Writes `payload` as one frame.
+pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(payload.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too long"))?;
+    let mut frame = Vec::with_capacity(4 + payload.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(payload);
+    w.write_all(&frame)?;
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    #[test]
+    fn round_trip_and_what_follows_is_left_unread() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, b"hello").unwrap();
+        assert_eq!(&buf[..4], &[0, 0, 0, 5]);
+        buf.extend_from_slice(b"raw bytes");
+        let mut r = Cursor::new(buf);
+        assert_eq!(read_frame(&mut r).unwrap(), b"hello");
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"raw bytes");
+    }
+
+    #[test]
+    fn empty_frame_is_valid() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, b"").unwrap();
+        assert_eq!(read_frame(&mut Cursor::new(buf)).unwrap(), b"");
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocating() {
+        let buf = u32::MAX.to_be_bytes().to_vec();
+        assert!(matches!(
+            read_frame(&mut Cursor::new(buf)),
+            Err(FrameError::TooLong(n)) if n == u32::MAX as usize
+        ));
+        let mut buf = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
+        buf.extend(vec![0; MAX_FRAME + 1]);
+        assert!(matches!(
+            read_frame(&mut Cursor::new(buf)),
+            Err(FrameError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn truncated_frames_are_errors() {
+        for buf in [vec![], vec![0, 0], vec![0, 0, 0, 9, 1, 2, 3]] {
+            assert!(matches!(
+                read_frame(&mut Cursor::new(buf)),
+                Err(FrameError::Truncated)
+            ));
+        }
+    }
+}

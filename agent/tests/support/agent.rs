@@ -1,0 +1,160 @@
+//! A `husk-agent serve` process for tests, its ttrpc client and its stdio
+//! port.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use husk_protocol::agent::{self, ServingStatus, StdioAttach, StdioAttachResponse, StdioStream};
+use husk_protocol::agent_ttrpc::AgentClient;
+use husk_protocol::protobuf::Message;
+use husk_protocol::ttrpc;
+
+/// A `husk-agent serve` process, killed when dropped.
+pub struct Agent {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    pub stdio_sock: PathBuf,
+}
+
+impl Agent {
+    pub fn start(name: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("husk-api-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let sock = dir.join("agent.sock");
+        let stdio_sock = dir.join("agent.sock.stdio");
+        let log = std::fs::File::create(dir.join("agent.log"))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("unix:{}", sock.display()))
+            .arg("--root")
+            .arg(dir.join("root"))
+            .stdin(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("Failed to start husk-agent serve")?;
+        let mut agent = Agent {
+            child,
+            dir,
+            sock,
+            stdio_sock,
+        };
+        agent.wait_listening()?;
+        Ok(agent)
+    }
+
+    fn wait_listening(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("husk-agent serve exited early: {status}\n{}", self.log());
+            }
+            if UnixStream::connect(&self.sock).is_ok() && self.stdio_sock.exists() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("husk-agent did not listen within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn client(&self) -> Result<AgentClient> {
+        let addr = format!("unix://{}", self.sock.display());
+        let client = ttrpc::Client::connect(&addr).context("Failed to connect")?;
+        Ok(AgentClient::new(client))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Alive, and no thread of it panicked.
+    pub fn assert_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("husk-agent died: {status}\n{}", self.log());
+        }
+        let log = self.log();
+        if log.contains("panicked") {
+            bail!("husk-agent panicked:\n{log}");
+        }
+        Ok(())
+    }
+
+    /// Opens a stdio stream; fails with the agent's refusal message.
+    pub fn attach(&self, id: &str, exec_id: &str, stream: StdioStream) -> Result<UnixStream> {
+        let mut s = UnixStream::connect(&self.stdio_sock).context("connect to the stdio port")?;
+        let mut req = StdioAttach::new();
+        req.container_id = id.into();
+        req.exec_id = exec_id.into();
+        req.stream = stream.into();
+        let bytes = req.write_to_bytes()?;
+        s.write_all(&(bytes.len() as u32).to_be_bytes())?;
+        s.write_all(&bytes)?;
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len)
+            .context("read the attach answer's length")?;
+        let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut payload)?;
+        let resp = StdioAttachResponse::parse_from_bytes(&payload)?;
+        if !resp.error.is_empty() {
+            bail!("{}", resp.error);
+        }
+        Ok(s)
+    }
+
+    /// Attaches an output stream and reads it to its end on a thread.
+    pub fn read_stream(
+        &self,
+        id: &str,
+        exec_id: &str,
+        stream: StdioStream,
+    ) -> Result<std::thread::JoinHandle<std::io::Result<Vec<u8>>>> {
+        let mut s = self.attach(id, exec_id, stream)?;
+        Ok(std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).map(|_| buf)
+        }))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("agent log:\n{}", self.log());
+        }
+    }
+}
+
+/// A context with a timeout.
+pub fn ctx_secs(secs: i64) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(secs * 1_000_000_000)
+}
+
+pub fn ctx() -> ttrpc::context::Context {
+    ctx_secs(30)
+}
+
+pub fn health_ok(client: &AgentClient) -> Result<agent::HealthResponse> {
+    let h = client.health(ctx(), &agent::HealthRequest::new())?;
+    if h.status.enum_value() != Ok(ServingStatus::SERVING_STATUS_SERVING) {
+        bail!("Health status is {:?}", h.status);
+    }
+    Ok(h)
+}
