@@ -142,16 +142,17 @@ fn create_dir(path: &Path) -> Result<(), MountError> {
 }
 
 /// Mounts a container's rootfs on `target`: containerd's mounts in order, or, when it
-/// gave none (the bundle already holds the rootfs), a bind of `<bundle>/rootfs`.
+/// gave none (`ctr run --rootfs`, or a bundle that holds its rootfs), a bind of the
+/// spec's `root.path` (relative to the bundle).
 pub fn mount_rootfs(
     ops: &dyn HostOps,
     mounts: &[RootfsMount],
-    bundle: &Path,
+    root_path: &Path,
     target: &Path,
 ) -> Result<(), MountError> {
     create_dir(target)?;
     if mounts.is_empty() {
-        return ops.bind(&bundle.join("rootfs"), target);
+        return ops.bind(root_path, target);
     }
     for (i, m) in mounts.iter().enumerate() {
         if let Err(e) = ops.mount(&m.fs_type, &m.source, &m.options, target) {
@@ -381,8 +382,14 @@ pub mod tests {
             source: "overlay".into(),
             options: vec!["lowerdir=/a:/b".into(), "upperdir=/u".into()],
         };
-        mount_rootfs(&host, &[overlay], Path::new("/bundle"), &d.join("r1")).unwrap();
-        mount_rootfs(&host, &[], Path::new("/bundle"), &d.join("r2")).unwrap();
+        mount_rootfs(
+            &host,
+            &[overlay],
+            Path::new("/bundle/rootfs"),
+            &d.join("r1"),
+        )
+        .unwrap();
+        mount_rootfs(&host, &[], Path::new("/bundle/rootfs"), &d.join("r2")).unwrap();
         let calls = host.calls.lock().unwrap().clone();
         assert_eq!(
             calls,

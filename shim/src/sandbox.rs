@@ -14,7 +14,7 @@ use containerd_shim::monitor::{monitor_subscribe, ExitEvent, Subject, Topic};
 use husk_protocol::agent::{self, ServingStatus};
 use husk_protocol::agent_ttrpc::AgentClient;
 use husk_protocol::{ttrpc, AGENT_VSOCK_PORT, API_VERSION};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::mounts::{self, HostOps};
@@ -423,10 +423,15 @@ impl Sandbox {
 
     /// The console and VMM log tails, for error messages.
     pub fn logs(&self) -> String {
+        self.logs_with(3000)
+    }
+
+    fn logs_with(&self, console_bytes: usize) -> String {
         format!(
-            "{}\n{}",
+            "{}\n{}\n{}",
             tail(&self.dir.join("vmm.log"), 2000),
-            tail(&self.dir.join("console.log"), 3000)
+            tail(&self.dir.join("virtiofsd.log"), 2000),
+            tail(&self.dir.join("console.log"), console_bytes)
         )
     }
 
@@ -495,6 +500,8 @@ impl Sandbox {
             let _ = self.exits.wait(self.vmm_pid, Duration::from_secs(10));
         }
         self.stop_processes();
+        // The guest's own account (agent log lines) survives the pod dir in the shim log.
+        debug!("pod {}: at teardown:\n{}", self.id, self.logs_with(16_000));
         mounts::unmount_under(ops, &self.dir)?;
         std::fs::remove_dir_all(&self.dir).map_err(|source| SandboxError::Dir {
             path: self.dir.clone(),

@@ -433,7 +433,8 @@ impl Inner {
         let sb = self.ensure_sandbox(&config, &pod, &spec_value)?;
 
         let share_dir = sb.shared.join(id);
-        let result = self.create_in_guest(&sb, req, &share_dir, &json, &binds, terminal);
+        let result =
+            self.create_in_guest(&sb, req, &spec_value, &share_dir, &json, &binds, terminal);
         match result {
             Ok(process) => {
                 let pid = process.pid;
@@ -469,6 +470,7 @@ impl Inner {
         &self,
         sb: &Sandbox,
         req: &api::CreateTaskRequest,
+        spec_value: &serde_json::Value,
         share_dir: &Path,
         json: &[u8],
         binds: &[spec::SharedBind],
@@ -487,7 +489,7 @@ impl Inner {
         mounts::mount_rootfs(
             self.ops.as_ref(),
             &rootfs,
-            Path::new(&req.bundle),
+            &spec::host_root_path(Path::new(&req.bundle), spec_value),
             &share_dir.join("rootfs"),
         )
         .map_err(mount_err)?;

@@ -59,6 +59,17 @@ pub fn guest_rootfs(container_id: &str) -> String {
     format!("{GUEST_SHARED_DIR}/{container_id}/rootfs")
 }
 
+/// The host path of the spec's `root.path` (relative paths are in the bundle; the
+/// default is `<bundle>/rootfs`).
+pub fn host_root_path(bundle: &Path, spec: &Value) -> PathBuf {
+    let p = spec
+        .get("root")
+        .and_then(|r| r.get("path"))
+        .and_then(Value::as_str)
+        .unwrap_or("rootfs");
+    bundle.join(p)
+}
+
 /// A host path the container bind-mounts, which must be shared into the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedBind {
@@ -276,6 +287,23 @@ mod tests {
         let evil = json!({"annotations": {
             CONTAINER_TYPE_ANNOTATION: "container", SANDBOX_ID_ANNOTATION: "../../etc"}});
         assert_eq!(pod_id("c3", &evil), "c3");
+    }
+
+    #[test]
+    fn root_path_is_resolved_in_the_bundle() {
+        let b = Path::new("/run/b");
+        assert_eq!(
+            host_root_path(b, &json!({})),
+            PathBuf::from("/run/b/rootfs")
+        );
+        assert_eq!(
+            host_root_path(b, &json!({"root": {"path": "rfs"}})),
+            PathBuf::from("/run/b/rfs")
+        );
+        assert_eq!(
+            host_root_path(b, &json!({"root": {"path": "/srv/root"}})),
+            PathBuf::from("/srv/root")
+        );
     }
 
     #[test]
