@@ -60,6 +60,32 @@ pub fn mount(
     }
 }
 
+/// `chroot(2)`.
+pub fn chroot(path: &Path) -> io::Result<()> {
+    let path = path_to_cstring(path)?;
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    if unsafe { libc::chroot(path.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The file system type (`f_type`, a magic number) of the file system
+/// holding `path`.
+pub fn statfs_magic(path: &Path) -> io::Result<i64> {
+    let path = path_to_cstring(path)?;
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `path` is a valid NUL-terminated string; `st` is writable
+    // memory of the size statfs() expects.
+    if unsafe { libc::statfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs() succeeded, so it initialised the struct.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // c_long on glibc, c_ulong on musl
+    Ok(st.f_type as i64)
+}
+
 /// `umount2(path, MNT_DETACH)`.
 pub fn umount_detach(target: &Path) -> io::Result<()> {
     let target = path_to_cstring(target)?;

@@ -309,3 +309,59 @@ pub fn try_connect_vsock(uds: &Path, port: u32) -> Result<UnixStream> {
     s.set_read_timeout(None)?;
     Ok(s)
 }
+
+/// A running virtiofsd sharing `dir`, killed on drop.
+pub struct Virtiofsd {
+    child: Child,
+    pub socket: PathBuf,
+}
+
+impl Virtiofsd {
+    pub fn start(dir: &Path, socket: PathBuf) -> Self {
+        let bin = virtiofsd_bin();
+        let child = Command::new(&bin)
+            .arg(format!("--socket-path={}", socket.display()))
+            .arg(format!("--shared-dir={}", dir.display()))
+            .args(["--sandbox=none", "--cache=never"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "virtiofsd did not create its socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, socket }
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        kill_group(self.child.id());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn virtiofsd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("HUSK_VIRTIOFSD") {
+        return p.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    for c in [
+        PathBuf::from(home).join(".cargo/bin/virtiofsd"),
+        "/root/.cargo/bin/virtiofsd".into(),
+        "/usr/libexec/virtiofsd".into(),
+        "/usr/local/bin/virtiofsd".into(),
+    ] {
+        if c.is_file() {
+            return c;
+        }
+    }
+    panic!("virtiofsd is not installed: run scripts/install-virtiofsd.sh (make test does)");
+}

@@ -2,13 +2,17 @@
 //! 1024, reached from the host through husk-vmm's hybrid vsock socket, as the shim will.
 //! Boots a guest: `#[ignore]`d for a plain `cargo test`, run by `make test`.
 
+use std::io::{Read, Write};
 use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 use husk_protocol::agent::{self, ServingStatus};
 use husk_protocol::agent_ttrpc::AgentClient;
+use husk_protocol::protobuf::Message;
 use husk_protocol::ttrpc::{self, Code};
-use husk_protocol::{AGENT_VSOCK_PORT, API_VERSION};
-use husk_tests::guest::{Guest, GuestOptions};
+use husk_protocol::{AGENT_VSOCK_PORT, API_VERSION, STDIO_VSOCK_PORT};
+use husk_tests::guest::{Guest, GuestOptions, TempDir, Virtiofsd};
 use husk_tests::{boot_timeout, guest_initramfs, kvm_available, ready_field};
 
 fn ctx() -> ttrpc::context::Context {
@@ -53,9 +57,250 @@ fn agent_serves_health_and_version_over_vsock() {
         "{console}"
     );
     // What is not built yet says so with UNIMPLEMENTED, and the agent keeps serving.
-    match client.start_container(ctx(), &agent::StartContainerRequest::new()) {
+    match client.pause_container(ctx(), &agent::PauseContainerRequest::new()) {
         Err(ttrpc::Error::RpcStatus(s)) => assert_eq!(s.code(), Code::UNIMPLEMENTED),
+        other => panic!("PauseContainer: {other:?}"),
+    }
+    // An unknown container is NOT_FOUND.
+    match client.start_container(ctx(), &agent::StartContainerRequest::new()) {
+        Err(ttrpc::Error::RpcStatus(s)) => assert_eq!(s.code(), Code::NOT_FOUND),
         other => panic!("StartContainer: {other:?}"),
     }
     client.health(ctx(), &agent::HealthRequest::new()).unwrap();
+}
+
+/// A busybox root file system under `dir/rootfs`.
+fn busybox_rootfs(dir: &Path) -> std::path::PathBuf {
+    let rootfs = dir.join("rootfs");
+    for sub in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .expect("/bin/busybox (apt-get install -y busybox-static)");
+    for applet in ["sh", "echo", "sleep", "stty", "cat", "true", "hostname"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    rootfs
+}
+
+/// A minimal OCI runtime spec running `args`.
+fn spec(args: &[&str]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+        },
+        "root": {"path": "rootfs"},
+        "hostname": "in-guest",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+        },
+    }))
+    .unwrap()
+}
+
+fn stdio_set(stdin: bool, stdout: bool, stderr: bool) -> agent::StdioSet {
+    let mut s = agent::StdioSet::new();
+    s.stdin = stdin;
+    s.stdout = stdout;
+    s.stderr = stderr;
+    s
+}
+
+/// Opens one stdio stream on vsock port 1025 (framed StdioAttach).
+fn attach(g: &Guest, id: &str, exec_id: &str, stream: agent::StdioStream) -> UnixStream {
+    let mut s = g.connect(STDIO_VSOCK_PORT).unwrap();
+    s.set_read_timeout(None).unwrap();
+    let mut req = agent::StdioAttach::new();
+    req.container_id = id.into();
+    req.exec_id = exec_id.into();
+    req.stream = stream.into();
+    let bytes = req.write_to_bytes().unwrap();
+    s.write_all(&(bytes.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(&bytes).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut payload).unwrap();
+    let resp = agent::StdioAttachResponse::parse_from_bytes(&payload).unwrap();
+    assert_eq!(resp.error, "", "attach {id}/{exec_id} {stream:?}");
+    s
+}
+
+fn read_all(mut s: UnixStream) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+        buf
+    })
+}
+
+fn exec_req(
+    id: &str,
+    exec_id: &str,
+    args: &[&str],
+    terminal: bool,
+    set: agent::StdioSet,
+) -> agent::ExecProcessRequest {
+    let mut req = agent::ExecProcessRequest::new();
+    req.container_id = id.into();
+    req.exec_id = exec_id.into();
+    req.process_json = serde_json::to_vec(&serde_json::json!({
+        "args": args, "env": ["PATH=/bin"], "cwd": "/", "terminal": terminal,
+        "user": {"uid": 0, "gid": 0},
+    }))
+    .unwrap();
+    req.stdio = Some(set).into();
+    req
+}
+
+fn wait(client: &AgentClient, id: &str, exec_id: &str) -> agent::WaitProcessResponse {
+    let mut req = agent::WaitProcessRequest::new();
+    req.container_id = id.into();
+    req.exec_id = exec_id.into();
+    client.wait_process(ctx(), &req).unwrap()
+}
+
+#[test]
+#[ignore = "boots a guest on KVM: `make test` runs it, in the test host where needed"]
+fn agent_runs_containers_from_a_virtio_fs_rootfs() {
+    if !kvm_available("agent_runs_containers_from_a_virtio_fs_rootfs") {
+        return;
+    }
+    let shared = TempDir::new("agent-share").unwrap();
+    let sock_dir = TempDir::new("agent-vfs").unwrap();
+    busybox_rootfs(shared.path());
+    let vfs = Virtiofsd::start(shared.path(), sock_dir.path().join("vfs.sock"));
+    let mut g = Guest::start(GuestOptions {
+        vcpus: 2,
+        memory_mib: 512,
+        initramfs: Some(guest_initramfs()),
+        ready_line: Some("husk-agent: ready".into()),
+        args: vec![
+            "--fs".into(),
+            format!("tag=share,socket={}", vfs.socket.display()),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let stream = g.connect(AGENT_VSOCK_PORT).unwrap();
+    stream.set_read_timeout(None).unwrap();
+    stream.set_write_timeout(None).unwrap();
+    let client = AgentClient::new(ttrpc::Client::new(stream.into_raw_fd()).unwrap());
+
+    // The sandbox: the virtio-fs share mounted where the rootfs will be.
+    let mut sb = agent::CreateSandboxRequest::new();
+    sb.hostname = "pod".into();
+    let mut m = agent::Mount::new();
+    m.type_ = "virtiofs".into();
+    m.source = "share".into();
+    m.destination = "/run/share".into();
+    sb.shared_mounts = vec![m];
+    client
+        .create_sandbox(ctx(), &sb)
+        .unwrap_or_else(|e| panic!("CreateSandbox: {e:?}\n{}", g.explain()));
+
+    let id = "c1";
+    let mut create = agent::CreateContainerRequest::new();
+    create.container_id = id.into();
+    create.oci_spec_json = spec(&["sh", "-c", "echo started; hostname; exec sleep 1000"]);
+    create.rootfs_path = "/run/share/rootfs".into();
+    create.stdio = Some(stdio_set(false, true, false)).into();
+    client
+        .create_container(ctx(), &create)
+        .unwrap_or_else(|e| panic!("CreateContainer: {e:?}\n{}", g.explain()));
+    let init_out = read_all(attach(&g, id, "", agent::StdioStream::STDIO_STREAM_STDOUT));
+    let mut start = agent::StartContainerRequest::new();
+    start.container_id = id.into();
+    client.start_container(ctx(), &start).unwrap();
+
+    // An exec with separate stdout and stderr.
+    client
+        .exec_process(
+            ctx(),
+            &exec_req(
+                id,
+                "e1",
+                &["sh", "-c", "echo out; echo err >&2; exit 3"],
+                false,
+                stdio_set(false, true, true),
+            ),
+        )
+        .unwrap_or_else(|e| panic!("ExecProcess: {e:?}\n{}", g.explain()));
+    let out = read_all(attach(
+        &g,
+        id,
+        "e1",
+        agent::StdioStream::STDIO_STREAM_STDOUT,
+    ));
+    let err = read_all(attach(
+        &g,
+        id,
+        "e1",
+        agent::StdioStream::STDIO_STREAM_STDERR,
+    ));
+    let s = wait(&client, id, "e1");
+    assert_eq!(s.exit_status, 3);
+    assert_eq!(out.join().unwrap(), b"out\n");
+    assert_eq!(err.join().unwrap(), b"err\n");
+
+    // An exec with a terminal, resized before it reports its size.
+    client
+        .exec_process(
+            ctx(),
+            &exec_req(
+                id,
+                "t1",
+                &["sh", "-c", "read x; stty size"],
+                true,
+                stdio_set(true, true, false),
+            ),
+        )
+        .unwrap();
+    let out = read_all(attach(
+        &g,
+        id,
+        "t1",
+        agent::StdioStream::STDIO_STREAM_STDOUT,
+    ));
+    let mut input = attach(&g, id, "t1", agent::StdioStream::STDIO_STREAM_STDIN);
+    let mut resize = agent::TtyWinResizeRequest::new();
+    resize.container_id = id.into();
+    resize.exec_id = "t1".into();
+    resize.rows = 40;
+    resize.columns = 120;
+    client.tty_win_resize(ctx(), &resize).unwrap();
+    input.write_all(b"go\n").unwrap();
+    assert_eq!(wait(&client, id, "t1").exit_status, 0);
+    let text = String::from_utf8_lossy(&out.join().unwrap()).into_owned();
+    assert!(text.contains("40 120"), "{text:?}");
+
+    // SIGKILL to the init: 137, after its output.
+    let mut kill = agent::SignalProcessRequest::new();
+    kill.container_id = id.into();
+    kill.signal = 9;
+    client.signal_process(ctx(), &kill).unwrap();
+    let s = wait(&client, id, "");
+    assert_eq!((s.exit_status, s.signal), (137, 9));
+    assert_eq!(init_out.join().unwrap(), b"started\nin-guest\n");
+    let mut rm = agent::RemoveContainerRequest::new();
+    rm.container_id = id.into();
+    client.remove_container(ctx(), &rm).unwrap();
+
+    // DestroySandbox answers, then the guest powers off cleanly.
+    client
+        .destroy_sandbox(ctx(), &agent::DestroySandboxRequest::new())
+        .unwrap();
+    assert_eq!(g.wait_exit(boot_timeout()).unwrap(), 0, "{}", g.explain());
 }

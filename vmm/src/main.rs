@@ -95,6 +95,7 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> anyhow::Result<VmExit> {
     let config = cli.vm_config()?;
+    husk_vmm::devices::state_dump::install()?;
     let vm = Vm::new(&config)?;
     let (exit, stats) = vm.run()?;
     match &exit {

@@ -14,10 +14,12 @@
 //! reaper that waits for any child must leave the init pids of live
 //! containers to [`Container::wait`].
 
+pub mod cgroups;
 mod exec;
 mod exit_cell;
 mod exit_status;
 mod output;
+pub mod seccomp;
 mod spec_validation;
 mod terminal;
 
@@ -34,6 +36,7 @@ use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::{RootBuilder, Spec};
 
+pub use self::cgroups::{Cgroup, CgroupError, ContainerStats, OomEvent, OomMonitor};
 use self::exec::AgentExecutor;
 pub use self::exit_cell::{ExitCell, Exited};
 pub use self::exit_status::ExitStatus;
@@ -89,6 +92,8 @@ pub enum Error {
     Subreaper(#[source] io::Error),
     #[error("Cannot register the process with the reaper")]
     Reaper(#[from] ReaperError),
+    #[error("Invalid seccomp profile")]
+    Seccomp(#[from] seccomp::SeccompError),
 }
 
 /// The process's side of its standard streams; `None` is /dev/null. With
@@ -255,6 +260,9 @@ impl Engine {
                 }
             }
         }
+        // libcontainer without libseccomp ignores linux.seccomp: compile it
+        // here (a bad profile fails create) and install it before exec.
+        let executor = seccomp::prepare(&mut spec)?;
 
         // Check the id before it becomes a path.
         let builder = ContainerBuilder::new(id.to_owned(), SyscallType::default())
@@ -270,7 +278,19 @@ impl Engine {
             source,
         };
         fs::create_dir_all(&bundle).map_err(state_err)?;
-        let result = self.build(id, builder, &spec, &bundle, stdio);
+        let result = self
+            .build(id, builder, &spec, &bundle, stdio, executor.clone())
+            .and_then(|(inner, spawned)| {
+                // The init holds its copy of the spec now: save the one
+                // execs start from without the capability lent for seccomp.
+                executor.restore(&mut spec);
+                spec.save(bundle.join("config.json"))
+                    .map_err(|e| Error::State {
+                        path: bundle.clone(),
+                        source: io::Error::other(e),
+                    })?;
+                Ok((inner, spawned))
+            });
         match result {
             Ok((inner, spawned)) => Ok((
                 Container {
@@ -349,6 +369,7 @@ impl Engine {
         spec: &Spec,
         bundle: &Path,
         stdio: ProcessStdio,
+        seccomp: seccomp::SeccompExecutor,
     ) -> Result<(libcontainer::container::Container, Spawned), Error> {
         let terminal = spec
             .process()
@@ -370,7 +391,7 @@ impl Engine {
                 .with_stdout(stdout)
                 .with_stderr(stderr)
                 .with_console_socket(console.as_ref().map(|c| c.path().to_owned()))
-                .with_executor(AgentExecutor)
+                .with_executor(AgentExecutor::new(seccomp))
                 .as_init(bundle)
                 .with_systemd(false)
                 .with_detach(true)
@@ -422,9 +443,18 @@ impl Engine {
     ) -> Result<Spawned, Error> {
         validate_process(process)?;
         let id = container.id.as_str();
+        // An exec'd process runs under the container's seccomp profile.
+        let spec_path = container.bundle.join("config.json");
+        let spec = Spec::load(&spec_path).map_err(|source| Error::LoadSpec {
+            path: spec_path,
+            source,
+        })?;
+        let profile = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        let mut process = process.clone();
+        let seccomp = seccomp::prepare_process(profile.as_ref(), &mut process)?;
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let process_path = container.bundle.join(format!("exec-{n}.json"));
-        let json = serde_json::to_vec(process).map_err(|e| Error::State {
+        let json = serde_json::to_vec(&process).map_err(|e| Error::State {
             path: process_path.clone(),
             source: io::Error::other(e),
         })?;
@@ -432,7 +462,7 @@ impl Engine {
             path: process_path.clone(),
             source,
         })?;
-        let result = self.exec_built(container, process, &process_path, stdio);
+        let result = self.exec_built(container, &process, &process_path, stdio, seccomp);
         let _ = fs::remove_file(&process_path);
         result.map_err(|e| match e {
             Error::Runtime { op, source, .. } => Error::Runtime {
@@ -450,6 +480,7 @@ impl Engine {
         process: &oci_spec::runtime::Process,
         process_path: &Path,
         stdio: ProcessStdio,
+        seccomp: seccomp::SeccompExecutor,
     ) -> Result<Spawned, Error> {
         let id = container.id.as_str();
         let console = self.console_socket(process.terminal().unwrap_or(false))?;
@@ -462,7 +493,7 @@ impl Engine {
                 .with_stdout(stdout)
                 .with_stderr(stderr)
                 .with_console_socket(console.as_ref().map(|c| c.path().to_owned()))
-                .with_executor(AgentExecutor)
+                .with_executor(AgentExecutor::new(seccomp))
                 .as_tenant()
                 .with_process(Some(process_path))
                 .with_detach(true)

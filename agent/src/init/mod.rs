@@ -5,6 +5,7 @@ pub mod console;
 pub mod mounts;
 pub mod reaper;
 pub mod shutdown;
+pub mod switch_root;
 
 use std::convert::Infallible;
 use std::io;
@@ -93,6 +94,9 @@ pub fn run() -> Result<i32, InitError> {
         debug!("{}", error_chain(&e));
     }
 
+    // Before the mounts, so they are made in the new root.
+    let switched = switch_root::leave_initramfs();
+
     let outcomes = mounts::mount_all(&mut SysMountOps, GUEST_MOUNTS)?;
 
     match console::ensure_stdio() {
@@ -126,6 +130,13 @@ pub fn run() -> Result<i32, InitError> {
             }
             MountOutcome::Failed(e) => warn!("{}", error_chain(e)),
         }
+    }
+
+    match switched {
+        Ok(true) => debug!("Left the initramfs for a tmpfs root"),
+        Ok(false) => {}
+        // Containers cannot pivot_root then; the agent still serves.
+        Err(e) => warn!("{}", error_chain(&e)),
     }
 
     if let Err(e) = shutdown::route_ctrl_alt_del_to_init() {

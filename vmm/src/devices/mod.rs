@@ -3,4 +3,5 @@
 pub mod bus;
 pub mod legacy;
 pub mod manager;
+pub mod state_dump;
 pub mod virtio;

@@ -179,15 +179,47 @@ impl<S: HostStream> Connection<S> {
     }
 
     /// Aborts the connection: an RST is owed to the guest and nothing else.
-    pub fn kill(&mut self) {
+    pub fn kill(&mut self, why: &'static str) {
         if matches!(self.state, ConnState::Killed | ConnState::Dead) {
             return;
         }
+        tracing::debug!(
+            local = self.local_port,
+            peer = self.peer_port,
+            buffered = self.buffered(),
+            "vsock: resetting a connection: {why}"
+        );
         self.state = ConnState::Killed;
         self.pending = P_RST;
         self.rx_data_ready = false;
         self.prefix.clear();
         self.tx_buf = VecDeque::new();
+    }
+
+    /// One line of state for a debug dump.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}<->{} {:?} pending={:#x} rx_ready={} host_eof={} peer_shut={} \
+             peer_buf={} peer_fwd={} rx_cnt={} credit={} credit_req={} \
+             tx_cnt={} fwd_cnt={} fwd_sent={} buffered={} interest={:?}",
+            self.local_port,
+            self.peer_port,
+            self.state,
+            self.pending,
+            self.rx_data_ready,
+            self.host_eof,
+            self.peer_shut,
+            self.peer_buf_alloc,
+            self.peer_fwd_cnt,
+            self.rx_cnt,
+            self.peer_credit(),
+            self.credit_requested,
+            self.tx_cnt,
+            self.fwd_cnt,
+            self.last_fwd_cnt_sent,
+            self.buffered(),
+            self.interest(),
+        )
     }
 
     /// The events the host socket should be polled for (empty: not polled at all).
@@ -225,7 +257,7 @@ impl<S: HostStream> Connection<S> {
             return;
         }
         if events.contains(EventSet::ERROR) {
-            self.kill();
+            self.kill("host socket error");
             return;
         }
         if events.intersects(EventSet::OUT | EventSet::HANG_UP) && self.buffered() > 0 {
@@ -245,6 +277,14 @@ impl<S: HostStream> Connection<S> {
             return;
         }
         if hdr.op == op::RST {
+            if self.buffered() > 0 {
+                tracing::debug!(
+                    local = self.local_port,
+                    peer = self.peer_port,
+                    buffered = self.buffered(),
+                    "vsock: the guest reset a connection with data not yet written to the host"
+                );
+            }
             self.state = ConnState::Dead;
             self.pending = 0;
             return;
@@ -267,17 +307,17 @@ impl<S: HostStream> Connection<S> {
             }
             (ConnState::Established, op::CREDIT_UPDATE) => {}
             (ConnState::Established, op::CREDIT_REQUEST) => self.pending |= P_CREDIT_UPDATE,
-            _ => self.kill(),
+            _ => self.kill("unexpected packet"),
         }
     }
 
     fn guest_data(&mut self, data: &[u8]) {
         if self.peer_shut & SHUTDOWN_SEND != 0 {
-            self.kill();
+            self.kill("data after the guest shut down sending");
             return;
         }
         let Ok(len) = u32::try_from(data.len()) else {
-            self.kill();
+            self.kill("payload too long");
             return;
         };
         // What the guest sent beyond the forwarded count we last told it.
@@ -285,8 +325,7 @@ impl<S: HostStream> Connection<S> {
         if unacked + u64::from(len) > u64::from(CONN_BUF_SIZE)
             || self.tx_buf.len() + data.len() > CONN_BUF_SIZE as usize
         {
-            tracing::debug!(port = self.local_port, "guest overran its vsock credit");
-            self.kill();
+            self.kill("credit overrun");
             return;
         }
         self.tx_cnt += len;
@@ -301,7 +340,7 @@ impl<S: HostStream> Connection<S> {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => {
-                    self.kill();
+                    self.kill("host write failed");
                     return;
                 }
             }
@@ -319,19 +358,19 @@ impl<S: HostStream> Connection<S> {
     fn flush(&mut self) {
         while !self.prefix.is_empty() {
             match self.stream.write(&self.prefix) {
-                Ok(0) => return self.kill(),
+                Ok(0) => return self.kill("host write failed"),
                 Ok(n) => {
                     self.prefix.drain(..n.min(self.prefix.len()));
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return self.kill(),
+                Err(_) => return self.kill("host write failed"),
             }
         }
         while !self.tx_buf.is_empty() {
             let (front, _) = self.tx_buf.as_slices();
             match self.stream.write(front) {
-                Ok(0) => return self.kill(),
+                Ok(0) => return self.kill("host write failed"),
                 Ok(n) => {
                     let n = n.min(front.len());
                     self.tx_buf.drain(..n);
@@ -340,7 +379,7 @@ impl<S: HostStream> Connection<S> {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return self.kill(),
+                Err(_) => return self.kill("host write failed"),
             }
         }
         if self.tx_buf.is_empty() {
@@ -372,8 +411,14 @@ impl<S: HostStream> Connection<S> {
         }
         if self.peer_shut & SHUTDOWN_SEND != 0 && !self.write_shut_done {
             self.write_shut_done = true;
+            tracing::debug!(
+                local = self.local_port,
+                peer = self.peer_port,
+                bytes = self.fwd_cnt.0,
+                "vsock: the guest finished sending; half-closing the host socket"
+            );
             if self.stream.shutdown_write().is_err() {
-                return self.kill();
+                return self.kill("host half-close failed");
             }
         }
         let guest_done = self.peer_shut == SHUTDOWN_RCV | SHUTDOWN_SEND;
@@ -451,7 +496,7 @@ impl<S: HostStream> Connection<S> {
                     Err(e) if e.kind() == ErrorKind::WouldBlock => self.rx_data_ready = false,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(_) => {
-                        self.kill();
+                        self.kill("host read failed");
                         return self.next_rx_packet(buf);
                     }
                 }

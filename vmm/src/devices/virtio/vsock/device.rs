@@ -113,6 +113,31 @@ impl Vsock {
         self.process_rx();
     }
 
+    /// Logs the device's state (queues, counters, connections) at info level.
+    pub(super) fn dump_state(&self) {
+        let m = &self.metrics;
+        tracing::info!(
+            "vsock state: tx_packets={} rx_packets={} malformed={}",
+            m.tx_packets.load(Ordering::Relaxed),
+            m.rx_packets.load(Ordering::Relaxed),
+            m.malformed_chains.load(Ordering::Relaxed)
+        );
+        if let Some(active) = &self.active {
+            for (i, q) in active.queues.iter().enumerate() {
+                let avail = q.avail_idx(&active.mem, Ordering::Acquire).map(|w| w.0);
+                let used = q.used_idx(&active.mem, Ordering::Acquire).map(|w| w.0);
+                tracing::info!(
+                    "vsock queue {i}: next_avail={} next_used={} avail_idx={avail:?} used_idx={used:?}",
+                    q.next_avail(),
+                    q.next_used()
+                );
+            }
+        }
+        for line in self.muxer.describe() {
+            tracing::info!("vsock {line}");
+        }
+    }
+
     /// Moves pending packets into guest rx buffers.
     pub(super) fn process_rx(&mut self) {
         let Some(active) = self.active.as_mut() else {

@@ -9,6 +9,7 @@ use super::muxer::CtlOp;
 // `data` of the registered events: queue indices, then these.
 const LISTENER: u32 = NUM_QUEUES as u32;
 const CONNECTION: u32 = LISTENER + 1;
+const STATE_DUMP: u32 = CONNECTION + 1;
 
 impl Vsock {
     fn apply_ctl_ops(&mut self, ops: &mut EventOps) {
@@ -41,6 +42,11 @@ impl MutEventSubscriber for Vsock {
         if let Err(e) = ops.add(listener) {
             tracing::error!("vsock: cannot register the host socket: {e:?}");
         }
+        if let Some(evt) = crate::devices::state_dump::event() {
+            if let Err(e) = ops.add(Events::with_data(evt, STATE_DUMP, EventSet::IN)) {
+                tracing::error!("vsock: cannot register the state-dump event: {e:?}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -56,6 +62,12 @@ impl MutEventSubscriber for Vsock {
                     EVT => {}
                     _ => {}
                 }
+            }
+            STATE_DUMP => {
+                if let Some(evt) = crate::devices::state_dump::event() {
+                    let _ = evt.read();
+                }
+                self.dump_state();
             }
             LISTENER => {
                 self.muxer.accept();

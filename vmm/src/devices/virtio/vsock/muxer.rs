@@ -271,7 +271,7 @@ impl Muxer {
         }
         let key = (h.dst_port, h.src_port);
         if let Some(conn) = self.conns.get_mut(&key) {
-            conn.kill();
+            conn.kill("unreadable payload");
             self.post_conn(key);
         } else {
             self.reply_rst(h);
@@ -379,6 +379,27 @@ impl Muxer {
             }
         }
         None
+    }
+
+    /// Lines of state for a debug dump: the queues, then one per connection.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "muxer: {} connections, {} pending CONNECT, rx queue {}, RSTs queued {}",
+            self.conns.len(),
+            self.pending.len(),
+            self.rxq.len(),
+            self.rst_q.len()
+        )];
+        for (key, c) in &self.conns {
+            let fd = c.stream().as_raw_fd();
+            out.push(format!(
+                "{} registered={:?} queued={}",
+                c.describe(),
+                self.registered.get(&fd),
+                self.queued.contains(key)
+            ));
+        }
+        out
     }
 
     #[cfg(test)]
