@@ -200,6 +200,12 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_exactly_the_defaults() {
+        let text = include_str!("../../config/husk.toml");
+        assert_eq!(parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
     fn every_key_is_read() {
         let c = parse(
             r#"
