@@ -21,7 +21,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, Task, TtrpcContext, TtrpcResult};
 use husk_protocol::agent::{self, StdioStream};
 use husk_protocol::{ttrpc, STDIO_VSOCK_PORT};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::mounts::{self, HostOps, RootfsMount};
@@ -208,6 +208,7 @@ impl Inner {
                 let r = sb
                     .agent()
                     .wait_process(ttrpc::context::Context::default(), &req);
+                debug!("{id} {exec_id}: WaitProcess answered {r:?}");
                 let (code, why) = match r {
                     Ok(resp) => (
                         u32::try_from(resp.exit_status).unwrap_or(VM_GONE_STATUS),
@@ -219,6 +220,7 @@ impl Inner {
                     },
                 };
                 if let Some(io) = io {
+                    debug!("{id} {exec_id}: waiting for the output to drain");
                     if !io.wait_drained(DRAIN_TIMEOUT) {
                         warn!("{id} {exec_id}: output still open {DRAIN_TIMEOUT:?} after exit");
                     }

@@ -11,7 +11,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use log::warn;
+use log::{debug, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {
@@ -113,7 +113,8 @@ impl ProcessIo {
                         None
                     }
                 };
-                pump(&stream, dst);
+                let n = pump(&stream, dst);
+                debug!("{name}: stream ended after {n} bytes");
                 let _ = tx.send(());
             })
             .expect("spawn an io thread");
@@ -131,7 +132,8 @@ impl ProcessIo {
             .spawn(move || {
                 match OpenOptions::new().read(true).open(&path) {
                     Ok(f) => {
-                        pump(f, Some(&stream));
+                        let n = pump(f, Some(&stream));
+                        debug!("stdin: EOF after {n} bytes; closing the process's stdin");
                     }
                     Err(e) => warn!("stdin: cannot open {path}: {e}"),
                 }
