@@ -425,18 +425,13 @@ impl Inner {
             "create {id}: config {}",
             used.map_or("defaults".into(), |p| p.display().to_string())
         );
-        let GuestSpec {
-            json,
-            binds,
-            terminal,
-        } = spec::adjust_for_guest(id, &raw)
+        let guest = spec::adjust_for_guest(id, &raw)
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
         let pod = spec::pod_id(id, &spec_value);
         let sb = self.ensure_sandbox(&config, &pod, &spec_value)?;
 
         let share_dir = sb.shared.join(id);
-        let result =
-            self.create_in_guest(&sb, req, &spec_value, &share_dir, &json, &binds, terminal);
+        let result = self.create_in_guest(&sb, req, &spec_value, &share_dir, &guest);
         match result {
             Ok(process) => {
                 let pid = process.pid;
@@ -474,10 +469,13 @@ impl Inner {
         req: &api::CreateTaskRequest,
         spec_value: &serde_json::Value,
         share_dir: &Path,
-        json: &[u8],
-        binds: &[spec::SharedBind],
-        terminal: bool,
+        guest: &GuestSpec,
     ) -> Result<Process, shim_ttrpc::Error> {
+        let GuestSpec {
+            json,
+            binds,
+            terminal,
+        } = guest;
         let mount_err = |e: mounts::MountError| status(Code::INTERNAL, e.to_string());
         let rootfs: Vec<RootfsMount> = req
             .rootfs
@@ -507,11 +505,11 @@ impl Inner {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
-            terminal: req.terminal || terminal,
+            terminal: req.terminal || *terminal,
         };
         let mut creq = agent::CreateContainerRequest::new();
         creq.container_id = req.id.clone();
-        creq.oci_spec_json = json.to_vec();
+        creq.oci_spec_json = json.clone();
         creq.rootfs_path = spec::guest_rootfs(&req.id);
         creq.terminal = paths.terminal;
         creq.stdio = Some(Self::stdio_set(&paths)).into();
