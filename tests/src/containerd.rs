@@ -302,6 +302,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.ctr_timeout(args, crate::boot_timeout() + Duration::from_secs(120))
     }
 
+    /// As [`Containerd::ctr`] with its own watchdog; a timeout's error carries the
+    /// containerd log (with the shims' lines), since the test host's files are gone after.
     pub fn ctr_timeout(&self, args: &[&str], timeout: Duration) -> Result<Outcome> {
         run_with_watchdog(
             Command::new("ctr")
@@ -311,6 +313,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 .args(args),
             timeout,
         )
+        .map_err(|e| {
+            let log = self.log();
+            let from = (log.len().saturating_sub(20_000)..=log.len())
+                .find(|i| log.is_char_boundary(*i))
+                .unwrap_or(log.len());
+            let tail = &log[from..];
+            e.context(format!("ctr {args:?}; containerd log tail:\n{tail}"))
+        })
     }
 
     /// Builds and imports the busybox image.
