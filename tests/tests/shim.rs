@@ -135,12 +135,12 @@ fn ctr_run_output_and_exit_codes() {
             &[
                 "sh",
                 "-c",
-                "seq 1 140000 | head -c 1048576; echo to-stderr >&2",
+                "seq 1 170000 | head -c 1048576; echo to-stderr >&2",
             ],
         )
         .unwrap();
     ok(&o, "1 MiB", &c, "big");
-    let want: String = (1..=140000).map(|i| format!("{i}\n")).collect();
+    let want: String = (1..=170000).map(|i| format!("{i}\n")).collect();
     assert_eq!(o.stdout.len(), 1 << 20);
     assert!(
         o.stdout.as_bytes() == &want.as_bytes()[..1 << 20],
