@@ -38,6 +38,9 @@ pub const BUNDLE_STATE_FILE: &str = "husk.json";
 /// How long an exited process's output may take to drain before its exit is reported.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long Delete waits for the agent's RemoveContainer.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct Container {
     bundle: String,
     /// `<shared>/<id>`: the rootfs and shared bind sources, unmounted at Delete.
@@ -630,7 +633,10 @@ impl Inner {
                 let mut r = agent::RemoveContainerRequest::new();
                 r.container_id = id.to_owned();
                 r.force = true;
-                if let Err(e) = sb.agent().remove_container(sb.ctx(), &r) {
+                // Bounded: a removal the agent cannot finish must not hold containerd's
+                // Delete (and the pod's teardown) for the whole RPC deadline.
+                let ctx = ttrpc::context::with_timeout(REMOVE_TIMEOUT.as_nanos() as i64);
+                if let Err(e) = sb.agent().remove_container(ctx, &r) {
                     warn!("RemoveContainer {id}: {e}");
                 }
             }

@@ -82,6 +82,7 @@ pub struct ProcessIo {
     done_tx: Sender<()>,
     stdin: Arc<Mutex<Option<UnixStream>>>,
     stdin_done: Arc<Mutex<bool>>,
+    had_stdin: bool,
 }
 
 impl Default for ProcessIo {
@@ -93,6 +94,7 @@ impl Default for ProcessIo {
             done_tx,
             stdin: Arc::default(),
             stdin_done: Arc::default(),
+            had_stdin: false,
         }
     }
 }
@@ -123,6 +125,7 @@ impl ProcessIo {
     /// Starts copying containerd's stdin FIFO to the guest; EOF on the FIFO closes the
     /// process's stdin.
     pub fn add_stdin(&mut self, path: String, stream: UnixStream) {
+        self.had_stdin = true;
         let writer = stream.try_clone().ok();
         *self.stdin.lock().unwrap_or_else(|e| e.into_inner()) = writer;
         let done = Arc::clone(&self.stdin_done);
@@ -144,12 +147,9 @@ impl ProcessIo {
             .expect("spawn an io thread");
     }
 
-    /// Whether a stdin stream is attached.
+    /// Whether a stdin stream is attached (open or already closed at the FIFO's EOF).
     pub fn has_stdin(&self) -> bool {
-        self.stdin
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.had_stdin
     }
 
     /// Closes the process's stdin (containerd's CloseIO): gives the copier a moment to
@@ -261,7 +261,11 @@ mod tests {
         (&guest).read_to_end(&mut got).unwrap();
         assert_eq!(got, b"typed\n");
         io.close_stdin(Duration::from_secs(1));
-        assert!(!io.has_stdin());
+        assert!(
+            io.has_stdin(),
+            "closing keeps the stream's record: no CloseStdin RPC"
+        );
+        assert!(io.stdin.lock().unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
