@@ -27,7 +27,7 @@ initramfs: agent
 image: kernel initramfs
 
 vmm: deps
-	$(CARGO) build --release -p husk-vmm -p husk-tests --bins
+	$(CARGO) build --release -p husk-vmm -p containerd-shim-husk-v2 -p husk-tests --bins
 
 lint:
 	$(CARGO) fmt --all --check

@@ -12,6 +12,9 @@ packages=(
     e2fsprogs libseccomp-dev libcap-ng-dev
     # build tools
     build-essential pkg-config
+    # the shim's tests and the demo: a private containerd (and runc beside it), ctr,
+    # script(1) for `ctr task exec -t`
+    containerd runc bsdutils
 )
 
 missing=()

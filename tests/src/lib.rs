@@ -2,6 +2,7 @@
 //! the guest image are, whether this machine's KVM can boot a standard guest, and running
 //! a process under a watchdog.
 
+pub mod containerd;
 pub mod guest;
 
 use std::io::Read;

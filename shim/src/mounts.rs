@@ -1,0 +1,456 @@
+//! Host mounts of a pod's share: the container rootfs containerd hands over, bind-mount
+//! sources, and unmounting everything under a directory at teardown. The syscalls sit
+//! behind [`HostOps`], so the logic is unit-tested with a recording double, without root.
+
+use std::path::{Path, PathBuf};
+
+/// One mount as containerd's Create request gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootfsMount {
+    pub fs_type: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("Cannot mount {fs_type} {source_path} on {target}: {message}")]
+    Mount {
+        fs_type: String,
+        source_path: String,
+        target: PathBuf,
+        message: String,
+    },
+    #[error("Cannot bind {source_path} on {target}")]
+    Bind {
+        source_path: PathBuf,
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot unmount {target}")]
+    Unmount {
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot prepare {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The host operations the shim's mount logic needs.
+pub trait HostOps: Send + Sync {
+    /// Mounts `source` of type `fs_type` with containerd-style `options` on `target`.
+    fn mount(
+        &self,
+        fs_type: &str,
+        source: &str,
+        options: &[String],
+        target: &Path,
+    ) -> Result<(), MountError>;
+    /// Bind-mounts `source` (recursively) on `target`.
+    fn bind(&self, source: &Path, target: &Path) -> Result<(), MountError>;
+    /// Detaches the mount on `target`.
+    fn unmount(&self, target: &Path) -> Result<(), MountError>;
+    /// The text of /proc/self/mountinfo.
+    fn mountinfo(&self) -> Result<String, MountError>;
+}
+
+/// The real thing.
+pub struct RealHost;
+
+impl HostOps for RealHost {
+    fn mount(
+        &self,
+        fs_type: &str,
+        source: &str,
+        options: &[String],
+        target: &Path,
+    ) -> Result<(), MountError> {
+        containerd_shim::mount::mount_rootfs(Some(fs_type), Some(source), options, target).map_err(
+            |e| MountError::Mount {
+                fs_type: fs_type.to_owned(),
+                source_path: source.to_owned(),
+                target: target.to_owned(),
+                message: e.to_string(),
+            },
+        )
+    }
+
+    fn bind(&self, source: &Path, target: &Path) -> Result<(), MountError> {
+        let err = |source_err| MountError::Bind {
+            source_path: source.to_owned(),
+            target: target.to_owned(),
+            source: source_err,
+        };
+        let src = cstring(source).map_err(err)?;
+        let dst = cstring(target).map_err(err)?;
+        // SAFETY: both paths are NUL-terminated C strings that outlive the call; a bind
+        // mount reads no fs type or data.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> Result<(), MountError> {
+        let err = |source| MountError::Unmount {
+            target: target.to_owned(),
+            source,
+        };
+        let t = cstring(target).map_err(err)?;
+        // SAFETY: `t` is a NUL-terminated path that outlives the call.
+        let rc = unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+        if rc != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    fn mountinfo(&self) -> Result<String, MountError> {
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| MountError::Io {
+            path: "/proc/self/mountinfo".into(),
+            source,
+        })
+    }
+}
+
+fn cstring(p: &Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+fn create_dir(path: &Path) -> Result<(), MountError> {
+    std::fs::create_dir_all(path).map_err(|source| MountError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Mounts a container's rootfs on `target`: containerd's mounts in order, or, when it
+/// gave none (`ctr run --rootfs`, or a bundle that holds its rootfs), a bind of the
+/// spec's `root.path` (relative to the bundle).
+pub fn mount_rootfs(
+    ops: &dyn HostOps,
+    mounts: &[RootfsMount],
+    root_path: &Path,
+    target: &Path,
+) -> Result<(), MountError> {
+    create_dir(target)?;
+    if mounts.is_empty() {
+        return ops.bind(root_path, target);
+    }
+    for (i, m) in mounts.iter().enumerate() {
+        if let Err(e) = ops.mount(&m.fs_type, &m.source, &m.options, target) {
+            // Undo what this call mounted, so a failed Create leaves nothing behind.
+            for _ in 0..i {
+                let _ = ops.unmount(target);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Makes `source` appear at `target` (in the share): a file bind for a file, a
+/// directory bind otherwise.
+pub fn share_path(ops: &dyn HostOps, source: &Path, target: &Path) -> Result<(), MountError> {
+    let meta = std::fs::metadata(source).map_err(|e| MountError::Io {
+        path: source.to_owned(),
+        source: e,
+    })?;
+    if meta.is_dir() {
+        create_dir(target)?;
+    } else {
+        if let Some(parent) = target.parent() {
+            create_dir(parent)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(target)
+            .map_err(|e| MountError::Io {
+                path: target.to_owned(),
+                source: e,
+            })?;
+    }
+    ops.bind(source, target)
+}
+
+/// Decodes the octal escapes (`\040`) mountinfo uses in paths.
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            let digits = &b[i + 1..i + 4];
+            if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                let v = digits
+                    .iter()
+                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+                if let Ok(v) = u8::try_from(v) {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mount points at or below `dir` in a mountinfo text, deepest (and latest) first: the
+/// order they must be unmounted in.
+pub fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|f| PathBuf::from(unescape(f)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    // Latest mounts come last in mountinfo; reversing keeps stacked mounts in order,
+    // and a stable sort by depth puts children before parents.
+    found.reverse();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+/// Unmounts everything at or below `dir`. Returns the first error after trying all.
+pub fn unmount_under(ops: &dyn HostOps, dir: &Path) -> Result<(), MountError> {
+    let mut first_err = None;
+    // Stacked mounts on one point need one unmount each; a few rounds settle them.
+    for _ in 0..8 {
+        let info = ops.mountinfo()?;
+        let points = mounts_under(&info, dir);
+        if points.is_empty() {
+            return first_err.map_or(Ok(()), Err);
+        }
+        for p in points {
+            if let Err(e) = ops.unmount(&p) {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => {
+            let left = mounts_under(&ops.mountinfo()?, dir);
+            match left.first() {
+                None => Ok(()),
+                Some(p) => Err(MountError::Unmount {
+                    target: p.clone(),
+                    source: std::io::Error::other("still mounted after 8 rounds"),
+                }),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records calls and keeps a fake mount table.
+    #[derive(Default)]
+    pub struct FakeHost {
+        pub calls: Mutex<Vec<String>>,
+        pub table: Mutex<Vec<PathBuf>>,
+        pub fail_mount: Option<String>,
+    }
+
+    impl HostOps for FakeHost {
+        fn mount(
+            &self,
+            fs_type: &str,
+            source: &str,
+            options: &[String],
+            target: &Path,
+        ) -> Result<(), MountError> {
+            self.calls.lock().unwrap().push(format!(
+                "mount {fs_type} {source} {} {}",
+                options.join(","),
+                target.display()
+            ));
+            if self.fail_mount.as_deref() == Some(source) {
+                return Err(MountError::Mount {
+                    fs_type: fs_type.into(),
+                    source_path: source.into(),
+                    target: target.into(),
+                    message: "refused".into(),
+                });
+            }
+            self.table.lock().unwrap().push(target.to_owned());
+            Ok(())
+        }
+        fn bind(&self, source: &Path, target: &Path) -> Result<(), MountError> {
+            self.calls.lock().unwrap().push(format!(
+                "bind {} {}",
+                source.display(),
+                target.display()
+            ));
+            self.table.lock().unwrap().push(target.to_owned());
+            Ok(())
+        }
+        fn unmount(&self, target: &Path) -> Result<(), MountError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("umount {}", target.display()));
+            let mut t = self.table.lock().unwrap();
+            match t.iter().rposition(|p| p == target) {
+                Some(i) => {
+                    t.remove(i);
+                    Ok(())
+                }
+                None => Err(MountError::Unmount {
+                    target: target.into(),
+                    source: std::io::Error::from_raw_os_error(libc::EINVAL),
+                }),
+            }
+        }
+        fn mountinfo(&self) -> Result<String, MountError> {
+            Ok(self
+                .table
+                .lock()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    format!(
+                        "{i} 1 0:1 / {} rw - x x rw\n",
+                        p.display().to_string().replace(' ', "\\040")
+                    )
+                })
+                .collect())
+        }
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("husk-mounts-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn mountinfo_paths_are_found_deepest_first() {
+        let info = "22 1 0:1 / / rw - x x rw\n\
+                    30 22 0:2 / /run/husk/p rw - x x rw\n\
+                    31 30 0:3 / /run/husk/p/shared/c1/rootfs rw - overlay overlay rw\n\
+                    32 30 0:4 / /run/husk/p/shared/c1/mounts/1-my\\040dir rw - x x rw\n\
+                    33 22 0:5 / /run/husk/pod2 rw - x x rw\n";
+        let got = mounts_under(info, Path::new("/run/husk/p"));
+        assert_eq!(
+            got,
+            vec![
+                PathBuf::from("/run/husk/p/shared/c1/mounts/1-my dir"),
+                PathBuf::from("/run/husk/p/shared/c1/rootfs"),
+                PathBuf::from("/run/husk/p"),
+            ]
+        );
+        assert!(mounts_under(info, Path::new("/nothing")).is_empty());
+        // A garbled line is skipped, not a panic.
+        assert!(mounts_under("x\n\\\n", Path::new("/")).is_empty());
+    }
+
+    #[test]
+    fn rootfs_from_containerd_mounts_or_bundle() {
+        let d = tmp("rootfs");
+        let host = FakeHost::default();
+        let overlay = RootfsMount {
+            fs_type: "overlay".into(),
+            source: "overlay".into(),
+            options: vec!["lowerdir=/a:/b".into(), "upperdir=/u".into()],
+        };
+        mount_rootfs(
+            &host,
+            &[overlay],
+            Path::new("/bundle/rootfs"),
+            &d.join("r1"),
+        )
+        .unwrap();
+        mount_rootfs(&host, &[], Path::new("/bundle/rootfs"), &d.join("r2")).unwrap();
+        let calls = host.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls,
+            vec![
+                format!(
+                    "mount overlay overlay lowerdir=/a:/b,upperdir=/u {}",
+                    d.join("r1").display()
+                ),
+                format!("bind /bundle/rootfs {}", d.join("r2").display()),
+            ]
+        );
+        assert!(d.join("r1").is_dir());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn failed_rootfs_mount_undoes_earlier_ones() {
+        let d = tmp("undo");
+        let host = FakeHost {
+            fail_mount: Some("second".into()),
+            ..Default::default()
+        };
+        let m = |s: &str| RootfsMount {
+            fs_type: "bind".into(),
+            source: s.into(),
+            options: vec![],
+        };
+        let e = mount_rootfs(&host, &[m("first"), m("second")], Path::new("/b"), &d)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("second"), "{e}");
+        assert!(host.table.lock().unwrap().is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn shared_files_and_dirs_get_matching_targets() {
+        let d = tmp("share");
+        std::fs::write(d.join("hosts"), "127.0.0.1 x\n").unwrap();
+        std::fs::create_dir(d.join("vol")).unwrap();
+        let host = FakeHost::default();
+        share_path(&host, &d.join("hosts"), &d.join("s/c1/mounts/1-hosts")).unwrap();
+        share_path(&host, &d.join("vol"), &d.join("s/c1/mounts/2-vol")).unwrap();
+        assert!(d.join("s/c1/mounts/1-hosts").is_file());
+        assert!(d.join("s/c1/mounts/2-vol").is_dir());
+        assert!(share_path(&host, &d.join("missing"), &d.join("s/x")).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn unmount_under_clears_stacked_and_nested_mounts() {
+        let host = FakeHost::default();
+        {
+            let mut t = host.table.lock().unwrap();
+            t.push("/other".into());
+            t.push("/run/husk/p/shared".into());
+            t.push("/run/husk/p/shared/c1/rootfs".into());
+            t.push("/run/husk/p/shared/c1/rootfs".into());
+            t.push("/run/husk/p/shared/c1/mounts/0-x".into());
+        }
+        unmount_under(&host, Path::new("/run/husk/p")).unwrap();
+        assert_eq!(*host.table.lock().unwrap(), vec![PathBuf::from("/other")]);
+    }
+}

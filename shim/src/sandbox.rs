@@ -1,0 +1,641 @@
+//! A pod's VM: virtiofsd sharing `<pod>/shared`, husk-vmm booting the guest image, the
+//! agent reached over hybrid vsock, and teardown. The shim is the child subreaper and
+//! containerd-shim's reaper thread reaps every child, so exits are learnt from its
+//! monitor (subscribed before spawning), never from `Child::wait`.
+
+use std::collections::HashMap;
+use std::os::fd::IntoRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use containerd_shim::monitor::{monitor_subscribe, ExitEvent, Subject, Topic};
+use husk_protocol::agent::{self, ServingStatus};
+use husk_protocol::agent_ttrpc::AgentClient;
+use husk_protocol::{ttrpc, AGENT_VSOCK_PORT, API_VERSION};
+use log::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::mounts::{self, HostOps};
+use crate::spec::{GUEST_SHARED_DIR, SHARED_FS_TAG};
+use crate::vsock::{self, VsockError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("Cannot prepare the pod directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot start {what} ({path})")]
+    Spawn {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("virtiofsd did not create {0} in time")]
+    VirtiofsdSocket(PathBuf),
+    #[error("{what} exited while the pod started: {reason}\n{log}")]
+    EarlyExit {
+        what: &'static str,
+        reason: String,
+        log: String,
+    },
+    #[error("The guest agent did not answer within {secs} s: {last}\n{log}")]
+    AgentTimeout {
+        secs: u64,
+        last: String,
+        log: String,
+    },
+    #[error("The guest agent speaks {0:?}, this shim {API_VERSION:?}")]
+    ApiVersion(String),
+    #[error("Agent call {call} failed: {message}")]
+    Rpc { call: &'static str, message: String },
+    #[error("Cannot subscribe to child exits")]
+    Monitor(String),
+    #[error(transparent)]
+    Mount(#[from] mounts::MountError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+}
+
+/// Exits of the pod's helper processes, as the reaper reported them.
+#[derive(Default)]
+struct Exits {
+    codes: Mutex<HashMap<i32, i32>>,
+    cond: Condvar,
+}
+
+impl Exits {
+    fn record(&self, pid: i32, code: i32) {
+        self.codes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid, code);
+        self.cond.notify_all();
+    }
+
+    fn get(&self, pid: i32) -> Option<i32> {
+        self.codes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)
+            .copied()
+    }
+
+    fn wait(&self, pid: i32, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(c) = codes.get(&pid) {
+                return Some(*c);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            codes = self
+                .cond
+                .wait_timeout(codes, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// How a reaped child ended, for messages: the reaper gives 128+N for signal N.
+pub fn describe_exit(code: i32) -> String {
+    if code > 128 {
+        format!("killed by signal {}", code - 128)
+    } else {
+        format!("exited with status {code}")
+    }
+}
+
+/// Called once if husk-vmm ends while the pod is not being stopped.
+pub type VmmExitHook = Box<dyn FnOnce(String) + Send>;
+
+/// A running pod VM.
+pub struct Sandbox {
+    pub id: String,
+    pub dir: PathBuf,
+    pub shared: PathBuf,
+    pub vsock: PathBuf,
+    client: Option<AgentClient>,
+    vmm_pid: i32,
+    virtiofsd_pid: i32,
+    exits: Arc<Exits>,
+    stopping: Arc<Mutex<bool>>,
+    rpc_timeout: Duration,
+}
+
+/// The pod's directory for containerd namespace `ns`.
+pub fn pod_dir(config: &Config, ns: &str, pod: &str) -> PathBuf {
+    config.state_dir.join(ns).join(pod)
+}
+
+/// VM size and identity of a new pod.
+pub struct PodRequest<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub hostname: &'a str,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+}
+
+fn spawn_logged(cmd: &mut Command, log: &Path, what: &'static str) -> Result<i32, SandboxError> {
+    let f = std::fs::File::create(log).map_err(|source| SandboxError::Dir {
+        path: log.to_owned(),
+        source,
+    })?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().map_err(|source| SandboxError::Dir {
+            path: log.to_owned(),
+            source,
+        })?)
+        .stderr(f)
+        .spawn()
+        .map_err(|source| SandboxError::Spawn {
+            what,
+            path: cmd.get_program().into(),
+            source,
+        })?;
+    // The reaper thread owns the wait; dropping the handle neither kills nor waits.
+    Ok(child.id() as i32)
+}
+
+fn tail(path: &Path, max: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let start = s.len().saturating_sub(max);
+    let start = (start..=s.len())
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(s.len());
+    format!("--- {} ---\n{}", path.display(), &s[start..])
+}
+
+fn kill(pid: i32, sig: i32) {
+    if pid > 0 {
+        // SAFETY: kill(2) with plain integers; a gone process gives ESRCH.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+fn rpc_ctx(timeout: Duration) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX))
+}
+
+impl Sandbox {
+    /// Starts virtiofsd and husk-vmm for a pod, waits for the agent and creates the
+    /// sandbox in the guest. On any error, everything started is stopped again.
+    pub fn start(
+        config: &Config,
+        req: &PodRequest<'_>,
+        on_vmm_exit: VmmExitHook,
+    ) -> Result<Self, SandboxError> {
+        config.check_files().map_err(|e| SandboxError::EarlyExit {
+            what: "husk",
+            reason: e.to_string(),
+            log: String::new(),
+        })?;
+        let dir = pod_dir(config, req.namespace, req.pod);
+        let shared = dir.join("shared");
+        std::fs::create_dir_all(&shared).map_err(|source| SandboxError::Dir {
+            path: shared.clone(),
+            source,
+        })?;
+        let vsock = dir.join("vsock.sock");
+        let fs_sock = dir.join("virtiofsd.sock");
+        let _ = std::fs::remove_file(&vsock);
+        let _ = std::fs::remove_file(&fs_sock);
+
+        // Subscribe before spawning: an immediate exit must not be missed.
+        let sub =
+            monitor_subscribe(Topic::Pid).map_err(|e| SandboxError::Monitor(e.to_string()))?;
+        let exits = Arc::new(Exits::default());
+        let stopping = Arc::new(Mutex::new(false));
+
+        let virtiofsd_pid = spawn_logged(
+            Command::new(&config.virtiofsd)
+                .arg(format!("--socket-path={}", fs_sock.display()))
+                .arg(format!("--shared-dir={}", shared.display()))
+                .args(&config.virtiofsd_args),
+            &dir.join("virtiofsd.log"),
+            "virtiofsd",
+        )?;
+        let mut sb = Self {
+            id: req.pod.to_owned(),
+            dir: dir.clone(),
+            shared,
+            vsock: vsock.clone(),
+            client: None,
+            vmm_pid: 0,
+            virtiofsd_pid,
+            exits: Arc::clone(&exits),
+            stopping: Arc::clone(&stopping),
+            rpc_timeout: Duration::from_secs(config.rpc_timeout_secs),
+        };
+        sb.write_pids();
+
+        // The exit watcher: records every exit of ours; husk-vmm's end outside a stop
+        // is reported once through the hook.
+        let watched_vfs = virtiofsd_pid;
+        let pids: Arc<Mutex<i32>> = Arc::new(Mutex::new(0));
+        let vmm_slot = Arc::clone(&pids);
+        let ex = Arc::clone(&exits);
+        let st = Arc::clone(&stopping);
+        std::thread::Builder::new()
+            .name("pod-exits".into())
+            .spawn(move || {
+                let mut hook = Some(on_vmm_exit);
+                while let Ok(ExitEvent { subject, exit_code }) = sub.rx.recv() {
+                    let Subject::Pid(pid) = subject else { continue };
+                    let vmm = *vmm_slot.lock().unwrap_or_else(|e| e.into_inner());
+                    if pid != watched_vfs && pid != vmm {
+                        continue;
+                    }
+                    ex.record(pid, exit_code);
+                    let stopping = *st.lock().unwrap_or_else(|e| e.into_inner());
+                    if pid == vmm {
+                        let reason = format!("husk-vmm (pid {pid}) {}", describe_exit(exit_code));
+                        if stopping {
+                            info!("{reason}");
+                        } else {
+                            error!("{reason}: the pod's VM is gone");
+                            if let Some(h) = hook.take() {
+                                h(reason);
+                            }
+                        }
+                    } else if !stopping {
+                        error!("virtiofsd (pid {pid}) {}", describe_exit(exit_code));
+                    }
+                    if ex.get(vmm).is_some() && ex.get(watched_vfs).is_some() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|source| SandboxError::Spawn {
+                what: "exit watcher",
+                path: "thread".into(),
+                source,
+            })?;
+
+        let result = sb.boot(config, req, &fs_sock, &pids);
+        match result {
+            Ok(()) => Ok(sb),
+            Err(e) => {
+                sb.stop_processes();
+                let _ = mounts::unmount_under(&mounts::RealHost, &sb.dir);
+                let _ = std::fs::remove_dir_all(&sb.dir);
+                Err(e)
+            }
+        }
+    }
+
+    fn boot(
+        &mut self,
+        config: &Config,
+        req: &PodRequest<'_>,
+        fs_sock: &Path,
+        vmm_slot: &Mutex<i32>,
+    ) -> Result<(), SandboxError> {
+        let start = Instant::now();
+        while !fs_sock.exists() {
+            if let Some(code) = self.exits.get(self.virtiofsd_pid) {
+                return Err(SandboxError::EarlyExit {
+                    what: "virtiofsd",
+                    reason: describe_exit(code),
+                    log: tail(&self.dir.join("virtiofsd.log"), 2000),
+                });
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(SandboxError::VirtiofsdSocket(fs_sock.to_owned()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let console = self.dir.join("console.log");
+        let mut cmd = Command::new(&config.vmm);
+        cmd.arg("--kernel")
+            .arg(&config.kernel)
+            .arg("--initramfs")
+            .arg(&config.initramfs)
+            .args(["--vcpus", &req.vcpus.to_string()])
+            .args(["--memory", &req.memory_mib.to_string()])
+            .arg("--console")
+            .arg(format!("file:{}", console.display()))
+            .arg("--vsock")
+            .arg(format!("cid=3,uds={}", self.vsock.display()))
+            .arg("--fs")
+            .arg(format!("tag={SHARED_FS_TAG},socket={}", fs_sock.display()))
+            .args(["--cmdline", &config.kernel_cmdline]);
+        {
+            // Hold the slot while spawning so the watcher cannot miss the pid.
+            let mut slot = vmm_slot.lock().unwrap_or_else(|e| e.into_inner());
+            self.vmm_pid = spawn_logged(&mut cmd, &self.dir.join("vmm.log"), "husk-vmm")?;
+            *slot = self.vmm_pid;
+        }
+        self.write_pids();
+        info!(
+            "pod {}: husk-vmm pid {} ({} vCPUs, {} MiB), virtiofsd pid {}",
+            self.id, self.vmm_pid, req.vcpus, req.memory_mib, self.virtiofsd_pid
+        );
+        let client = self.wait_for_agent(Duration::from_secs(config.boot_timeout_secs))?;
+        let v = client
+            .version(self.ctx(), &agent::VersionRequest::new())
+            .map_err(|e| SandboxError::Rpc {
+                call: "Version",
+                message: e.to_string(),
+            })?;
+        if v.api_version != API_VERSION {
+            return Err(SandboxError::ApiVersion(v.api_version));
+        }
+        info!(
+            "pod {}: agent {} ready after {:?}, guest kernel {}",
+            self.id,
+            v.agent_version,
+            start.elapsed(),
+            v.kernel_release
+        );
+        let mut sreq = agent::CreateSandboxRequest::new();
+        sreq.hostname = req.hostname.to_owned();
+        sreq.sandbox_id = req.pod.to_owned();
+        let mut share = agent::Mount::new();
+        share.type_ = "virtiofs".into();
+        share.source = SHARED_FS_TAG.into();
+        share.destination = GUEST_SHARED_DIR.into();
+        sreq.shared_mounts.push(share);
+        client
+            .create_sandbox(self.ctx(), &sreq)
+            .map_err(|e| SandboxError::Rpc {
+                call: "CreateSandbox",
+                message: e.to_string(),
+            })?;
+        self.client = Some(client);
+        Ok(())
+    }
+
+    fn wait_for_agent(&self, timeout: Duration) -> Result<AgentClient, SandboxError> {
+        let start = Instant::now();
+        let mut last = String::from("no attempt yet");
+        loop {
+            if let Some(code) = self.exits.get(self.vmm_pid) {
+                return Err(SandboxError::EarlyExit {
+                    what: "husk-vmm",
+                    reason: describe_exit(code),
+                    log: self.logs(),
+                });
+            }
+            if start.elapsed() > timeout {
+                return Err(SandboxError::AgentTimeout {
+                    secs: timeout.as_secs(),
+                    last,
+                    log: self.logs(),
+                });
+            }
+            match self.try_health() {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn try_health(&self) -> Result<AgentClient, String> {
+        let s = vsock::connect(&self.vsock, AGENT_VSOCK_PORT, Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        let client = AgentClient::new(
+            ttrpc::Client::new(s.into_raw_fd()).map_err(|e| format!("ttrpc client: {e}"))?,
+        );
+        let h = client
+            .health(
+                rpc_ctx(Duration::from_secs(10)),
+                &agent::HealthRequest::new(),
+            )
+            .map_err(|e| format!("Health: {e}"))?;
+        if h.status.enum_value() != Ok(ServingStatus::SERVING_STATUS_SERVING) {
+            return Err(format!("Health answered {:?}", h.status));
+        }
+        Ok(client)
+    }
+
+    /// The console and VMM log tails, for error messages.
+    pub fn logs(&self) -> String {
+        self.logs_with(3000)
+    }
+
+    fn logs_with(&self, console_bytes: usize) -> String {
+        format!(
+            "{}\n{}\n{}",
+            tail(&self.dir.join("vmm.log"), 2000),
+            tail(&self.dir.join("virtiofsd.log"), 2000),
+            tail(&self.dir.join("console.log"), console_bytes)
+        )
+    }
+
+    /// The agent's client (set once [`Sandbox::start`] returned).
+    pub fn agent(&self) -> &AgentClient {
+        self.client
+            .as_ref()
+            .expect("a started sandbox has an agent client")
+    }
+
+    /// A context with the ordinary deadline.
+    pub fn ctx(&self) -> ttrpc::context::Context {
+        rpc_ctx(self.rpc_timeout)
+    }
+
+    /// Whether husk-vmm has ended, and how.
+    pub fn vmm_exit(&self) -> Option<String> {
+        self.exits
+            .get(self.vmm_pid)
+            .map(|c| format!("husk-vmm (pid {}) {}", self.vmm_pid, describe_exit(c)))
+    }
+
+    fn write_pids(&self) {
+        let text = format!(
+            "shim {}\nvmm {}\nvirtiofsd {}\n",
+            std::process::id(),
+            self.vmm_pid,
+            self.virtiofsd_pid
+        );
+        if let Err(e) = std::fs::write(self.dir.join("pids"), text) {
+            warn!("cannot write {}/pids: {e}", self.dir.display());
+        }
+    }
+
+    fn stop_processes(&self) {
+        *self.stopping.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        for (pid, grace) in [
+            (self.vmm_pid, Duration::from_secs(5)),
+            (self.virtiofsd_pid, Duration::from_secs(5)),
+        ] {
+            if pid <= 0 || self.exits.get(pid).is_some() {
+                continue;
+            }
+            kill(pid, libc::SIGTERM);
+            if self.exits.wait(pid, grace).is_none() {
+                warn!("pid {pid} ignored SIGTERM; killing it");
+                kill(pid, libc::SIGKILL);
+                if self.exits.wait(pid, Duration::from_secs(10)).is_none() {
+                    error!("pid {pid} did not die after SIGKILL");
+                }
+            }
+        }
+    }
+
+    /// Powers the guest off (DestroySandbox), stops husk-vmm and virtiofsd, unmounts
+    /// everything under the pod directory and removes it.
+    pub fn stop(&self, ops: &dyn HostOps) -> Result<(), SandboxError> {
+        *self.stopping.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        if let (None, Some(client)) = (self.exits.get(self.vmm_pid), self.client.as_ref()) {
+            let mut req = agent::DestroySandboxRequest::new();
+            req.timeout_ms = 2000;
+            if let Err(e) = client.destroy_sandbox(rpc_ctx(Duration::from_secs(10)), &req) {
+                warn!("DestroySandbox: {e}; stopping husk-vmm");
+            }
+            // The guest powers off after answering: give it a moment to end cleanly.
+            let _ = self.exits.wait(self.vmm_pid, Duration::from_secs(10));
+        }
+        self.stop_processes();
+        // The guest's own account (agent log lines) survives the pod dir in the shim log.
+        debug!("pod {}: at teardown:\n{}", self.id, self.logs_with(16_000));
+        mounts::unmount_under(ops, &self.dir)?;
+        std::fs::remove_dir_all(&self.dir).map_err(|source| SandboxError::Dir {
+            path: self.dir.clone(),
+            source,
+        })?;
+        prune_empty_parent(&self.dir);
+        Ok(())
+    }
+}
+
+fn prune_empty_parent(dir: &Path) {
+    if let Some(ns_dir) = dir.parent() {
+        // Fails harmlessly while other pods of the namespace remain.
+        let _ = std::fs::remove_dir(ns_dir);
+    }
+}
+
+/// The pids a pod directory records (`shim`, `vmm`, `virtiofsd`).
+pub fn read_pids(text: &str) -> HashMap<String, i32> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn process_is(pid: i32, name: &str) -> bool {
+    pid > 0
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| {
+                let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
+                Path::new(std::str::from_utf8(argv0).unwrap_or_default())
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy() == name)
+            })
+            .unwrap_or(false)
+}
+
+/// Cleans a pod directory after its shim died (`shim delete`): kills the husk-vmm and
+/// virtiofsd it recorded (checked by name, so a reused pid is left alone), unmounts
+/// everything below it and removes it. Does nothing if the pod's shim is still alive.
+pub fn cleanup_dead_pod(
+    ops: &dyn HostOps,
+    dir: &Path,
+    config: &Config,
+) -> Result<(), SandboxError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let pids = read_pids(&std::fs::read_to_string(dir.join("pids")).unwrap_or_default());
+    let me = std::process::id() as i32;
+    if let Some(&shim) = pids.get("shim") {
+        if shim != me && process_is(shim, "containerd-shim-husk-v2") {
+            info!("pod shim {shim} still runs; leaving {}", dir.display());
+            return Ok(());
+        }
+    }
+    let names = [
+        ("vmm", config.vmm.file_name()),
+        ("virtiofsd", config.virtiofsd.file_name()),
+    ];
+    for (key, name) in names {
+        if let (Some(&pid), Some(name)) = (pids.get(key), name) {
+            if process_is(pid, &name.to_string_lossy()) {
+                info!("killing the dead shim's {key} (pid {pid})");
+                kill(pid, libc::SIGKILL);
+                let start = Instant::now();
+                while Path::new(&format!("/proc/{pid}")).exists()
+                    && process_is(pid, &name.to_string_lossy())
+                    && start.elapsed() < Duration::from_secs(5)
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    mounts::unmount_under(ops, dir)?;
+    std::fs::remove_dir_all(dir).map_err(|source| SandboxError::Dir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    prune_empty_parent(dir);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_file_round_trips() {
+        let p = read_pids("shim 10\nvmm 11\nvirtiofsd 12\ngarbage\nx y\n");
+        assert_eq!(p.get("shim"), Some(&10));
+        assert_eq!(p.get("vmm"), Some(&11));
+        assert_eq!(p.get("virtiofsd"), Some(&12));
+        assert_eq!(p.len(), 3);
+    }
+
+    #[test]
+    fn exits_are_described() {
+        assert_eq!(describe_exit(137), "killed by signal 9");
+        assert_eq!(describe_exit(2), "exited with status 2");
+    }
+
+    #[test]
+    fn exits_wait_times_out_and_sees_records() {
+        let e = Arc::new(Exits::default());
+        assert_eq!(e.wait(5, Duration::from_millis(20)), None);
+        let e2 = Arc::clone(&e);
+        let t = std::thread::spawn(move || e2.wait(5, Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(20));
+        e.record(5, 137);
+        assert_eq!(t.join().unwrap(), Some(137));
+    }
+
+    #[test]
+    fn process_names_are_checked() {
+        let me = std::process::id() as i32;
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(process_is(me, &name));
+        assert!(!process_is(me, "husk-vmm"));
+        assert!(!process_is(0, "x"));
+    }
+
+    #[test]
+    fn cleanup_of_a_missing_pod_is_a_no_op() {
+        let c = Config::default();
+        cleanup_dead_pod(
+            &crate::mounts::tests::FakeHost::default(),
+            Path::new("/nonexistent/husk/pod"),
+            &c,
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,981 @@
+//! The containerd Task service (API v2) of one pod: containers and execs run through the
+//! guest agent, their stdio joined to containerd's FIFOs, their exits and the pod VM's
+//! death published as events.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use containerd_shim::api::{self, Empty, Status};
+use containerd_shim::event::Event;
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed,
+};
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::ttrpc::{self as shim_ttrpc, Code};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Context, ExitSignal, Task, TtrpcContext, TtrpcResult};
+use husk_protocol::agent::{self, StdioStream};
+use husk_protocol::{ttrpc, STDIO_VSOCK_PORT};
+use log::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::mounts::{self, HostOps, RootfsMount};
+use crate::process::{Exit, Process, StdioPaths, VM_GONE_STATUS};
+use crate::sandbox::{PodRequest, Sandbox};
+use crate::spec::{self, GuestSpec};
+use crate::stdio::{output_target, ProcessIo};
+use crate::{metrics, vsock};
+
+/// What `shim delete` needs to find a container's pod after the shim died; written into
+/// the bundle at Create.
+pub const BUNDLE_STATE_FILE: &str = "husk.json";
+
+/// How long an exited process's output may take to drain before its exit is reported.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long Delete waits for the agent's RemoveContainer.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Container {
+    bundle: String,
+    /// `<shared>/<id>`: the rootfs and shared bind sources, unmounted at Delete.
+    share_dir: PathBuf,
+    init: Process,
+    execs: HashMap<String, Process>,
+}
+
+impl Container {
+    fn process(&self, exec_id: &str) -> Option<&Process> {
+        if exec_id.is_empty() {
+            Some(&self.init)
+        } else {
+            self.execs.get(exec_id)
+        }
+    }
+
+    fn process_mut(&mut self, exec_id: &str) -> Option<&mut Process> {
+        if exec_id.is_empty() {
+            Some(&mut self.init)
+        } else {
+            self.execs.get_mut(exec_id)
+        }
+    }
+}
+
+pub struct Inner {
+    namespace: String,
+    publisher: RemotePublisher,
+    exit: Arc<ExitSignal>,
+    ops: Box<dyn HostOps>,
+    sandbox: Mutex<Option<Arc<Sandbox>>>,
+    containers: Mutex<HashMap<String, Container>>,
+}
+
+/// The Task service handed to containerd-shim's ttrpc server.
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+fn status(code: Code, msg: impl Into<String>) -> shim_ttrpc::Error {
+    shim_ttrpc::Error::RpcStatus(shim_ttrpc::get_status(code, msg.into()))
+}
+
+fn not_found(id: &str, exec_id: &str) -> shim_ttrpc::Error {
+    if exec_id.is_empty() {
+        status(Code::NOT_FOUND, format!("container {id} not found"))
+    } else {
+        status(Code::NOT_FOUND, format!("exec {exec_id} of {id} not found"))
+    }
+}
+
+/// An agent error as containerd should see it (the agent's status code kept).
+fn agent_err(call: &str, e: ttrpc::Error) -> shim_ttrpc::Error {
+    match e {
+        ttrpc::Error::RpcStatus(s) => {
+            use containerd_shim::protos::protobuf::Enum;
+            let raw = husk_protocol::protobuf::Enum::value(&s.code());
+            let code = Code::from_i32(raw).unwrap_or(Code::UNKNOWN);
+            status(code, format!("agent {call}: {}", s.message()))
+        }
+        other => status(Code::UNAVAILABLE, format!("agent {call}: {other}")),
+    }
+}
+
+fn now() -> Timestamp {
+    containerd_shim::util::timestamp().unwrap_or_default()
+}
+
+impl Service {
+    pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                namespace: namespace.to_owned(),
+                publisher,
+                exit,
+                ops: Box::new(mounts::RealHost),
+                sandbox: Mutex::new(None),
+                containers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn publish(&self, event: Box<dyn Event>) {
+        let topic = event.topic();
+        let msg: Box<dyn MessageDyn> = event;
+        if let Err(e) = self
+            .publisher
+            .publish(Context::default(), &topic, &self.namespace, msg)
+        {
+            warn!("cannot publish {topic}: {e}");
+        }
+    }
+
+    fn sandbox(&self) -> Result<Arc<Sandbox>, shim_ttrpc::Error> {
+        self.sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the pod's VM is not running"))
+    }
+
+    fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Container>> {
+        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a process's exit once and tells containerd.
+    fn finish(&self, id: &str, exec_id: &str, exit_status: u32, why: &str) {
+        let (pid, cell) = {
+            let mut cs = self.containers();
+            let Some(p) = cs.get_mut(id).and_then(|c| c.process_mut(exec_id)) else {
+                return;
+            };
+            p.status = Status::STOPPED;
+            (p.pid, Arc::clone(&p.exit))
+        };
+        let at = now();
+        if !cell.set(Exit {
+            status: exit_status,
+            at: at.clone(),
+        }) {
+            return;
+        }
+        info!("{id} {exec_id}: exit status {exit_status} ({why})");
+        let mut ev = TaskExit::new();
+        ev.container_id = id.to_owned();
+        ev.id = if exec_id.is_empty() { id } else { exec_id }.to_owned();
+        ev.pid = pid;
+        ev.exit_status = exit_status;
+        ev.exited_at = Some(at).into();
+        self.publish(Box::new(ev));
+    }
+
+    /// The VM died: every process still running ends with [`VM_GONE_STATUS`].
+    fn vm_gone(&self, reason: &str) {
+        let live: Vec<(String, String)> = self
+            .containers()
+            .iter()
+            .flat_map(|(id, c)| {
+                std::iter::once(&c.init)
+                    .chain(c.execs.values())
+                    .filter(|p| p.exit.get().is_none() && p.status != Status::CREATED)
+                    .map(move |p| (id.clone(), p.exec_id.clone()))
+            })
+            .collect();
+        for (id, exec) in live {
+            self.finish(&id, &exec, VM_GONE_STATUS, reason);
+        }
+    }
+
+    /// Waits in the guest for a process, then for its output, then reports the exit.
+    fn spawn_waiter(self: &Arc<Self>, sb: Arc<Sandbox>, id: String, exec_id: String) {
+        let inner = Arc::downgrade(self);
+        let io = self
+            .containers()
+            .get(&id)
+            .and_then(|c| c.process(&exec_id))
+            .map(|p| Arc::clone(&p.io));
+        let spawned = std::thread::Builder::new()
+            .name(format!("wait-{id}"))
+            .spawn(move || {
+                let mut req = agent::WaitProcessRequest::new();
+                req.container_id = id.clone();
+                req.exec_id = exec_id.clone();
+                // No deadline: a process may run for as long as it likes.
+                let r = sb
+                    .agent()
+                    .wait_process(ttrpc::context::Context::default(), &req);
+                debug!("{id} {exec_id}: WaitProcess answered {r:?}");
+                let (code, why) = match r {
+                    Ok(resp) => (
+                        u32::try_from(resp.exit_status).unwrap_or(VM_GONE_STATUS),
+                        "exited in the guest".to_owned(),
+                    ),
+                    Err(e) => match sb.vmm_exit() {
+                        Some(reason) => (VM_GONE_STATUS, reason),
+                        None => (VM_GONE_STATUS, format!("WaitProcess failed: {e}")),
+                    },
+                };
+                if let Some(io) = io {
+                    debug!("{id} {exec_id}: waiting for the output to drain");
+                    if !io.wait_drained(DRAIN_TIMEOUT) {
+                        warn!("{id} {exec_id}: output still open {DRAIN_TIMEOUT:?} after exit");
+                    }
+                }
+                if let Some(inner) = Weak::upgrade(&inner) {
+                    inner.finish(&id, &exec_id, code, &why);
+                }
+            });
+        if let Err(e) = spawned {
+            error!("cannot start a waiter thread: {e}");
+        }
+    }
+
+    /// Keeps one GetOOMEvent call outstanding and publishes what it reports.
+    fn spawn_oom_watcher(self: &Arc<Self>, sb: Arc<Sandbox>) {
+        let inner = Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name("oom".into())
+            .spawn(move || loop {
+                let r = sb.agent().get_oom_event(
+                    ttrpc::context::Context::default(),
+                    &agent::GetOOMEventRequest::new(),
+                );
+                let Some(inner) = Weak::upgrade(&inner) else {
+                    return;
+                };
+                match r {
+                    Ok(ev) => {
+                        let mut e = TaskOOM::new();
+                        e.container_id = ev.container_id;
+                        inner.publish(Box::new(e));
+                    }
+                    Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::UNIMPLEMENTED => {
+                        warn!("the agent reports no OOM events: {}", s.message());
+                        return;
+                    }
+                    Err(e) => {
+                        if sb.vmm_exit().is_some() || inner.sandbox().is_err() {
+                            return;
+                        }
+                        warn!("GetOOMEvent: {e}");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            });
+    }
+
+    /// Opens and attaches the streams a process uses; returns its copiers.
+    fn attach_stdio(
+        &self,
+        sb: &Sandbox,
+        id: &str,
+        exec_id: &str,
+        paths: &StdioPaths,
+    ) -> Result<ProcessIo, shim_ttrpc::Error> {
+        let mut io = ProcessIo::default();
+        let timeout = Duration::from_secs(30);
+        let attach = |which| -> Result<std::os::unix::net::UnixStream, shim_ttrpc::Error> {
+            let s = vsock::connect(&sb.vsock, STDIO_VSOCK_PORT, timeout)
+                .map_err(|e| status(Code::UNAVAILABLE, e.to_string()))?;
+            vsock::stdio_attach(s, id, exec_id, which, timeout)
+                .map_err(|e| status(Code::UNAVAILABLE, e.to_string()))
+        };
+        let name = if exec_id.is_empty() { id } else { exec_id };
+        if let Some(t) = output_target(&paths.stdout)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?
+        {
+            let s = attach(StdioStream::STDIO_STREAM_STDOUT)?;
+            io.add_output(&format!("{name}-out"), s, t);
+        }
+        if !paths.terminal {
+            if let Some(t) = output_target(&paths.stderr)
+                .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?
+            {
+                let s = attach(StdioStream::STDIO_STREAM_STDERR)?;
+                io.add_output(&format!("{name}-err"), s, t);
+            }
+        }
+        if !paths.stdin.is_empty() {
+            let s = attach(StdioStream::STDIO_STREAM_STDIN)?;
+            io.add_stdin(paths.stdin.clone(), s);
+        }
+        Ok(io)
+    }
+
+    fn stdio_set(paths: &StdioPaths) -> agent::StdioSet {
+        let mut s = agent::StdioSet::new();
+        s.stdin = !paths.stdin.is_empty();
+        s.stdout = !paths.stdout.is_empty();
+        s.stderr = !paths.terminal && !paths.stderr.is_empty();
+        s
+    }
+
+    /// Starts the pod's VM for its first container.
+    fn ensure_sandbox(
+        self: &Arc<Self>,
+        config: &Config,
+        pod: &str,
+        spec: &serde_json::Value,
+    ) -> Result<Arc<Sandbox>, shim_ttrpc::Error> {
+        let mut slot = self.sandbox.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sb) = slot.as_ref() {
+            return Ok(Arc::clone(sb));
+        }
+        let (vcpus, memory_mib) = spec::vm_size(
+            config.vcpus,
+            config.memory_mib,
+            config.max_vcpus,
+            config.max_memory_mib,
+            spec,
+        );
+        let hostname = spec
+            .get("hostname")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(pod);
+        let weak = Arc::downgrade(self);
+        let hook = Box::new(move |reason: String| {
+            if let Some(inner) = Weak::upgrade(&weak) {
+                inner.vm_gone(&reason);
+            }
+        });
+        let sb = Sandbox::start(
+            config,
+            &PodRequest {
+                namespace: &self.namespace,
+                pod,
+                hostname,
+                vcpus,
+                memory_mib,
+            },
+            hook,
+        )
+        .map_err(|e| {
+            status(
+                Code::UNAVAILABLE,
+                format!("husk: cannot start the pod VM: {e}"),
+            )
+        })?;
+        let sb = Arc::new(sb);
+        *slot = Some(Arc::clone(&sb));
+        drop(slot);
+        self.spawn_oom_watcher(Arc::clone(&sb));
+        Ok(sb)
+    }
+
+    /// Stops the pod VM if no container is left; true if it is gone.
+    fn stop_sandbox_if_unused(&self) -> bool {
+        if !self.containers().is_empty() {
+            return false;
+        }
+        let sb = self
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(sb) = sb {
+            if let Err(e) = sb.stop(self.ops.as_ref()) {
+                error!("pod {}: teardown: {e}", sb.id);
+            } else {
+                info!("pod {}: VM stopped, state removed", sb.id);
+            }
+        }
+        true
+    }
+
+    fn create(self: &Arc<Self>, req: &api::CreateTaskRequest) -> Result<u32, shim_ttrpc::Error> {
+        let id = &req.id;
+        if !spec::valid_id(id) {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("bad container id {id:?}"),
+            ));
+        }
+        if self.containers().contains_key(id) {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("container {id} exists"),
+            ));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(status(
+                Code::UNIMPLEMENTED,
+                "husk cannot restore checkpoints",
+            ));
+        }
+        let bundle = Path::new(&req.bundle);
+        let raw = std::fs::read(bundle.join("config.json")).map_err(|e| {
+            status(
+                Code::INVALID_ARGUMENT,
+                format!("cannot read {}/config.json: {e}", req.bundle),
+            )
+        })?;
+        let spec_value: serde_json::Value = serde_json::from_slice(&raw)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("bad config.json: {e}")))?;
+        let config_path = req
+            .options
+            .as_ref()
+            .and_then(|o| spec::config_path_from_options(&o.type_url, &o.value));
+        let (config, used) = Config::load(config_path.as_deref())
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("husk: {e}")))?;
+        info!(
+            "create {id}: config {}",
+            used.map_or("defaults".into(), |p| p.display().to_string())
+        );
+        let guest = spec::adjust_for_guest(id, &raw)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let pod = spec::pod_id(id, &spec_value);
+        let sb = self.ensure_sandbox(&config, &pod, &spec_value)?;
+
+        let share_dir = sb.shared.join(id);
+        let result = self.create_in_guest(&sb, req, &spec_value, &share_dir, &guest);
+        match result {
+            Ok(process) => {
+                let pid = process.pid;
+                let state = serde_json::json!({
+                    "pod_dir": sb.dir,
+                    "vmm": config.vmm,
+                    "virtiofsd": config.virtiofsd,
+                });
+                if let Err(e) = std::fs::write(bundle.join(BUNDLE_STATE_FILE), state.to_string()) {
+                    warn!("cannot write {BUNDLE_STATE_FILE} into the bundle: {e}");
+                }
+                self.containers().insert(
+                    id.clone(),
+                    Container {
+                        bundle: req.bundle.clone(),
+                        share_dir,
+                        init: process,
+                        execs: HashMap::new(),
+                    },
+                );
+                Ok(pid)
+            }
+            Err(e) => {
+                let _ = mounts::unmount_under(self.ops.as_ref(), &share_dir);
+                let _ = std::fs::remove_dir_all(&share_dir);
+                self.stop_sandbox_if_unused();
+                Err(e)
+            }
+        }
+    }
+
+    fn create_in_guest(
+        &self,
+        sb: &Sandbox,
+        req: &api::CreateTaskRequest,
+        spec_value: &serde_json::Value,
+        share_dir: &Path,
+        guest: &GuestSpec,
+    ) -> Result<Process, shim_ttrpc::Error> {
+        let GuestSpec {
+            json,
+            binds,
+            terminal,
+        } = guest;
+        let mount_err = |e: mounts::MountError| status(Code::INTERNAL, e.to_string());
+        let rootfs: Vec<RootfsMount> = req
+            .rootfs
+            .iter()
+            .map(|m| RootfsMount {
+                fs_type: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        mounts::mount_rootfs(
+            self.ops.as_ref(),
+            &rootfs,
+            &spec::host_root_path(Path::new(&req.bundle), spec_value),
+            &share_dir.join("rootfs"),
+        )
+        .map_err(mount_err)?;
+        for b in binds {
+            mounts::share_path(
+                self.ops.as_ref(),
+                &b.host_source,
+                &sb.shared.join(&b.share_rel),
+            )
+            .map_err(mount_err)?;
+        }
+        let paths = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal || *terminal,
+        };
+        let mut creq = agent::CreateContainerRequest::new();
+        creq.container_id = req.id.clone();
+        creq.oci_spec_json = json.clone();
+        creq.rootfs_path = spec::guest_rootfs(&req.id);
+        creq.terminal = paths.terminal;
+        creq.stdio = Some(Self::stdio_set(&paths)).into();
+        let resp = sb
+            .agent()
+            .create_container(sb.ctx(), &creq)
+            .map_err(|e| agent_err("CreateContainer", e))?;
+        let io = match self.attach_stdio(sb, &req.id, "", &paths) {
+            Ok(io) => io,
+            Err(e) => {
+                let mut r = agent::RemoveContainerRequest::new();
+                r.container_id = req.id.clone();
+                r.force = true;
+                let _ = sb.agent().remove_container(sb.ctx(), &r);
+                return Err(e);
+            }
+        };
+        let mut p = Process::new("", paths);
+        p.pid = resp.pid;
+        p.io = Arc::new(io);
+        Ok(p)
+    }
+
+    fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32, shim_ttrpc::Error> {
+        let sb = self.sandbox()?;
+        let (spec, paths) = {
+            let cs = self.containers();
+            let c = cs.get(id).ok_or_else(|| not_found(id, ""))?;
+            let p = c.process(exec_id).ok_or_else(|| not_found(id, exec_id))?;
+            if p.status() != Status::CREATED {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("{id} {exec_id} is {:?}, not created", p.status()),
+                ));
+            }
+            (p.spec.clone(), p.stdio.clone())
+        };
+        let pid = if exec_id.is_empty() {
+            let mut r = agent::StartContainerRequest::new();
+            r.container_id = id.to_owned();
+            sb.agent()
+                .start_container(sb.ctx(), &r)
+                .map_err(|e| agent_err("StartContainer", e))?;
+            self.containers().get(id).map_or(0, |c| c.init.pid)
+        } else {
+            let mut r = agent::ExecProcessRequest::new();
+            r.container_id = id.to_owned();
+            r.exec_id = exec_id.to_owned();
+            r.process_json = spec;
+            r.stdio = Some(Self::stdio_set(&paths)).into();
+            let resp = sb
+                .agent()
+                .exec_process(sb.ctx(), &r)
+                .map_err(|e| agent_err("ExecProcess", e))?;
+            let io = self.attach_stdio(&sb, id, exec_id, &paths)?;
+            let mut cs = self.containers();
+            if let Some(p) = cs.get_mut(id).and_then(|c| c.execs.get_mut(exec_id)) {
+                p.pid = resp.pid;
+                p.io = Arc::new(io);
+            }
+            resp.pid
+        };
+        if let Some(p) = self
+            .containers()
+            .get_mut(id)
+            .and_then(|c| c.process_mut(exec_id))
+        {
+            p.status = Status::RUNNING;
+        }
+        self.spawn_waiter(Arc::clone(&sb), id.to_owned(), exec_id.to_owned());
+        if exec_id.is_empty() {
+            let mut ev = containerd_shim::protos::events::task::TaskStart::new();
+            ev.container_id = id.to_owned();
+            ev.pid = pid;
+            self.publish(Box::new(ev));
+        } else {
+            let mut ev = TaskExecStarted::new();
+            ev.container_id = id.to_owned();
+            ev.exec_id = exec_id.to_owned();
+            ev.pid = pid;
+            self.publish(Box::new(ev));
+        }
+        Ok(pid)
+    }
+
+    fn delete(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse, shim_ttrpc::Error> {
+        let mut resp = api::DeleteResponse::new();
+        if !exec_id.is_empty() {
+            let mut cs = self.containers();
+            let c = cs.get_mut(id).ok_or_else(|| not_found(id, ""))?;
+            let p = c.execs.get(exec_id).ok_or_else(|| not_found(id, exec_id))?;
+            if p.status() == Status::RUNNING {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("exec {exec_id} runs"),
+                ));
+            }
+            let exit = p.exit.get();
+            resp.pid = p.pid;
+            resp.exit_status = exit.as_ref().map_or(0, |e| e.status);
+            resp.exited_at = exit.map(|e| e.at).into();
+            c.execs.remove(exec_id);
+            return Ok(resp);
+        }
+        let (share_dir, pid, exit) = {
+            let cs = self.containers();
+            let c = cs.get(id).ok_or_else(|| not_found(id, ""))?;
+            if matches!(c.init.status(), Status::RUNNING | Status::PAUSED) {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("container {id} runs"),
+                ));
+            }
+            (c.share_dir.clone(), c.init.pid, c.init.exit.get())
+        };
+        if let Ok(sb) = self.sandbox() {
+            if sb.vmm_exit().is_none() {
+                let mut r = agent::RemoveContainerRequest::new();
+                r.container_id = id.to_owned();
+                r.force = true;
+                // Bounded: a removal the agent cannot finish must not hold containerd's
+                // Delete (and the pod's teardown) for the whole RPC deadline.
+                let ctx = ttrpc::context::with_timeout(REMOVE_TIMEOUT.as_nanos() as i64);
+                if let Err(e) = sb.agent().remove_container(ctx, &r) {
+                    warn!("RemoveContainer {id}: {e}");
+                }
+            }
+        }
+        mounts::unmount_under(self.ops.as_ref(), &share_dir)
+            .map_err(|e| status(Code::INTERNAL, e.to_string()))?;
+        if let Err(e) = std::fs::remove_dir_all(&share_dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!("cannot remove {}: {e}", share_dir.display());
+            }
+        }
+        let exit = exit.unwrap_or(Exit {
+            status: VM_GONE_STATUS,
+            at: now(),
+        });
+        self.containers().remove(id);
+        resp.pid = pid;
+        resp.exit_status = exit.status;
+        resp.exited_at = Some(exit.at.clone()).into();
+        let mut ev = TaskDelete::new();
+        ev.container_id = id.to_owned();
+        ev.id = id.to_owned();
+        ev.pid = pid;
+        ev.exit_status = exit.status;
+        ev.exited_at = Some(exit.at).into();
+        self.publish(Box::new(ev));
+        Ok(resp)
+    }
+
+    fn process_info<T>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&Container, &Process) -> T,
+    ) -> Result<T, shim_ttrpc::Error> {
+        let cs = self.containers();
+        let c = cs.get(id).ok_or_else(|| not_found(id, ""))?;
+        let p = c.process(exec_id).ok_or_else(|| not_found(id, exec_id))?;
+        Ok(f(c, p))
+    }
+}
+
+impl Task for Service {
+    fn create(
+        &self,
+        _: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        info!("Create {} (bundle {})", req.id, req.bundle);
+        let pid = self
+            .inner
+            .create(&req)
+            .inspect_err(|e| error!("Create {}: {e:?}", req.id))?;
+        let mut ev = TaskCreate::new();
+        ev.container_id = req.id.clone();
+        ev.bundle = req.bundle.clone();
+        ev.rootfs = req.rootfs.clone();
+        let mut io = TaskIO::new();
+        io.stdin = req.stdin.clone();
+        io.stdout = req.stdout.clone();
+        io.stderr = req.stderr.clone();
+        io.terminal = req.terminal;
+        ev.io = Some(io).into();
+        ev.pid = pid;
+        self.inner.publish(Box::new(ev));
+        let mut resp = api::CreateTaskResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        info!("Start {} {}", req.id, req.exec_id);
+        let pid = self.inner.start(&req.id, &req.exec_id)?;
+        let mut resp = api::StartResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        self.inner.process_info(&req.id, &req.exec_id, |c, p| {
+            let mut r = api::StateResponse::new();
+            r.id = if p.exec_id.is_empty() {
+                req.id.clone()
+            } else {
+                p.exec_id.clone()
+            };
+            r.bundle = c.bundle.clone();
+            r.pid = p.pid;
+            r.status = p.status().into();
+            r.stdin = p.stdio.stdin.clone();
+            r.stdout = p.stdio.stdout.clone();
+            r.stderr = p.stdio.stderr.clone();
+            r.terminal = p.stdio.terminal;
+            if let Some(e) = p.exit.get() {
+                r.exit_status = e.status;
+                r.exited_at = Some(e.at).into();
+            }
+            r.exec_id = p.exec_id.clone();
+            r
+        })
+    }
+
+    fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        let cell = self
+            .inner
+            .process_info(&req.id, &req.exec_id, |_, p| Arc::clone(&p.exit))?;
+        let exit = cell.wait();
+        let mut r = api::WaitResponse::new();
+        r.exit_status = exit.status;
+        r.exited_at = Some(exit.at).into();
+        Ok(r)
+    }
+
+    fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
+        info!("Kill {} {} signal {}", req.id, req.exec_id, req.signal);
+        let exited = self
+            .inner
+            .process_info(&req.id, &req.exec_id, |_, p| p.exit.get().is_some())?;
+        if exited && !req.all {
+            return Err(status(Code::NOT_FOUND, "process already finished"));
+        }
+        let sb = self.inner.sandbox()?;
+        let mut r = agent::SignalProcessRequest::new();
+        r.container_id = req.id.clone();
+        r.exec_id = req.exec_id.clone();
+        r.signal = req.signal;
+        r.all = req.all;
+        sb.agent()
+            .signal_process(sb.ctx(), &r)
+            .map_err(|e| agent_err("SignalProcess", e))?;
+        Ok(Empty::new())
+    }
+
+    fn delete(
+        &self,
+        _: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        info!("Delete {} {}", req.id, req.exec_id);
+        self.inner.delete(&req.id, &req.exec_id)
+    }
+
+    fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
+        info!("Exec {} {}", req.id, req.exec_id);
+        if !spec::valid_id(&req.exec_id) {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("bad exec id {:?}", req.exec_id),
+            ));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        let terminal = serde_json::from_slice::<serde_json::Value>(&spec)
+            .ok()
+            .and_then(|v| v.get("terminal").and_then(serde_json::Value::as_bool))
+            .unwrap_or(false);
+        {
+            let mut cs = self.inner.containers();
+            let c = cs.get_mut(&req.id).ok_or_else(|| not_found(&req.id, ""))?;
+            if c.init.status() != Status::RUNNING {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("container {} is not running", req.id),
+                ));
+            }
+            if c.execs.contains_key(&req.exec_id) {
+                return Err(status(
+                    Code::ALREADY_EXISTS,
+                    format!("exec {} exists", req.exec_id),
+                ));
+            }
+            let mut p = Process::new(
+                &req.exec_id,
+                StdioPaths {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal || terminal,
+                },
+            );
+            p.spec = spec;
+            c.execs.insert(req.exec_id.clone(), p);
+        }
+        let mut ev = TaskExecAdded::new();
+        ev.container_id = req.id.clone();
+        ev.exec_id = req.exec_id.clone();
+        self.inner.publish(Box::new(ev));
+        Ok(Empty::new())
+    }
+
+    fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
+        self.inner.process_info(&req.id, &req.exec_id, |_, _| ())?;
+        let sb = self.inner.sandbox()?;
+        let mut r = agent::TtyWinResizeRequest::new();
+        r.container_id = req.id.clone();
+        r.exec_id = req.exec_id.clone();
+        r.rows = req.height;
+        r.columns = req.width;
+        sb.agent()
+            .tty_win_resize(sb.ctx(), &r)
+            .map_err(|e| agent_err("TtyWinResize", e))?;
+        Ok(Empty::new())
+    }
+
+    fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
+        if !req.stdin {
+            return Ok(Empty::new());
+        }
+        let io = self
+            .inner
+            .process_info(&req.id, &req.exec_id, |_, p| Arc::clone(&p.io))?;
+        if io.has_stdin() {
+            io.close_stdin(Duration::from_secs(2));
+            return Ok(Empty::new());
+        }
+        let sb = self.inner.sandbox()?;
+        let mut r = agent::CloseStdinRequest::new();
+        r.container_id = req.id.clone();
+        r.exec_id = req.exec_id.clone();
+        sb.agent()
+            .close_stdin(sb.ctx(), &r)
+            .map_err(|e| agent_err("CloseStdin", e))?;
+        Ok(Empty::new())
+    }
+
+    fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        self.inner.process_info(&req.id, "", |_, _| ())?;
+        let sb = self.inner.sandbox()?;
+        let mut r = agent::ListProcessesRequest::new();
+        r.container_id = req.id.clone();
+        let l = sb
+            .agent()
+            .list_processes(sb.ctx(), &r)
+            .map_err(|e| agent_err("ListProcesses", e))?;
+        let mut resp = api::PidsResponse::new();
+        for pid in l.pids {
+            let mut info = containerd_shim::protos::api::ProcessInfo::new();
+            info.pid = pid;
+            resp.processes.push(info);
+        }
+        Ok(resp)
+    }
+
+    fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
+        self.inner.process_info(&req.id, "", |_, _| ())?;
+        let sb = self.inner.sandbox()?;
+        let mut r = agent::PauseContainerRequest::new();
+        r.container_id = req.id.clone();
+        sb.agent()
+            .pause_container(sb.ctx(), &r)
+            .map_err(|e| agent_err("PauseContainer", e))?;
+        if let Some(c) = self.inner.containers().get_mut(&req.id) {
+            c.init.status = Status::PAUSED;
+        }
+        let mut ev = TaskPaused::new();
+        ev.container_id = req.id.clone();
+        self.inner.publish(Box::new(ev));
+        Ok(Empty::new())
+    }
+
+    fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
+        self.inner.process_info(&req.id, "", |_, _| ())?;
+        let sb = self.inner.sandbox()?;
+        let mut r = agent::ResumeContainerRequest::new();
+        r.container_id = req.id.clone();
+        sb.agent()
+            .resume_container(sb.ctx(), &r)
+            .map_err(|e| agent_err("ResumeContainer", e))?;
+        if let Some(c) = self.inner.containers().get_mut(&req.id) {
+            c.init.status = Status::RUNNING;
+        }
+        let mut ev = TaskResumed::new();
+        ev.container_id = req.id.clone();
+        self.inner.publish(Box::new(ev));
+        Ok(Empty::new())
+    }
+
+    fn checkpoint(&self, _: &TtrpcContext, req: api::CheckpointTaskRequest) -> TtrpcResult<Empty> {
+        Err(status(
+            Code::UNIMPLEMENTED,
+            format!("husk: Checkpoint of {} is not implemented (a VM-isolated container cannot be checkpointed yet)", req.id),
+        ))
+    }
+
+    fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
+        self.inner.process_info(&req.id, "", |_, _| ())?;
+        let sb = self.inner.sandbox()?;
+        let mut r = agent::UpdateContainerRequest::new();
+        r.container_id = req.id.clone();
+        r.resources_json = req
+            .resources
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        sb.agent()
+            .update_container(sb.ctx(), &r)
+            .map_err(|e| agent_err("UpdateContainer", e))?;
+        Ok(Empty::new())
+    }
+
+    fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        self.inner.process_info(&req.id, "", |_, _| ())?;
+        let sb = self.inner.sandbox()?;
+        let mut r = agent::StatsContainerRequest::new();
+        r.container_id = req.id.clone();
+        let s = sb
+            .agent()
+            .stats_container(sb.ctx(), &r)
+            .map_err(|e| agent_err("StatsContainer", e))?;
+        let any: Any = metrics::to_any(&s).map_err(|e| status(Code::INTERNAL, e.to_string()))?;
+        let mut resp = api::StatsResponse::new();
+        resp.stats = Some(any).into();
+        Ok(resp)
+    }
+
+    fn connect(
+        &self,
+        _: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let mut r = api::ConnectResponse::new();
+        r.shim_pid = std::process::id();
+        r.task_pid = self
+            .inner
+            .containers()
+            .get(&req.id)
+            .map_or(0, |c| c.init.pid);
+        r.version = env!("CARGO_PKG_VERSION").to_owned();
+        Ok(r)
+    }
+
+    fn shutdown(&self, _: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<Empty> {
+        if self.inner.stop_sandbox_if_unused() {
+            info!("Shutdown: no container left; the shim exits");
+            self.inner.exit.signal();
+        }
+        Ok(Empty::new())
+    }
+}

@@ -1,0 +1,530 @@
+//! A private containerd for the shim's tests and the demo: Debian's containerd with its
+//! own config, root, state and sockets under a scratch dir, `io.containerd.husk.v2`
+//! reachable through PATH, a husk.toml pointing at this workspace's binaries and guest
+//! image, and a busybox OCI image built here from Debian's busybox-static (no registry).
+//! Dropping it stops containerd and whatever it left, and removes the dir.
+
+use std::os::unix::fs::symlink;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::guest::TempDir;
+use crate::{
+    guest_initramfs, guest_kernel, kill_group, run_with_watchdog, vmm_bin, workspace_root, Outcome,
+};
+
+/// The image name the busybox archive is imported as.
+pub const BUSYBOX_IMAGE: &str = "docker.io/library/husk-busybox:latest";
+/// The runtime name.
+pub const RUNTIME: &str = "io.containerd.husk.v2";
+/// The containerd namespace the tests use.
+pub const NAMESPACE: &str = "husk-test";
+
+/// The shim binary (`HUSK_SHIM`, default `target/release/containerd-shim-husk-v2`).
+pub fn shim_bin() -> PathBuf {
+    std::env::var_os("HUSK_SHIM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/containerd-shim-husk-v2"))
+}
+
+/// virtiofsd, where scripts/install-virtiofsd.sh or a package put it.
+pub fn virtiofsd_bin() -> Option<PathBuf> {
+    let mut c: Vec<PathBuf> = std::env::var_os("HUSK_VIRTIOFSD")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    if let Some(home) = std::env::var_os("HOME") {
+        c.push(PathBuf::from(home).join(".cargo/bin/virtiofsd"));
+    }
+    c.extend(
+        [
+            "/root/.cargo/bin/virtiofsd",
+            "/usr/libexec/virtiofsd",
+            "/usr/local/bin/virtiofsd",
+        ]
+        .map(PathBuf::from),
+    );
+    c.into_iter().find(|p| p.is_file())
+}
+
+fn run(cmd: &mut Command) -> Result<Outcome> {
+    let o = run_with_watchdog(cmd, Duration::from_secs(120))?;
+    if o.code() != Some(0) {
+        bail!("{cmd:?} failed ({}):\n{}{}", o.status, o.stdout, o.stderr);
+    }
+    Ok(o)
+}
+
+fn sha256_file(p: &Path) -> Result<String> {
+    let o = run(Command::new("sha256sum").arg(p))?;
+    Ok(o.stdout
+        .split_whitespace()
+        .next()
+        .context("sha256sum output")?
+        .to_owned())
+}
+
+/// Writes `bytes` as a blob of the OCI layout at `layout`; returns (digest, size).
+fn put_blob(layout: &Path, bytes: &[u8]) -> Result<(String, usize)> {
+    let tmp = layout.join("blob.tmp");
+    std::fs::write(&tmp, bytes)?;
+    let sum = sha256_file(&tmp)?;
+    std::fs::rename(&tmp, layout.join("blobs/sha256").join(&sum))?;
+    Ok((format!("sha256:{sum}"), bytes.len()))
+}
+
+/// Builds an OCI image archive of a busybox root: /bin/busybox from the host (Debian's
+/// busybox-static) with a link per applet, /etc/passwd and /etc/group for root, and the
+/// empty dirs a container expects. Returns the archive's path.
+pub fn build_busybox_archive(dir: &Path) -> Result<PathBuf> {
+    let busybox = Path::new("/bin/busybox");
+    anyhow::ensure!(
+        busybox.is_file(),
+        "/bin/busybox is missing: apt-get install busybox-static"
+    );
+    let root = dir.join("busybox-root");
+    let _ = std::fs::remove_dir_all(&root);
+    for d in [
+        "bin", "etc", "proc", "sys", "dev", "tmp", "root", "var", "run",
+    ] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy(busybox, root.join("bin/busybox"))?;
+    let list = run(Command::new(busybox).arg("--list"))?;
+    for applet in list
+        .stdout
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
+        if !applet.contains('/') {
+            let _ = symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    std::fs::write(root.join("etc/group"), "root:x:0:\n")?;
+    let layer = dir.join("layer.tar");
+    run(Command::new("tar")
+        .args([
+            "--numeric-owner",
+            "--owner=0",
+            "--group=0",
+            "--sort=name",
+            "--mtime=@0",
+            "-C",
+        ])
+        .arg(&root)
+        .arg("-cf")
+        .arg(&layer)
+        .arg("."))?;
+    let layout = dir.join("oci");
+    let _ = std::fs::remove_dir_all(&layout);
+    std::fs::create_dir_all(layout.join("blobs/sha256"))?;
+    let layer_bytes = std::fs::read(&layer)?;
+    let (layer_digest, layer_size) = put_blob(&layout, &layer_bytes)?;
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    });
+    let (config_digest, config_size) = put_blob(&layout, config.to_string().as_bytes())?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_digest, "size": layer_size}],
+    });
+    let (manifest_digest, manifest_size) = put_blob(&layout, manifest.to_string().as_bytes())?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest, "size": manifest_size,
+            "platform": {"architecture": "amd64", "os": "linux"},
+            "annotations": {
+                "io.containerd.image.name": BUSYBOX_IMAGE,
+                "org.opencontainers.image.ref.name": "latest",
+            },
+        }],
+    });
+    std::fs::write(layout.join("index.json"), index.to_string())?;
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    let archive = dir.join("busybox-oci.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&archive)
+        .arg("."))?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(archive)
+}
+
+/// What the shim's config file says; the defaults point at this workspace.
+pub struct HuskToml {
+    pub kernel: PathBuf,
+    pub extra: String,
+}
+
+impl Default for HuskToml {
+    fn default() -> Self {
+        Self {
+            kernel: guest_kernel(),
+            extra: String::new(),
+        }
+    }
+}
+
+/// A running private containerd.
+pub struct Containerd {
+    child: Option<Child>,
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    pub husk_state: PathBuf,
+    pub husk_config: PathBuf,
+}
+
+impl Containerd {
+    /// Starts containerd with the husk runtime; `husk` is the default husk.toml.
+    pub fn start(husk: &HuskToml) -> Result<Self> {
+        for f in [shim_bin(), vmm_bin()] {
+            anyhow::ensure!(f.is_file(), "{} is missing: run `make vmm`", f.display());
+        }
+        let containerd =
+            which("containerd").context("containerd is not installed: scripts/install-deps.sh")?;
+        which("ctr").context("ctr is not installed")?;
+        let virtiofsd =
+            virtiofsd_bin().context("virtiofsd is not installed: scripts/install-virtiofsd.sh")?;
+        let dir = TempDir::new("ctrd")?;
+        let d = dir.path().to_owned();
+        let bin = d.join("bin");
+        std::fs::create_dir_all(&bin)?;
+        symlink(shim_bin(), bin.join("containerd-shim-husk-v2"))?;
+        let socket = d.join("c.sock");
+        let husk_state = d.join("hs");
+        let husk_config = d.join("husk.toml");
+        std::fs::write(
+            &husk_config,
+            format!(
+                "kernel = {:?}\ninitramfs = {:?}\nvmm = {:?}\nvirtiofsd = {:?}\nstate_dir = {:?}\n\
+                 boot_timeout_secs = {}\nlog_level = \"debug\"\n{}\n",
+                husk.kernel,
+                guest_initramfs(),
+                vmm_bin(),
+                virtiofsd,
+                husk_state,
+                crate::boot_timeout().as_secs(),
+                husk.extra
+            ),
+        )?;
+        let config = d.join("containerd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  level = "info"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{root}/opt"
+"#,
+                root = d.join("root").display(),
+                state = d.join("state").display(),
+                sock = socket.display(),
+            ),
+        )?;
+        let log = std::fs::File::create(d.join("containerd.log"))?;
+        let path = format!(
+            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            bin.display()
+        );
+        let child = Command::new(containerd)
+            .arg("--config")
+            .arg(&config)
+            .env("PATH", path)
+            .env("HUSK_CONFIG", &husk_config)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn containerd")?;
+        let mut c = Self {
+            child: Some(child),
+            dir,
+            socket,
+            husk_state,
+            husk_config,
+        };
+        let start = Instant::now();
+        loop {
+            if c.socket.exists()
+                && c.ctr(&["version"])
+                    .map(|o| o.code() == Some(0))
+                    .unwrap_or(false)
+            {
+                break;
+            }
+            if let Some(s) = c.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten()) {
+                bail!("containerd exited ({s}):\n{}", c.log());
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("containerd did not come up:\n{}", c.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(c)
+    }
+
+    /// containerd's log (the shims' logs land here too).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Runs `ctr` against this containerd, in the test namespace, under a watchdog.
+    pub fn ctr(&self, args: &[&str]) -> Result<Outcome> {
+        self.ctr_timeout(args, crate::boot_timeout() + Duration::from_secs(120))
+    }
+
+    /// As [`Containerd::ctr`] with its own watchdog; a timeout's error carries the
+    /// containerd log (with the shims' lines), since the test host's files are gone after.
+    pub fn ctr_timeout(&self, args: &[&str], timeout: Duration) -> Result<Outcome> {
+        run_with_watchdog(
+            Command::new("ctr")
+                .arg("--address")
+                .arg(&self.socket)
+                .args(["--namespace", NAMESPACE])
+                .args(args),
+            timeout,
+        )
+        .map_err(|e| {
+            let log = self.log();
+            let from = (log.len().saturating_sub(20_000)..=log.len())
+                .find(|i| log.is_char_boundary(*i))
+                .unwrap_or(log.len());
+            let tail = &log[from..];
+            e.context(format!("ctr {args:?}; containerd log tail:\n{tail}"))
+        })
+    }
+
+    /// Builds and imports the busybox image.
+    pub fn import_busybox(&self) -> Result<()> {
+        let archive = build_busybox_archive(self.dir.path())?;
+        let o = self.ctr(&["images", "import", archive.to_str().context("path")?])?;
+        anyhow::ensure!(
+            o.code() == Some(0),
+            "ctr images import failed:\n{}{}",
+            o.stdout,
+            o.stderr
+        );
+        let l = self.ctr(&["images", "ls", "-q"])?;
+        anyhow::ensure!(
+            l.stdout.contains(BUSYBOX_IMAGE),
+            "image not listed after import:\n{}",
+            l.stdout
+        );
+        Ok(())
+    }
+
+    /// `ctr run --rm --runtime io.containerd.husk.v2 <image> <id> <args...>`.
+    pub fn run_rm(&self, id: &str, args: &[&str]) -> Result<Outcome> {
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME, BUSYBOX_IMAGE, id];
+        a.extend_from_slice(args);
+        self.ctr(&a)
+    }
+
+    /// Processes whose command line mentions this containerd's dir (shims, VMMs,
+    /// virtiofsd), except containerd itself.
+    pub fn leftover_processes(&self) -> Vec<String> {
+        let me = self.child.as_ref().map(Child::id);
+        processes_mentioning(self.dir.path())
+            .into_iter()
+            .filter(|(pid, _)| Some(*pid) != me)
+            .map(|(pid, cmd)| format!("{pid} {cmd}"))
+            .collect()
+    }
+
+    /// Mount points under the husk state dir.
+    pub fn leftover_mounts(&self) -> Vec<String> {
+        mounts_under(&self.husk_state)
+    }
+
+    /// Entries left in the husk state dir (recursively, files and dirs).
+    pub fn leftover_state(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(&self.husk_state, &mut out);
+        out
+    }
+
+    /// Everything left behind, for assertions: empty means clean.
+    pub fn leftovers(&self) -> String {
+        let mut s = String::new();
+        for (what, l) in [
+            ("process", self.leftover_processes()),
+            ("mount", self.leftover_mounts()),
+            ("state", self.leftover_state()),
+        ] {
+            for x in l {
+                s.push_str(&format!("{what}: {x}\n"));
+            }
+        }
+        s
+    }
+
+    /// Waits until nothing is left behind, up to `timeout`; returns what is left.
+    pub fn wait_clean(&self, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let l = self.leftovers();
+            if l.is_empty() || start.elapsed() > timeout {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The pod dir of a container run in the test namespace (a pod of one).
+    pub fn pod_dir(&self, id: &str) -> PathBuf {
+        self.husk_state.join(NAMESPACE).join(id)
+    }
+
+    /// A pid recorded in a pod's `pids` file (`shim`, `vmm`, `virtiofsd`).
+    pub fn pod_pid(&self, id: &str, which: &str) -> Option<i32> {
+        let text = std::fs::read_to_string(self.pod_dir(id).join("pids")).ok()?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(which)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// A pod's console and VMM log, for failure messages.
+    pub fn pod_logs(&self, id: &str) -> String {
+        let d = self.pod_dir(id);
+        let r = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
+        format!(
+            "--- console ---\n{}\n--- vmm ---\n{}",
+            r("console.log"),
+            r("vmm.log")
+        )
+    }
+
+    /// Status of a task as `ctr task ls` shows it (RUNNING, STOPPED, ...).
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let o = self.ctr(&["task", "ls"]).ok()?;
+        o.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(dir) = std::env::var_os("HUSK_TEST_LOGS") {
+            let _ = std::fs::create_dir_all(&dir);
+            let name = self
+                .dir
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let _ = std::fs::write(
+                PathBuf::from(dir).join(format!("{name}.containerd.log")),
+                self.log(),
+            );
+        }
+        if let Some(mut c) = self.child.take() {
+            kill_group(c.id());
+            let _ = c.wait();
+        }
+        for (pid, _) in processes_mentioning(self.dir.path()) {
+            // SAFETY: kill(2) with plain integers.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for m in mounts_under(self.dir.path()) {
+            if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: a NUL-terminated path that outlives the call.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(["/usr/bin", "/usr/sbin", "/bin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// (pid, command line) of processes whose command line contains `dir`.
+pub fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(&needle) {
+            out.push((pid, cmd.trim().to_owned()));
+        }
+    }
+    out
+}
+
+/// Mount points at or under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn walk(dir: &Path, out: &mut Vec<String>) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            out.push(e.path().display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), out);
+            }
+        }
+    }
+}
