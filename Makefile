@@ -9,7 +9,7 @@ AGENT   := target/$(MUSL)/release/husk-agent
 PROBE   := target/$(MUSL)/release/husk-guest-probe
 CARGO   ?= cargo
 
-.PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench bench-devices bench-agent fuzz clean
+.PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench bench-devices bench-agent test-shim fuzz clean
 
 deps:
 	scripts/install-deps.sh
@@ -38,6 +38,10 @@ unit: deps vmm
 
 integration: image vmm
 	scripts/integration.sh
+
+# The containerd shim's end-to-end tests (not yet part of `make test`: issue 5 is open).
+test-shim: image vmm
+	HUSK_INTEGRATION_ONLY=shim HUSK_SHIM_CYCLES=$${HUSK_SHIM_CYCLES:-10} scripts/integration.sh
 
 test: deps lint unit fuzz integration
 
