@@ -64,6 +64,8 @@ run_once() {
     while true; do
         start=$SECONDS
         if IFS= read -r -t "$idle_s" line; then
+            # The test host's console ends lines with CR LF.
+            line=${line%$'\r'}
             printf '%s\n' "$line"
             [[ "$line" == "@@ result "* ]] && printf '%s\n' "${line#@@ result }" >>"$results"
             continue

@@ -177,10 +177,12 @@ pub struct HuskToml {
 }
 
 impl Default for HuskToml {
+    /// The test defaults, plus the lines of `HUSK_TEST_SHIM_CONFIG` if set (for
+    /// experiments such as `vcpus = 2` without editing the tests).
     fn default() -> Self {
         Self {
             kernel: guest_kernel(),
-            extra: String::new(),
+            extra: std::env::var("HUSK_TEST_SHIM_CONFIG").unwrap_or_default(),
         }
     }
 }
