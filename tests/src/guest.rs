@@ -114,6 +114,11 @@ impl Guest {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_path)?);
+        // Unless told otherwise, the VMM says why any vsock connection was reset (debug
+        // lines, one per reset), so a failing device test carries the reason.
+        if std::env::var_os("HUSK_LOG").is_none() {
+            cmd.env("HUSK_LOG", "warn,husk_vmm::devices::virtio::vsock=debug");
+        }
         let child = cmd.spawn().context("spawn husk-vmm")?;
         let mut g = Self {
             child: Some(child),

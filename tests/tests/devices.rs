@@ -140,8 +140,10 @@ fn vsock_64_concurrent_connections() {
         })
         .collect();
     for t in threads {
-        let (i, bytes, hash) = t.join().unwrap();
-        assert_eq!(bytes, n, "connection {i}");
+        let Ok((i, bytes, hash)) = t.join() else {
+            panic!("a connection failed\n{}", g.explain());
+        };
+        assert_eq!(bytes, n, "connection {i}\n{}", g.explain());
         assert_eq!(hash, stream_hash(n, 100 + i), "connection {i}");
     }
     assert_eq!(g.power_off().unwrap(), 0);
