@@ -61,9 +61,10 @@ run_once() {
     rm -f "$fifo" && mkfifo "$fifo"
     "$root/scripts/in-kvm.sh" --timeout "$timeout_s" -- bash "$runner" "$root" "$@" >"$fifo" 2>&1 &
     local pid=$! line hung=0 start st
+    exec 3<"$fifo"
     while true; do
         start=$SECONDS
-        if IFS= read -r -t "$idle_s" line; then
+        if IFS= read -r -u 3 -t "$idle_s" line; then
             # The test host's console ends lines with CR LF.
             line=${line%$'\r'}
             printf '%s\n' "$line"
@@ -84,13 +85,17 @@ run_once() {
         fi
         [ -n "$line" ] && printf '%s\n' "$line"
         break
-    done <"$fifo"
+    done
     if ((hung)); then
         echo "integration: no output for ${idle_s}s: the test host hung; stopping it" >&2
         kill -TERM "$pid" 2>/dev/null
+        # What the test host's runner says on its way out (its last heartbeat, console).
+        timeout 30 cat <&3
+        exec 3<&-
         wait "$pid" 2>/dev/null
         return 124
     fi
+    exec 3<&-
     wait "$pid"
 }
 

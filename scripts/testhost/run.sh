@@ -34,6 +34,8 @@
 # Boot: assets from prepare.sh (cached, see there). QEMU runs TCG with
 # thread=multi, q35, -cpu EPYC (has svm), -nodefaults, the kernel console on
 # the serial port into a log file, `quiet loglevel=3`.
+# For experiments on the emulation itself: HUSK_TESTHOST_TCG_THREAD=single|multi
+# (default multi) and HUSK_TESTHOST_NPT=0|1 (kvm-amd's nested paging, default 1).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
@@ -111,7 +113,17 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'echo "testhost: interrupted" >&2; exit 130' INT
-trap 'echo "testhost: terminated; last lines of its serial console:" >&2; tail -n 40 "$console_log" 2>/dev/null | sed "s/^/  | /" >&2; exit 143' TERM HUP
+# How long ago the test host last showed life (stage2 writes ctl/heartbeat every 10 s):
+# tells a hung test host from a command that went quiet.
+heartbeat() {
+    if [[ -s "${ctl:-/nonexistent}/heartbeat" ]]; then
+        local age=$(($(date +%s) - $(stat -c %Y "$ctl/heartbeat")))
+        echo "testhost: its last heartbeat was $age s ago (uptime, load, newest kernel message): $(cat "$ctl/heartbeat")" >&2
+    else
+        echo "testhost: it sent no heartbeat" >&2
+    fi
+}
+trap 'echo "testhost: terminated" >&2; heartbeat; echo "testhost: last lines of its serial console:" >&2; tail -n 40 "$console_log" 2>/dev/null | sed "s/^/  | /" >&2; exit 143' TERM HUP
 
 # Single-quote $1 for a POSIX shell (the config is read by busybox sh).
 shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
@@ -167,11 +179,11 @@ esac
 # --- boot -----------------------------------------------------------------
 
 qemu_args=(
-    -accel tcg,thread=multi
+    -accel "tcg,thread=${HUSK_TESTHOST_TCG_THREAD:-multi}"
     -M q35 -cpu EPYC -smp "$cpus" -m "$mem"
     -nodefaults -no-user-config -display none -no-reboot
     -kernel "$assets/vmlinuz" -initrd "$assets/initrd.cpio.gz"
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off"
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off husk.npt=${HUSK_TESTHOST_NPT:-1}"
     # Kernel console and init messages: a log file, printed on failure.
     -serial "file:$console_log"
     # The command's stdout/stderr: virtio console hvc0 -> our stdout.
@@ -244,6 +256,7 @@ show_failure() {
 
 if ((timed_out)); then
     echo "testhost: test host timed out after $timeout_s s" >&2
+    heartbeat
     show_failure
     exit 124
 fi
