@@ -261,6 +261,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .arg(&config)
             .env("PATH", path)
             .env("HUSK_CONFIG", &husk_config)
+            // husk-vmm (started by the shim, which inherits this) logs why any vsock
+            // connection was reset, as in the device tests.
+            .env(
+                "HUSK_LOG",
+                std::env::var("HUSK_LOG")
+                    .unwrap_or_else(|_| "warn,husk_vmm::devices::virtio::vsock=debug".into()),
+            )
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -316,13 +323,38 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             timeout,
         )
         .map_err(|e| {
+            let pods = self.pod_report();
             let log = self.log();
-            let from = (log.len().saturating_sub(20_000)..=log.len())
-                .find(|i| log.is_char_boundary(*i))
-                .unwrap_or(log.len());
-            let tail = &log[from..];
-            e.context(format!("ctr {args:?}; containerd log tail:\n{tail}"))
+            let tail = tail_chars(&log, 20_000);
+            e.context(format!(
+                "ctr {args:?}; containerd log tail:\n{tail}\n--- pods still running ---\n{pods}"
+            ))
         })
+    }
+
+    /// For a post-mortem of a stuck task: asks every husk-vmm of this containerd to log
+    /// its vsock state (SIGUSR1), then returns the end of each live pod's guest console
+    /// and VMM log (the test host's files are gone after the run).
+    pub fn pod_report(&self) -> String {
+        for (pid, cmd) in processes_mentioning(self.dir.path()) {
+            if cmd.contains("husk-vmm") {
+                if let Ok(pid) = i32::try_from(pid) {
+                    // SAFETY: kill has no memory preconditions.
+                    unsafe { libc::kill(pid, libc::SIGUSR1) };
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let mut files = Vec::new();
+        walk(&self.husk_state, &mut files);
+        let mut out = String::new();
+        for f in files {
+            if f.ends_with("/console.log") || f.ends_with("/vmm.log") {
+                let text = std::fs::read_to_string(&f).unwrap_or_default();
+                out.push_str(&format!("--- {f} ---\n{}\n", tail_chars(&text, 12_000)));
+            }
+        }
+        out
     }
 
     /// Builds and imports the busybox image.
@@ -529,4 +561,12 @@ fn walk(dir: &Path, out: &mut Vec<String>) {
             }
         }
     }
+}
+
+/// The last `n` bytes of `s` (from a char boundary).
+fn tail_chars(s: &str, n: usize) -> &str {
+    let from = (s.len().saturating_sub(n)..=s.len())
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(s.len());
+    &s[from..]
 }

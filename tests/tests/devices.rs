@@ -28,7 +28,6 @@ fn guest(args: Vec<String>) -> Guest {
 }
 
 /// Sends `n` bytes of `stream(seed)` into `w`.
-/// Sends `n` bytes of `stream(seed)` into `w`.
 fn send_stream(w: &mut impl Write, n: u64, seed: u64) {
     write_stream(w, n, seed).expect("send to the guest");
 }

@@ -218,6 +218,10 @@ impl agent_ttrpc::Agent for AgentService {
         _ctx: &TtrpcContext,
         req: SignalProcessRequest,
     ) -> ttrpc::Result<Empty> {
+        debug!(
+            "SignalProcess {}/{}: signal {}",
+            req.container_id, req.exec_id, req.signal
+        );
         self.sandbox
             .signal_process(&req.container_id, &req.exec_id, req.signal, req.all)
             .map(|()| Empty::new())
@@ -233,7 +237,13 @@ impl agent_ttrpc::Agent for AgentService {
             .sandbox
             .process(&req.container_id, &req.exec_id)
             .map_err(|e| status("WaitProcess", &e))?;
-        Ok(wait_response(proc.wait()))
+        debug!("WaitProcess {}/{}: waiting", req.container_id, req.exec_id);
+        let exited = proc.wait();
+        debug!(
+            "WaitProcess {}/{}: answering {:?}",
+            req.container_id, req.exec_id, exited.status
+        );
+        Ok(wait_response(exited))
     }
 
     fn write_stdin(
