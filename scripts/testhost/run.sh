@@ -35,7 +35,8 @@
 # thread=multi, q35, -cpu EPYC (has svm), -nodefaults, the kernel console on
 # the serial port into a log file, `quiet loglevel=3`.
 # For experiments on the emulation itself: HUSK_TESTHOST_TCG_THREAD=single|multi
-# (default multi) and HUSK_TESTHOST_NPT=0|1 (kvm-amd's nested paging, default 1).
+# (default multi), HUSK_TESTHOST_NPT=0|1 (kvm-amd's nested paging, default 1) and
+# HUSK_TESTHOST_KVM_AMD=param=value,... (more kvm-amd module parameters).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
@@ -183,7 +184,7 @@ qemu_args=(
     -M q35 -cpu EPYC -smp "$cpus" -m "$mem"
     -nodefaults -no-user-config -display none -no-reboot
     -kernel "$assets/vmlinuz" -initrd "$assets/initrd.cpio.gz"
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off husk.npt=${HUSK_TESTHOST_NPT:-1}"
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off husk.npt=${HUSK_TESTHOST_NPT:-1} husk.kvm_amd=${HUSK_TESTHOST_KVM_AMD:-}"
     # Kernel console and init messages: a log file, printed on failure.
     -serial "file:$console_log"
     # The command's stdout/stderr: virtio console hvc0 -> our stdout.
