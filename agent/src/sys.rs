@@ -489,62 +489,6 @@ pub fn poll_readable(fd: &impl AsRawFd, timeout_ms: i32) -> io::Result<bool> {
     }
 }
 
-/// A listening AF_VSOCK stream socket on `port`, any CID.
-pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
-    // SAFETY: socket() takes plain integers.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: socket() just returned this descriptor, nothing else owns it.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: an all-zero sockaddr_vm is a valid value of the struct.
-    let mut addr: libc::sockaddr_vm = unsafe { mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_port = port;
-    addr.svm_cid = libc::VMADDR_CID_ANY;
-    // SAFETY: the address points to a live sockaddr_vm of the given size.
-    let rc = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&addr as *const libc::sockaddr_vm).cast::<libc::sockaddr>(),
-            mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: listen() on a bound socket we own.
-    if unsafe { libc::listen(sock.as_raw_fd(), 128) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(sock)
-}
-
-/// `accept4(2)` on a listening socket; the new descriptor is close-on-exec.
-pub fn accept(listener: &impl AsRawFd) -> io::Result<OwnedFd> {
-    loop {
-        // SAFETY: NULL address pointers are allowed: the peer address is
-        // not asked for.
-        let fd = unsafe {
-            libc::accept4(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: accept4() just returned this descriptor.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
 /// Receives one file descriptor sent with SCM_RIGHTS on a Unix socket (how
 /// a container's init hands the agent its terminal's master side).
 pub fn recv_fd(sock: &impl AsRawFd) -> io::Result<OwnedFd> {

@@ -1,119 +1,22 @@
 //! `husk-agent serve --listen unix:<path>` driven through the generated ttrpc
 //! client, as the shim will drive the agent in the guest.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use husk_protocol::agent::{self, ServingStatus};
+use anyhow::{Context, Result};
+use husk_protocol::agent;
 use husk_protocol::agent_ttrpc::AgentClient;
 use husk_protocol::ttrpc::{self, Code};
+use support::agent::{ctx_secs, health_ok, Agent};
 
-const TIMEOUT_NS: i64 = 5_000_000_000;
-
-/// A `husk-agent serve` process, killed when dropped.
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    sock: PathBuf,
-}
-
-impl Agent {
-    fn start(name: &str) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("husk-agent-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        Self::start_in(dir)
-    }
-
-    /// Starts an agent listening on `<dir>/agent.sock`.
-    fn start_in(dir: PathBuf) -> Result<Self> {
-        let sock = dir.join("agent.sock");
-        // Appended to, so a second agent in the same dir keeps the first's log.
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("agent.log"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
-            .arg("serve")
-            .arg("--listen")
-            .arg(format!("unix:{}", sock.display()))
-            .arg("--root")
-            .arg(dir.join("root"))
-            .stdin(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("Failed to start husk-agent serve")?;
-        let mut agent = Agent { child, dir, sock };
-        agent.wait_listening()?;
-        Ok(agent)
-    }
-
-    fn wait_listening(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("husk-agent serve exited early: {status}");
-            }
-            if UnixStream::connect(&self.sock).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "husk-agent did not listen on {} within 10 s",
-                    self.sock.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn client(&self) -> Result<AgentClient> {
-        let addr = format!("unix://{}", self.sock.display());
-        let client = ttrpc::Client::connect(&addr).context("Failed to connect")?;
-        Ok(AgentClient::new(client))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-    }
-
-    /// Alive, and no thread of it panicked (in a debug build a panicking
-    /// connection thread would not kill the process; PID 1's release build
-    /// aborts on panic, which panics the guest kernel).
-    fn assert_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("husk-agent died: {status}\n{}", self.log());
-        }
-        let log = self.log();
-        if log.contains("panicked") {
-            bail!("husk-agent panicked:\n{log}");
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
+/// The deadline of this suite's direct calls.
 fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(TIMEOUT_NS)
-}
-
-fn health_ok(client: &AgentClient) -> Result<agent::HealthResponse> {
-    let h = client.health(ctx(), &agent::HealthRequest::new())?;
-    if h.status.enum_value() != Ok(ServingStatus::SERVING_STATUS_SERVING) {
-        bail!("Health status is {:?}", h.status);
-    }
-    Ok(h)
+    ctx_secs(5)
 }
 
 #[test]

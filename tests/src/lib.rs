@@ -2,6 +2,7 @@
 //! the guest image are, whether this machine's KVM can boot a standard guest, and running
 //! a process under a watchdog.
 
+pub mod busybox_bundle;
 pub mod containerd;
 pub mod guest;
 

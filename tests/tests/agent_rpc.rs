@@ -12,6 +12,7 @@ use husk_protocol::agent_ttrpc::AgentClient;
 use husk_protocol::protobuf::Message;
 use husk_protocol::ttrpc::{self, Code};
 use husk_protocol::{AGENT_VSOCK_PORT, API_VERSION, STDIO_VSOCK_PORT};
+use husk_tests::busybox_bundle::{self, SpecOptions};
 use husk_tests::guest::{Guest, GuestOptions, TempDir, Virtiofsd};
 use husk_tests::{boot_timeout, guest_initramfs, kvm_available, ready_field};
 
@@ -66,43 +67,21 @@ fn agent_serves_health_and_version_over_vsock() {
 
 /// A busybox root file system under `dir/rootfs`.
 fn busybox_rootfs(dir: &Path) -> std::path::PathBuf {
-    let rootfs = dir.join("rootfs");
-    for sub in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(sub)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-        .expect("/bin/busybox (apt-get install -y busybox-static)");
-    for applet in ["sh", "echo", "sleep", "stty", "cat", "true", "hostname"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    rootfs
+    busybox_bundle::rootfs(
+        dir,
+        &["sh", "echo", "sleep", "stty", "cat", "true", "hostname"],
+    )
+    .unwrap()
 }
 
 /// A minimal OCI runtime spec running `args`.
 fn spec(args: &[&str]) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": 0, "gid": 0},
-            "args": args,
-            "env": ["PATH=/bin"],
-            "cwd": "/",
-        },
-        "root": {"path": "rootfs"},
-        "hostname": "in-guest",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-        ],
-        "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-        },
-    }))
-    .unwrap()
+    let options = SpecOptions {
+        hostname: "in-guest",
+        devpts: true,
+        ..Default::default()
+    };
+    serde_json::to_vec(&busybox_bundle::spec(args, &options)).unwrap()
 }
 
 fn stdio_set(stdin: bool, stdout: bool, stderr: bool) -> agent::StdioSet {

@@ -171,14 +171,16 @@ impl StdioListener {
                 remove_stale_socket(path);
                 UnixListener::bind(path).map(Self::Unix).map_err(err)
             }
-            ListenAddr::Vsock { port } => sys::vsock_listen(*port).map(Self::Vsock).map_err(err),
+            ListenAddr::Vsock { port } => {
+                husk_vsock_sys::listen(*port).map(Self::Vsock).map_err(err)
+            }
         }
     }
 
     fn accept(&self) -> io::Result<File> {
         match self {
             Self::Unix(l) => l.accept().map(|(s, _)| File::from(OwnedFd::from(s))),
-            Self::Vsock(fd) => sys::accept(fd).map(File::from),
+            Self::Vsock(fd) => husk_vsock_sys::accept(fd).map(File::from),
         }
     }
 

@@ -24,13 +24,24 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Starts an agent in a fresh `<tmp>/husk-api-<name>-<pid>`.
     pub fn start(name: &str) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("husk-api-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
+        Self::start_in(dir)
+    }
+
+    /// Starts an agent listening on `<dir>/agent.sock`, its state under
+    /// `<dir>/root`.
+    pub fn start_in(dir: PathBuf) -> Result<Self> {
         let sock = dir.join("agent.sock");
         let stdio_sock = dir.join("agent.sock.stdio");
-        let log = std::fs::File::create(dir.join("agent.log"))?;
+        // Appended to, so a second agent in the same dir keeps the first's log.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))?;
         let child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
             .arg("serve")
             .arg("--listen")
@@ -61,7 +72,10 @@ impl Agent {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("husk-agent did not listen within 10 s");
+                bail!(
+                    "husk-agent did not listen on {} within 10 s",
+                    self.sock.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -81,7 +95,9 @@ impl Agent {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
-    /// Alive, and no thread of it panicked.
+    /// Alive, and no thread of it panicked (in a debug build a panicking
+    /// connection thread would not kill the process; PID 1's release build
+    /// aborts on panic, which panics the guest kernel).
     pub fn assert_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("husk-agent died: {status}\n{}", self.log());

@@ -6,13 +6,13 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use husk_guest_probe::{hash_reader, write_stream, PROBE_PORT};
+use husk_vsock_sys::HOST_CID;
 
-const HOST_CID: u32 = 2;
 const MAX_LINE: usize = 4096;
 
 fn main() {
@@ -22,7 +22,7 @@ fn main() {
             say(&format!("husk-probe: mount {target}: {e}"));
         }
     }
-    let listener = match vsock_listen(PROBE_PORT) {
+    let listener = match husk_vsock_sys::listen(PROBE_PORT) {
         Ok(l) => l,
         Err(e) => {
             say(&format!(
@@ -33,25 +33,14 @@ fn main() {
     };
     say("husk-probe: ready");
     loop {
-        // SAFETY: accept4 on our listening socket; null address pointers are allowed.
-        let fd = unsafe {
-            libc::accept4(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
+        let conn = match husk_vsock_sys::accept(&listener) {
+            Ok(fd) => File::from(fd),
+            Err(e) => {
+                say(&format!("husk-probe: accept: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
         };
-        if fd < 0 {
-            say(&format!(
-                "husk-probe: accept: {}",
-                io::Error::last_os_error()
-            ));
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        // SAFETY: `fd` is a new connected socket that nothing else owns.
-        let conn = unsafe { File::from_raw_fd(fd) };
         std::thread::spawn(move || serve(conn));
     }
 }
@@ -129,7 +118,7 @@ fn run(conn: &mut File, words: &[&str]) -> io::Result<Option<String>> {
         }
         "DIAL" => {
             let (port, n, seed): (u32, u64, u64) = (arg(words, 1)?, arg(words, 2)?, arg(words, 3)?);
-            let mut out = vsock_connect(HOST_CID, port)?;
+            let mut out = File::from(husk_vsock_sys::connect(HOST_CID, port)?);
             send_stream(&mut out, n, seed)?;
             Ok(Some(format!("OK {n}\n")))
         }
@@ -275,58 +264,4 @@ fn mount(source: &str, fstype: &str, target: &str, data: &str) -> io::Result<()>
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
-    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_cid = cid;
-    addr.svm_port = port;
-    addr
-}
-
-fn vsock_socket() -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new socket nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
-    let fd = vsock_socket()?;
-    let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
-    // SAFETY: `addr` is a valid sockaddr_vm of the size we pass.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_vm).cast(),
-            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-        )
-    };
-    // SAFETY: listen on our own bound socket.
-    if rc != 0 || unsafe { libc::listen(fd.as_raw_fd(), 128) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
-fn vsock_connect(cid: u32, port: u32) -> io::Result<File> {
-    let fd = vsock_socket()?;
-    let addr = vsock_addr(cid, port);
-    // SAFETY: `addr` is a valid sockaddr_vm of the size we pass.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_vm).cast(),
-            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(File::from(fd))
 }

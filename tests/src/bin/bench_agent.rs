@@ -9,7 +9,6 @@
 //! else target/debug/husk-agent). On a cgroup v1/hybrid host build the
 //! agent with `cargo build --release -p husk-agent --features cgroup-v1`.
 
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use husk_protocol::agent;
 use husk_protocol::agent_ttrpc::AgentClient;
 use husk_protocol::ttrpc;
+use husk_tests::busybox_bundle::{self, SpecOptions};
 use husk_tests::guest::TempDir;
 use husk_tests::workspace_root;
 
@@ -25,42 +25,20 @@ fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(30_000_000_000)
 }
 
-/// The same minimal spec for both runtimes (runc reads `root.path`
-/// from the bundle; the agent is given the rootfs path).
+/// The same minimal spec for both runtimes.
 fn spec_json() -> serde_json::Value {
-    serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {"uid": 0, "gid": 0},
-            "args": ["true"],
-            "env": ["PATH=/bin"],
-            "cwd": "/",
+    busybox_bundle::spec(
+        &["true"],
+        &SpecOptions {
+            hostname: "bench",
+            network_namespace: true,
+            ..Default::default()
         },
-        "root": {"path": "rootfs"},
-        "hostname": "bench",
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        ],
-        "linux": {
-            "namespaces": [
-                {"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
-                {"type": "mount"}, {"type": "network"},
-            ],
-        },
-    })
+    )
 }
 
 fn bundle(dir: &Path) -> Result<PathBuf> {
-    let rootfs = dir.join("rootfs");
-    for sub in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        std::fs::create_dir_all(rootfs.join(sub))?;
-    }
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
-        .context("/bin/busybox (apt-get install -y busybox-static)")?;
-    symlink("busybox", rootfs.join("bin/true"))?;
+    let rootfs = busybox_bundle::rootfs(dir, &["true"])?;
     std::fs::write(dir.join("config.json"), serde_json::to_vec(&spec_json())?)?;
     Ok(rootfs)
 }
