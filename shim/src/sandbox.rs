@@ -222,6 +222,15 @@ impl Sandbox {
             Command::new(&config.virtiofsd)
                 .arg(format!("--socket-path={}", fs_sock.display()))
                 .arg(format!("--shared-dir={}", shared.display()))
+                // Each container's rootfs is a mount inside the shared dir. Announced as
+                // submounts, the guest kernel gives each its own FUSE superblock, which it
+                // tears down when the container's mount namespace goes, racing the
+                // container's asynchronous FUSE_RELEASEs: 6.1's fuse_release_end() then
+                // iput()s a freed inode (a general protection fault in the guest's
+                // virtio-fs completion worker, which took vsock replies down with it:
+                // WaitProcess never answered). Without submounts the rootfs is a plain
+                // directory of the one virtio-fs superblock that lives as long as the VM.
+                .arg("--no-announce-submounts")
                 .args(&config.virtiofsd_args),
             &dir.join("virtiofsd.log"),
             "virtiofsd",

@@ -4,6 +4,7 @@
 //! image, and a busybox OCI image built here from Debian's busybox-static (no registry).
 //! Dropping it stops containerd and whatever it left, and removes the dir.
 
+use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -284,7 +285,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let start = Instant::now();
         loop {
             if c.socket.exists()
-                && c.ctr(&["version"])
+                && c.ctr_timeout_quiet(&["version"], Duration::from_secs(30))
                     .map(|o| o.code() == Some(0))
                     .unwrap_or(false)
             {
@@ -314,6 +315,24 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// As [`Containerd::ctr`] with its own watchdog; a timeout's error carries the
     /// containerd log (with the shims' lines), since the test host's files are gone after.
     pub fn ctr_timeout(&self, args: &[&str], timeout: Duration) -> Result<Outcome> {
+        let start = Instant::now();
+        let r = self.ctr_timeout_quiet(args, timeout);
+        // Straight to stderr, past the test harness's capture: each ctr call shows in a
+        // long test's live output (and the integration runner's silence watchdog sees it).
+        let _ = writeln!(
+            std::io::stderr(),
+            "ctr {}: {} after {:.1?}",
+            args.join(" "),
+            match &r {
+                Ok(o) => format!("exit {:?}", o.code()),
+                Err(_) => "failed".into(),
+            },
+            start.elapsed()
+        );
+        r
+    }
+
+    fn ctr_timeout_quiet(&self, args: &[&str], timeout: Duration) -> Result<Outcome> {
         run_with_watchdog(
             Command::new("ctr")
                 .arg("--address")

@@ -2,6 +2,7 @@
 //! would. Tests that boot guests are `#[ignore]`d for a plain `cargo test` and run by
 //! `make test` (in the test host where needed); the config-error test needs no VM.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use husk_tests::containerd::{Containerd, HuskToml, BUSYBOX_IMAGE, RUNTIME};
@@ -165,7 +166,17 @@ fn exec_ps_pause_metrics_and_kill() {
     }
     let c = containerd(&HuskToml::default());
     let id = "life";
-    run_detached(&c, id, &["sleep", "600"]);
+    // A PID 1 receives from outside its namespace only the signals it handles (and
+    // SIGKILL), as under runc: `sleep` as init would ignore SIGTERM. This init handles it.
+    run_detached(
+        &c,
+        id,
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 143' TERM; while true; do sleep 1; done",
+        ],
+    );
 
     let o = c
         .ctr(&[
@@ -328,6 +339,14 @@ fn sequential_cycles_leave_nothing_behind() {
         assert_eq!(o.stdout, format!("{id}\n"));
         let left = c.wait_clean(Duration::from_secs(30));
         assert!(left.is_empty(), "cycle {i} left:\n{left}");
+        // Straight to stderr, past the test harness's capture: a long run shows progress
+        // (and the integration runner's silence watchdog sees it is alive).
+        let _ = writeln!(
+            std::io::stderr(),
+            "shim cycles: {} of {cycles} done, {:?}",
+            i + 1,
+            start.elapsed()
+        );
     }
     eprintln!(
         "{cycles} run/remove cycles in {:?}, nothing left behind",
