@@ -37,6 +37,8 @@
 # For experiments on the emulation itself: HUSK_TESTHOST_TCG_THREAD=single|multi
 # (default multi), HUSK_TESTHOST_NPT=0|1 (kvm-amd's nested paging, default 1) and
 # HUSK_TESTHOST_KVM_AMD=param=value,... (more kvm-amd module parameters).
+# A frozen test host (its heartbeat file older than HUSK_TESTHOST_HEARTBEAT_TIMEOUT,
+# default 120 s) is stopped with exit 124, like a timeout.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
@@ -220,6 +222,11 @@ alive() {
 timed_out=0
 boot_ms=""
 deadline_ms=$((start_ms + timeout_s * 1000))
+# A test host whose heartbeat (written every 10 s once its command runs) is older than
+# this has frozen: the emulation hangs now and then (README). Stopped like a timeout.
+hb_limit_s="${HUSK_TESTHOST_HEARTBEAT_TIMEOUT:-120}"
+froze=0
+checks=0
 while alive; do
     now="$(now_ms)"
     if [[ -z "$boot_ms" && -e "$ctl/boot_uptime" ]]; then boot_ms=$((now - start_ms)); fi
@@ -227,8 +234,18 @@ while alive; do
         timed_out=1
         break
     fi
+    checks=$((checks + 1))
+    if ((checks % 25 == 0)) && [[ -s "$ctl/heartbeat" && ! -e "$ctl/exit" ]] &&
+        (($(date +%s) - $(stat -c %Y "$ctl/heartbeat") > hb_limit_s)); then
+        froze=1
+        timed_out=1
+        break
+    fi
     sleep 0.2
 done
+if ((froze)); then
+    echo "testhost: the test host froze (no heartbeat for more than $hb_limit_s s); stopping it" >&2
+fi
 if ((timed_out)); then
     kill -TERM "$qpid" 2>/dev/null || true
     sleep 1
@@ -256,7 +273,7 @@ show_failure() {
 }
 
 if ((timed_out)); then
-    echo "testhost: test host timed out after $timeout_s s" >&2
+    ((froze)) || echo "testhost: test host timed out after $timeout_s s" >&2
     heartbeat
     show_failure
     exit 124
