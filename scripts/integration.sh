@@ -24,9 +24,20 @@ if [ -n "$only" ]; then
 fi
 [ -n "$bins" ] || { echo "integration: no test executable matches ${only:-anything}" >&2; exit 1; }
 
+# The unit of running (and of retrying after a frozen test host) is one test: EXE#NAME.
+units=()
+for t in $bins; do
+    names=$("$t" --list --include-ignored 2>/dev/null | sed -n 's/^\(.*\): test$/\1/p') || {
+        echo "integration: cannot list the tests of $t" >&2
+        exit 1
+    }
+    for n in $names; do units+=("$t#$n"); done
+done
+[ "${#units[@]}" -ne 0 ] || { echo "integration: no tests found" >&2; exit 1; }
+
 # The runner lives in the workspace: the test host sees the machine's files, but its /tmp
-# is a fresh tmpfs. It runs the executables it is given one after another and ends each
-# with a line `@@ result <exe> <passed> <failed> <exit status>`.
+# is a fresh tmpfs. It runs the tests it is given (EXE#NAME) one after another and ends
+# each with a line `@@ result EXE#NAME <passed> <failed> <exit status>`.
 mkdir -p "$root/build"
 runner=$(mktemp "$root/build/integration.XXXXXX")
 fifo="$root/build/integration.fifo.$$"
@@ -35,12 +46,12 @@ trap 'rm -f "$runner" "$fifo" "$results"' EXIT
 cat >"$runner" <<'RUNNER'
 set -u; cd "$1"; shift; log=$(mktemp)
 count() { sed -n "s/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\\$1/p" "$log" | awk '{s+=$1} END {print s+0}'; }
-for t in "$@"; do
-  echo "=== $t"
+for u in "$@"; do
+  echo "=== $u"
   # One guest at a time: under emulation two nested guests starve each other.
   # Output streams live (a hang shows where it is) and is kept for the counts.
-  "$t" --include-ignored --test-threads=1 2>&1 | tee "$log"; s=${PIPESTATUS[0]}
-  echo "@@ result $t $(count 1) $(count 2) $s"
+  "${u%%#*}" --include-ignored --exact "${u#*#}" --test-threads=1 2>&1 | tee "$log"; s=${PIPESTATUS[0]}
+  echo "@@ result $u $(count 1) $(count 2) $s"
 done
 RUNNER
 
@@ -95,15 +106,15 @@ run_once() {
     wait "$pid"
 }
 
-# Runs the given executables, giving those a hung test host left unfinished up to two
-# more tries. Adds to $passed/$failed and puts the executables with a failing test in
-# $failing (and any never run in $unrun).
+# Runs the given tests, giving those a hung test host left unfinished up to four more
+# tries. Adds to $passed and puts the failing tests in $failing (and any never run in
+# $unrun).
 run_suite() {
     local remaining=("$@") attempt rc t r p f s left
     failing=()
     unrun=()
     : >"$results"
-    for attempt in 1 2 3; do
+    for attempt in 1 2 3 4 5; do
         rc=0
         run_once "${remaining[@]}" || rc=$?
         left=()
@@ -129,26 +140,25 @@ run_suite() {
         fi
         [ "${#remaining[@]}" -eq 0 ] && return 0
         echo "integration: attempt $attempt: the test host hung or failed (exit $rc);" \
-            "${#remaining[@]} test executables left to run" >&2
+            "${#remaining[@]} tests left to run" >&2
     done
     unrun=("${remaining[@]}")
 }
 
-read -r -a all <<<"$(printf '%s ' $bins)"
 passed=0
 fail_counts=()
-run_suite "${all[@]}"
+run_suite "${units[@]}"
 # Under emulation (the test host) nested guests sometimes fail for the emulator's own
 # reasons: the test host freezes (its heartbeat stops), a guest vCPU stalls for minutes
-# (RCU stall reports on its console) or triple-faults. A test executable with a failing
-# test therefore gets exactly one more run there, said loudly; a test that fails twice
-# fails the suite. Where KVM runs directly there is no second run.
+# (RCU stall reports on its console) or triple-faults. A failing test therefore gets
+# exactly one more run there, said loudly; a test that fails twice fails the suite.
+# Where KVM runs directly there is no second run.
 flaky=()
 if [ "${#failing[@]}" -ne 0 ] && [ "$("$root/scripts/testhost/kvm-mode")" = testhost ] &&
     [ "${HUSK_INTEGRATION_RERUN:-1}" = 1 ]; then
     first_failing=("${failing[@]}")
     fail_counts=()
-    echo "integration: RERUN under emulation of ${#first_failing[@]} executable(s) with failures:" \
+    echo "integration: RERUN under emulation of ${#first_failing[@]} failing test(s):" \
         "${first_failing[*]}" >&2
     run_suite "${first_failing[@]}"
     for t in "${first_failing[@]}"; do
@@ -162,14 +172,14 @@ failed=0
 for c in "${fail_counts[@]+"${fail_counts[@]}"}"; do
     read -r t p f s <<<"$c"
     failed=$((failed + (f > 0 ? f : 1)))
-    echo "integration: FAILED $t ($f failed tests, exit status $s)" >&2
+    echo "integration: FAILED $t (exit status $s)" >&2
 done
 for t in "${flaky[@]+"${flaky[@]}"}"; do
     echo "integration: FLAKY $t failed once under emulation and passed when rerun (output above)" >&2
 done
-echo "integration: $passed passed, $failed failed, ${#flaky[@]} executable(s) passed only on rerun"
+echo "integration: $passed passed, $failed failed, ${#flaky[@]} passed only on rerun"
 if [ "${#unrun[@]}" -ne 0 ]; then
-    echo "integration: not run after 3 tries: ${unrun[*]}" >&2
+    echo "integration: not run after 5 tries: ${unrun[*]}" >&2
     exit 124
 fi
 [ "$failed" -eq 0 ]
