@@ -9,7 +9,7 @@ AGENT   := target/$(MUSL)/release/husk-agent
 PROBE   := target/$(MUSL)/release/husk-guest-probe
 CARGO   ?= cargo
 
-.PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench bench-devices bench-agent test-shim fuzz clean
+.PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench bench-devices bench-agent bench-shim test-shim fuzz clean
 
 deps:
 	scripts/install-deps.sh
@@ -51,6 +51,11 @@ demo: image vmm
 
 bench: image vmm
 	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-boot --runs $${RUNS:-10}
+
+# `ctr run --rm` of busybox true under runc and husk, interleaved, and the host memory of
+# an idle husk pod, through a private containerd (in the test host where needed).
+bench-shim: image vmm
+	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-shim --runs $${RUNS:-10}
 
 fuzz: deps
 	scripts/fuzz.sh $${FUZZ_SECONDS:-20}
