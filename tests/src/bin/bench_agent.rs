@@ -9,6 +9,7 @@
 //! else target/debug/husk-agent). On a cgroup v1/hybrid host build the
 //! agent with `cargo build --release -p husk-agent --features cgroup-v1`.
 
+use husk_tests::{median, ms};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -141,20 +142,6 @@ fn runc_run(runc: &Path, root: &Path, bundle: &Path, id: &str) -> Result<Duratio
     Ok(took)
 }
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 fn main() -> Result<()> {
     let mut runs = 20usize;
     let mut agent_path = None;
@@ -203,9 +190,9 @@ fn main() -> Result<()> {
         )?);
     }
     let (aw, at, r) = (
-        median(&mut agent_wait),
-        median(&mut agent_total),
-        median(&mut runc_times),
+        median(&agent_wait),
+        median(&agent_total),
+        median(&runc_times),
     );
     println!(
         "busybox true, {runs} runs each, interleaved; agent {}",

@@ -9,6 +9,7 @@
 //!
 //! Usage: husk-bench-shim [--runs N] [--timeout SECS]
 
+use husk_tests::{median, ms};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -21,21 +22,6 @@ const RUNC: &str = "io.containerd.runc.v2";
 const DEFAULT_MEMORY_MIB: u64 = 256;
 /// The name husk-vmm gives the memfd of guest RAM (vmm/src/vm.rs).
 const GUEST_RAM_MEMFD: &str = "/memfd:husk-guest-ram";
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2
-    }
-}
 
 /// Lines, indented, for failure reports.
 fn indent(lines: &[&str]) -> String {
