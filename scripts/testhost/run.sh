@@ -36,7 +36,9 @@
 # the serial port into a log file, `quiet loglevel=3`.
 # For experiments on the emulation itself: HUSK_TESTHOST_TCG_THREAD=single|multi
 # (default multi), HUSK_TESTHOST_NPT=0|1 (kvm-amd's nested paging, default 1) and
-# HUSK_TESTHOST_KVM_AMD=param=value,... (more kvm-amd module parameters).
+# HUSK_TESTHOST_KVM_AMD=param=value,... (more kvm-amd module parameters);
+# HUSK_TESTHOST_LOGLEVEL=N sets its console loglevel (default 3; 5 shows the stack
+# traces of soft lockups and warnings).
 # A frozen test host (its heartbeat file older than HUSK_TESTHOST_HEARTBEAT_TIMEOUT,
 # default 120 s) is stopped with exit 124, like a timeout.
 set -euo pipefail
@@ -186,7 +188,7 @@ qemu_args=(
     -M q35 -cpu EPYC -smp "$cpus" -m "$mem"
     -nodefaults -no-user-config -display none -no-reboot
     -kernel "$assets/vmlinuz" -initrd "$assets/initrd.cpio.gz"
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off husk.npt=${HUSK_TESTHOST_NPT:-1} husk.kvm_amd=${HUSK_TESTHOST_KVM_AMD:-}"
+    -append "console=ttyS0 quiet loglevel=${HUSK_TESTHOST_LOGLEVEL:-3} panic=-1 mitigations=off husk.npt=${HUSK_TESTHOST_NPT:-1} husk.kvm_amd=${HUSK_TESTHOST_KVM_AMD:-}"
     # Kernel console and init messages: a log file, printed on failure.
     -serial "file:$console_log"
     # The command's stdout/stderr: virtio console hvc0 -> our stdout.
@@ -235,8 +237,13 @@ while alive; do
         break
     fi
     checks=$((checks + 1))
-    if ((checks % 25 == 0)) && [[ -s "$ctl/heartbeat" && ! -e "$ctl/exit" ]] &&
-        (($(date +%s) - $(stat -c %Y "$ctl/heartbeat") > hb_limit_s)); then
+    # No heartbeat at all 30 s after the command started is a freeze too.
+    if ((checks % 25 == 0)) && [[ -n "$boot_ms" && ! -e "$ctl/exit" ]] &&
+        if [[ -s "$ctl/heartbeat" ]]; then
+            (($(date +%s) - $(stat -c %Y "$ctl/heartbeat") > hb_limit_s))
+        else
+            ((now - start_ms - boot_ms > 30000))
+        fi; then
         froze=1
         timed_out=1
         break

@@ -79,6 +79,19 @@ fn vsock_down(g: &Guest, n: u64) -> Result<Duration> {
     Ok(d)
 }
 
+/// Runs one measured step, saying on stderr when it starts and how long it took, so a
+/// stalled step is named while it stalls.
+fn step<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    eprintln!("bench-devices: {what} ...");
+    let t = Instant::now();
+    let r = f().with_context(|| format!("{what} failed"));
+    eprintln!(
+        "bench-devices: {what} done in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    r
+}
+
 fn count_entries(dir: &Path) -> Result<u64> {
     let mut n = 0;
     for e in std::fs::read_dir(dir)? {
@@ -145,6 +158,24 @@ fn main() -> Result<()> {
         ],
         ..Default::default()
     })?;
+    if let Err(e) = measure(&g, n, files, &shared, &big) {
+        eprintln!("{}", g.explain());
+        kill_group(vfs.id());
+        let _ = vfs.wait();
+        return Err(e);
+    }
+    let code = g.power_off()?;
+    kill_group(vfs.id());
+    let _ = vfs.kill();
+    let _ = vfs.wait();
+    if code != 0 {
+        bail!("husk-vmm exited {code}");
+    }
+    Ok(())
+}
+
+/// The measurements, against a booted guest with the share at `shared` (tag `shared`).
+fn measure(g: &Guest, n: u64, files: u64, shared: &TempDir, big: &Path) -> Result<()> {
     g.command("MOUNT virtiofs shared /mnt/shared")?;
 
     println!(
@@ -152,15 +183,15 @@ fn main() -> Result<()> {
         n / MIB
     );
     println!("{:<44} {:>12} {:>12}", "", "husk", "peer");
-    let tcp = tcp_copy(n)?;
-    let up = vsock_up(&g, n)?;
-    let down = vsock_down(&g, n)?;
+    let tcp = step("TCP loopback copy", || tcp_copy(n))?;
+    let up = step("vsock host->guest", || vsock_up(g, n))?;
     println!(
         "{:<44} {:>8.1} MiB/s {:>8.1} MiB/s (TCP loopback)",
         "vsock host->guest",
         rate(n, up),
         rate(n, tcp)
     );
+    let down = step("vsock guest->host", || vsock_down(g, n))?;
     println!(
         "{:<44} {:>8.1} MiB/s {:>8.1} MiB/s (TCP loopback)",
         "vsock guest->host",
@@ -170,14 +201,16 @@ fn main() -> Result<()> {
 
     drop_caches();
     let t = Instant::now();
-    let reply = g.command("HASHFILE /mnt/shared/big.bin")?;
+    let reply = step("virtio-fs sequential read", || {
+        g.command("HASHFILE /mnt/shared/big.bin")
+    })?;
     let guest_read = t.elapsed();
     if reply != format!("OK {n} {}", stream_hash(n, 7)) {
         bail!("virtio-fs read mismatch: {reply}");
     }
     drop_caches();
     let t = Instant::now();
-    let h = hash_all(&mut std::fs::File::open(&big)?)?;
+    let h = hash_all(&mut std::fs::File::open(big)?)?;
     let host_read = t.elapsed();
     if h.value() != stream_hash(n, 7) {
         bail!("host read mismatch");
@@ -191,7 +224,7 @@ fn main() -> Result<()> {
 
     drop_caches();
     let t = Instant::now();
-    let reply = g.command("FIND /mnt/shared/tree")?;
+    let reply = step("virtio-fs find", || g.command("FIND /mnt/shared/tree"))?;
     let guest_find = t.elapsed();
     drop_caches();
     let t = Instant::now();
@@ -207,12 +240,5 @@ fn main() -> Result<()> {
         host_find.as_secs_f64() * 1e3,
         guest_find.as_secs_f64() / host_find.as_secs_f64()
     );
-    let code = g.power_off()?;
-    kill_group(vfs.id());
-    let _ = vfs.kill();
-    let _ = vfs.wait();
-    if code != 0 {
-        bail!("husk-vmm exited {code}");
-    }
     Ok(())
 }
