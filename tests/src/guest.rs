@@ -117,7 +117,10 @@ impl Guest {
         // Unless told otherwise, the VMM says why any vsock connection was reset (debug
         // lines, one per reset), so a failing device test carries the reason.
         if std::env::var_os("HUSK_LOG").is_none() {
-            cmd.env("HUSK_LOG", "warn,husk_vmm::devices::virtio::vsock=debug");
+            cmd.env(
+                "HUSK_LOG",
+                "warn,husk_vmm::devices::virtio::vsock=debug,husk_vmm::devices::virtio::fs=info",
+            );
         }
         let child = cmd.spawn().context("spawn husk-vmm")?;
         let mut g = Self {

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -80,15 +81,42 @@ fn vsock_down(g: &Guest, n: u64) -> Result<Duration> {
 }
 
 /// Runs one measured step, saying on stderr when it starts and how long it took, so a
-/// stalled step is named while it stalls.
-fn step<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+/// stalled step is named while it stalls. Every 10 s a step runs, husk-vmm (`vmm`) is
+/// asked for a state dump (SIGUSR1); the dumps are printed after the step.
+fn step<T>(what: &str, vmm: Option<&Guest>, f: impl FnOnce() -> Result<T>) -> Result<T> {
     eprintln!("bench-devices: {what} ...");
     let t = Instant::now();
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let pid = vmm.and_then(Guest::pid);
+    let watcher = std::thread::spawn(move || {
+        let mut dumps = 0;
+        while let Err(RecvTimeoutError::Timeout) = wait.recv_timeout(Duration::from_secs(10)) {
+            if let Some(pid) = pid {
+                // SAFETY: kill(2) on the pid of our own husk-vmm child, which is alive
+                // until the guest is dropped (after this step).
+                unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+                dumps += 1;
+            }
+        }
+        dumps
+    });
     let r = f().with_context(|| format!("{what} failed"));
+    let _ = done.send(());
+    let dumps = watcher.join().unwrap_or(0);
     eprintln!(
         "bench-devices: {what} done in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    if let (Some(g), true) = (vmm, dumps > 0) {
+        eprintln!("bench-devices: {what} was slow; husk-vmm's {dumps} state dump(s):");
+        for line in g
+            .stderr_text()
+            .lines()
+            .filter(|l| l.contains(" state") || l.contains(" queue "))
+        {
+            eprintln!("  {line}");
+        }
+    }
     r
 }
 
@@ -183,15 +211,15 @@ fn measure(g: &Guest, n: u64, files: u64, shared: &TempDir, big: &Path) -> Resul
         n / MIB
     );
     println!("{:<44} {:>12} {:>12}", "", "husk", "peer");
-    let tcp = step("TCP loopback copy", || tcp_copy(n))?;
-    let up = step("vsock host->guest", || vsock_up(g, n))?;
+    let tcp = step("TCP loopback copy", None, || tcp_copy(n))?;
+    let up = step("vsock host->guest", Some(g), || vsock_up(g, n))?;
     println!(
         "{:<44} {:>8.1} MiB/s {:>8.1} MiB/s (TCP loopback)",
         "vsock host->guest",
         rate(n, up),
         rate(n, tcp)
     );
-    let down = step("vsock guest->host", || vsock_down(g, n))?;
+    let down = step("vsock guest->host", Some(g), || vsock_down(g, n))?;
     println!(
         "{:<44} {:>8.1} MiB/s {:>8.1} MiB/s (TCP loopback)",
         "vsock guest->host",
@@ -201,7 +229,7 @@ fn measure(g: &Guest, n: u64, files: u64, shared: &TempDir, big: &Path) -> Resul
 
     drop_caches();
     let t = Instant::now();
-    let reply = step("virtio-fs sequential read", || {
+    let reply = step("virtio-fs sequential read", Some(g), || {
         g.command("HASHFILE /mnt/shared/big.bin")
     })?;
     let guest_read = t.elapsed();
@@ -224,7 +252,9 @@ fn measure(g: &Guest, n: u64, files: u64, shared: &TempDir, big: &Path) -> Resul
 
     drop_caches();
     let t = Instant::now();
-    let reply = step("virtio-fs find", || g.command("FIND /mnt/shared/tree"))?;
+    let reply = step("virtio-fs find", Some(g), || {
+        g.command("FIND /mnt/shared/tree")
+    })?;
     let guest_find = t.elapsed();
     drop_caches();
     let t = Instant::now();

@@ -1,45 +1,45 @@
 //! `SIGUSR1` asks husk-vmm to log its devices' state at info level: how an operator sees
-//! why a guest's I/O waits (credit, queues, sockets) without stopping the VM.
+//! why a guest's I/O waits (credit, queues, sockets, interrupts) without stopping the VM.
 //!
-//! The signal handler only writes to an eventfd; the device event loop reads it and
-//! logs. The vsock device is the one that answers today.
+//! The signal handler only writes to eventfds, one per listening device; each device's
+//! event loop handler reads its own and logs. The vsock and virtio-fs devices answer.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use vmm_sys_util::eventfd::EventFd;
 
-static EVENT: OnceLock<EventFd> = OnceLock::new();
-static EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+/// At most this many devices listen (one vsock, virtio-fs tags, room to spare).
+const MAX_LISTENERS: usize = 16;
+
+static LISTENER_FDS: [AtomicI32; MAX_LISTENERS] = [const { AtomicI32::new(-1) }; MAX_LISTENERS];
+static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 /// Errors installing the handler.
 #[derive(Debug, thiserror::Error)]
 pub enum StateDumpError {
-    #[error("Cannot create the state-dump eventfd")]
-    EventFd(#[source] std::io::Error),
     #[error("Cannot install the SIGUSR1 handler")]
     Sigaction(#[source] std::io::Error),
 }
 
 extern "C" fn on_sigusr1(_: libc::c_int) {
-    let fd = EVENT_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let one = 1u64;
-        // SAFETY: write(2) is async-signal-safe; `one` is 8 readable bytes on our stack
-        // and fd is the eventfd kept open for the life of the process.
-        unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
+    for slot in &LISTENER_FDS {
+        let fd = slot.load(Ordering::Relaxed);
+        if fd >= 0 {
+            let one = 1u64;
+            // SAFETY: write(2) is async-signal-safe; `one` is 8 readable bytes on our
+            // stack and fd is a listener's eventfd, leaked so it stays open for the life
+            // of the process.
+            unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
+        }
     }
 }
 
 /// Installs the SIGUSR1 handler (once; later calls do nothing).
 pub fn install() -> Result<(), StateDumpError> {
-    if EVENT.get().is_some() {
+    if INSTALLED.swap(true, Ordering::SeqCst) {
         return Ok(());
     }
-    let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(StateDumpError::EventFd)?;
-    EVENT_FD.store(evt.as_raw_fd(), Ordering::Relaxed);
-    let _ = EVENT.set(evt);
     // SAFETY: an all-zero sigaction is valid; we set a handler that only calls
     // async-signal-safe functions, with an empty mask, and check the result.
     let r = unsafe {
@@ -50,14 +50,28 @@ pub fn install() -> Result<(), StateDumpError> {
         libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut())
     };
     if r != 0 {
+        INSTALLED.store(false, Ordering::SeqCst);
         return Err(StateDumpError::Sigaction(std::io::Error::last_os_error()));
     }
     Ok(())
 }
 
-/// The eventfd a device polls to learn a dump was asked for (None before [`install`]).
-pub fn event() -> Option<&'static EventFd> {
-    EVENT.get()
+/// A new eventfd, signalled at every SIGUSR1 from now on, for one device to poll. None
+/// before [`install`] (unit tests, library users that never asked for dumps) or when
+/// [`MAX_LISTENERS`] devices already listen. The eventfd lives as long as the process.
+pub fn listener() -> Option<&'static EventFd> {
+    if !INSTALLED.load(Ordering::SeqCst) {
+        return None;
+    }
+    let evt = EventFd::new(libc::EFD_NONBLOCK).ok()?;
+    let fd = evt.as_raw_fd();
+    LISTENER_FDS
+        .iter()
+        .any(|s| {
+            s.compare_exchange(-1, fd, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        })
+        .then(|| &*Box::leak(Box::new(evt)))
 }
 
 #[cfg(test)]
@@ -65,11 +79,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signal_reaches_the_eventfd() {
+    fn signal_reaches_every_listener() {
         install().unwrap();
         install().unwrap();
+        let a = listener().unwrap();
+        let b = listener().unwrap();
         // SAFETY: raising a signal whose handler we just installed.
         unsafe { libc::raise(libc::SIGUSR1) };
-        assert_eq!(event().unwrap().read().unwrap(), 1);
+        assert_eq!(a.read().unwrap(), 1);
+        assert_eq!(b.read().unwrap(), 1);
     }
 }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::vhost_user::{Backend, FsError, REQUEST_TIMEOUT};
@@ -41,6 +43,11 @@ pub struct Fs {
     /// The backend hung up or stopped answering: we no longer talk to it.
     broken: bool,
     pub(super) metrics: Arc<FsMetrics>,
+    /// Guest memory and the queues of the current activation: only read, for the
+    /// SIGUSR1 state dump (virtiofsd serves the queues).
+    active_queues: Option<(GuestMemoryMmap, Vec<Queue>)>,
+    /// Signalled on SIGUSR1 (see `state_dump`); taken when the event loop registers us.
+    pub(super) dump_evt: Option<&'static EventFd>,
 }
 
 impl Fs {
@@ -67,6 +74,8 @@ impl Fs {
             irq: None,
             broken: false,
             metrics: Arc::new(FsMetrics::default()),
+            active_queues: None,
+            dump_evt: None,
         })
     }
 
@@ -96,6 +105,42 @@ impl Fs {
                 socket = %self.socket.display(),
                 "virtio-fs: the vhost-user backend (virtiofsd) is gone ({why}); \
                  the guest's file system on this tag no longer works"
+            );
+        }
+    }
+
+    /// Logs the device's state at info level: the rings as the guest and virtiofsd left
+    /// them, and the interrupt line. Tells a request virtiofsd has not used (avail ahead
+    /// of used) from a completion the guest has not been told of (interrupt pending).
+    pub(super) fn dump_state(&self) {
+        let m = &self.metrics;
+        tracing::info!(
+            tag = %self.tag,
+            "virtio-fs state: active={} broken={} interrupts={} interrupt_status={:#x}",
+            self.irq.is_some(),
+            self.broken,
+            m.interrupts.load(Ordering::Relaxed),
+            self.irq.as_ref().map_or(0, |irq| irq.status())
+        );
+        let Some((mem, queues)) = &self.active_queues else {
+            return;
+        };
+        for (i, q) in queues.iter().enumerate() {
+            let size = u64::from(q.size());
+            let word = |addr: u64| {
+                mem.read_obj::<u16>(GuestAddress(addr))
+                    .map_or_else(|e| format!("({e})"), |v| v.to_string())
+            };
+            let avail = q.avail_idx(mem, Ordering::Acquire).map(|w| w.0);
+            let used = q.used_idx(mem, Ordering::Acquire).map(|w| w.0);
+            tracing::info!(
+                tag = %self.tag,
+                "virtio-fs queue {i}: avail_idx={avail:?} used_idx={used:?} avail_flags={} \
+                 used_event={} used_flags={} avail_event={}",
+                word(q.avail_ring()),
+                word(q.avail_ring() + 4 + 2 * size),
+                word(q.used_ring()),
+                word(q.used_ring() + 4 + 8 * size)
             );
         }
     }
@@ -168,6 +213,7 @@ impl VirtioDevice for Fs {
             });
         }
         self.irq = Some(ctx.irq);
+        self.active_queues = Some((ctx.mem, ctx.queues));
         self.metrics.activations.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(tag = %self.tag, "virtio-fs: activated");
         Ok(())
@@ -183,6 +229,7 @@ impl VirtioDevice for Fs {
         match self.backend.stop(self.queue_sizes.len()) {
             Ok(()) => {
                 self.irq = None;
+                self.active_queues = None;
                 for evt in &self.call_evts {
                     let _ = evt.read();
                 }

@@ -14,6 +14,8 @@ use crate::devices::virtio::INT_VRING;
 
 /// Event data of the vhost-user socket (call eventfds use their queue index).
 const SOCKET_DATA: u32 = u32::MAX;
+/// Event data of the SIGUSR1 state-dump eventfd.
+const STATE_DUMP: u32 = u32::MAX - 1;
 
 impl Fs {
     fn relay_call(&mut self, queue: usize) {
@@ -45,6 +47,12 @@ impl MutEventSubscriber for Fs {
                 tracing::error!(tag = %self.tag(), "virtio-fs: cannot watch call eventfd {i}: {e:?}");
             }
         }
+        self.dump_evt = self.dump_evt.or_else(crate::devices::state_dump::listener);
+        if let Some(evt) = self.dump_evt {
+            if let Err(e) = ops.add(Events::with_data(evt, STATE_DUMP, EventSet::IN)) {
+                tracing::error!(tag = %self.tag(), "virtio-fs: cannot watch the state-dump event: {e:?}");
+            }
+        }
         if self.is_broken() {
             return;
         }
@@ -63,6 +71,13 @@ impl MutEventSubscriber for Fs {
                 tracing::warn!(tag = %self.tag(), "virtio-fs: cannot unwatch the socket: {e:?}");
             }
             self.mark_broken("its socket hung up");
+            return;
+        }
+        if events.data() == STATE_DUMP {
+            if let Some(evt) = self.dump_evt {
+                let _ = evt.read();
+            }
+            self.dump_state();
             return;
         }
         self.relay_call(events.data() as usize);

@@ -58,6 +58,8 @@ pub struct Vsock {
     scratch: Vec<u8>,
     warn: WarnLimiter,
     metrics: Arc<VsockMetrics>,
+    /// Signalled on SIGUSR1 (see `state_dump`); taken when the event loop registers us.
+    pub(super) dump_evt: Option<&'static EventFd>,
 }
 
 impl Vsock {
@@ -75,6 +77,7 @@ impl Vsock {
             scratch: vec![0u8; MAX_PAYLOAD],
             warn: WarnLimiter::default(),
             metrics: Arc::new(VsockMetrics::default()),
+            dump_evt: None,
         })
     }
 

@@ -42,7 +42,8 @@ impl MutEventSubscriber for Vsock {
         if let Err(e) = ops.add(listener) {
             tracing::error!("vsock: cannot register the host socket: {e:?}");
         }
-        if let Some(evt) = crate::devices::state_dump::event() {
+        self.dump_evt = self.dump_evt.or_else(crate::devices::state_dump::listener);
+        if let Some(evt) = self.dump_evt {
             if let Err(e) = ops.add(Events::with_data(evt, STATE_DUMP, EventSet::IN)) {
                 tracing::error!("vsock: cannot register the state-dump event: {e:?}");
             }
@@ -64,7 +65,7 @@ impl MutEventSubscriber for Vsock {
                 }
             }
             STATE_DUMP => {
-                if let Some(evt) = crate::devices::state_dump::event() {
+                if let Some(evt) = self.dump_evt {
                     let _ = evt.read();
                 }
                 self.dump_state();
