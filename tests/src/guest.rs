@@ -119,7 +119,8 @@ impl Guest {
         if std::env::var_os("HUSK_LOG").is_none() {
             cmd.env(
                 "HUSK_LOG",
-                "warn,husk_vmm::devices::virtio::vsock=debug,husk_vmm::devices::virtio::fs=info",
+                "warn,husk_vmm::devices::virtio::vsock=debug,husk_vmm::devices::virtio::fs=info,\
+                 husk_vmm::vcpu=info",
             );
         }
         let child = cmd.spawn().context("spawn husk-vmm")?;

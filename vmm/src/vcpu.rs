@@ -127,6 +127,7 @@ impl Vcpu {
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                let _kickable = crate::devices::state_dump::register_vcpu_thread(id);
                 let event = self.run_loop(&ctx);
                 let _ = ctx.events.send(event);
             })
@@ -134,7 +135,13 @@ impl Vcpu {
     }
 
     fn run_loop(&mut self, ctx: &VcpuContext) -> VmEvent {
+        let mut dumped = crate::devices::state_dump::generation();
         loop {
+            let asked = crate::devices::state_dump::generation();
+            if asked != dumped {
+                dumped = asked;
+                self.log_state();
+            }
             match self.fd.run() {
                 Ok(exit) => match exit {
                     VcpuExit::IoOut(port, data) => {
@@ -209,5 +216,113 @@ impl Vcpu {
                 }
             }
         }
+    }
+
+    /// Logs where the guest is and what interrupts it has (SIGUSR1, see `state_dump`):
+    /// enough to tell a guest spinning with interrupts off from one whose timer never
+    /// fires. Resolve `rip` with `nm -n` on the guest's vmlinux.
+    fn log_state(&self) {
+        let id = self.id;
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => tracing::info!(
+                "vcpu{id} state: rip={:#x} rsp={:#x} rflags={:#x} (IF={}) cs={:#x} cr0={:#x} \
+                 cr3={:#x} efer={:#x} rax={:#x} rcx={:#x} rdi={:#x}",
+                r.rip,
+                r.rsp,
+                r.rflags,
+                (r.rflags >> 9) & 1,
+                s.cs.selector,
+                s.cr0,
+                s.cr3,
+                s.efer,
+                r.rax,
+                r.rcx,
+                r.rdi
+            ),
+            (r, s) => tracing::info!(
+                "vcpu{id} state: cannot read registers ({:?} / {:?})",
+                r.err(),
+                s.err()
+            ),
+        }
+        let mp = self.fd.get_mp_state().map(|m| m.mp_state);
+        let mut msrs = Msrs::from_entries(&[
+            kvm_bindings::kvm_msr_entry {
+                index: MSR_IA32_TSC,
+                ..Default::default()
+            },
+            kvm_bindings::kvm_msr_entry {
+                index: MSR_IA32_TSC_DEADLINE,
+                ..Default::default()
+            },
+        ])
+        .ok();
+        let tsc = msrs
+            .as_mut()
+            .and_then(|m| self.fd.get_msrs(m).ok().map(|_| m.as_slice().to_vec()))
+            .map(|e| format!("tsc={} tsc_deadline={}", e[0].data, e[1].data))
+            .unwrap_or_else(|| "tsc unreadable".into());
+        let lapic = self
+            .fd
+            .get_lapic()
+            .map(|l| describe_lapic(&l.regs))
+            .unwrap_or_else(|e| format!("lapic unreadable: {e}"));
+        tracing::info!("vcpu{id} state: mp_state={mp:?} {tsc} {lapic}");
+    }
+}
+
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// The LAPIC registers that say whether an interrupt is pending, in service or due.
+fn describe_lapic(regs: &[std::os::raw::c_char]) -> String {
+    let reg = |off: usize| -> u32 {
+        regs.get(off..off + 4).map_or(0, |b| {
+            u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+        })
+    };
+    // ISR and IRR: 8 32-bit words 16 bytes apart; the highest set vector is what matters.
+    let highest = |base: usize| -> String {
+        (0..8)
+            .rev()
+            .find_map(|i| {
+                let w = reg(base + i * 0x10);
+                (w != 0).then(|| format!("{:#x}", i * 32 + 31 - w.leading_zeros() as usize))
+            })
+            .unwrap_or_else(|| "none".into())
+    };
+    format!(
+        "lapic: tpr={:#x} isr_top={} irr_top={} lvt_timer={:#x} tmict={} tmcct={} tdcr={:#x}",
+        reg(0x80),
+        highest(0x100),
+        highest(0x200),
+        reg(0x320),
+        reg(0x380),
+        reg(0x390),
+        reg(0x3e0)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lapic_description_names_the_highest_pending_vectors() {
+        let mut regs = [0 as std::os::raw::c_char; 1024];
+        // IRR: vectors 0x31 and 0xec pending; ISR: 0x20 in service; timer LVT 0x400ec.
+        let mut put = |off: usize, v: u32| {
+            for (i, b) in v.to_le_bytes().iter().enumerate() {
+                regs[off + i] = *b as std::os::raw::c_char;
+            }
+        };
+        put(0x200 + 0x10, 1 << 17);
+        put(0x200 + 7 * 0x10, 1 << 12);
+        put(0x100 + 0x10, 1);
+        put(0x320, 0x400ec);
+        let d = describe_lapic(&regs);
+        assert!(d.contains("isr_top=0x20"), "{d}");
+        assert!(d.contains("irr_top=0xec"), "{d}");
+        assert!(d.contains("lvt_timer=0x400ec"), "{d}");
     }
 }
