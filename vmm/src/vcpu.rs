@@ -167,7 +167,10 @@ impl Vcpu {
                         ctx.mmio.write(addr, data);
                     }
                     VcpuExit::Shutdown => {
-                        return VmEvent::TripleFault { cpu: self.id };
+                        return VmEvent::TripleFault {
+                            cpu: self.id,
+                            at: self.registers_line(),
+                        };
                     }
                     VcpuExit::SystemEvent(kind, _) => {
                         ctx.exits.other.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +218,18 @@ impl Vcpu {
                     }
                 }
             }
+        }
+    }
+
+    /// Where the guest was, for a crash report: the instruction, stack and page-fault
+    /// address (resolve `rip` with `nm -n` on the guest's vmlinux).
+    fn registers_line(&self) -> String {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => format!(
+                "rip={:#x} rsp={:#x} rflags={:#x} cr2={:#x} cr3={:#x}",
+                r.rip, r.rsp, r.rflags, s.cr2, s.cr3
+            ),
+            (r, s) => format!("registers unreadable: {:?} / {:?}", r.err(), s.err()),
         }
     }
 

@@ -73,7 +73,7 @@ pub enum VmEvent {
     /// The guest reset the machine through the i8042 (its way to power off).
     Reset,
     /// A vCPU triple-faulted.
-    TripleFault { cpu: u8 },
+    TripleFault { cpu: u8, at: String },
     /// KVM could not run a vCPU.
     Failed { cpu: u8, reason: String },
 }
@@ -265,9 +265,11 @@ impl Vm {
                 Some(reason) => VmExit::Panic(reason),
                 None => VmExit::PowerOff,
             },
-            VmEvent::TripleFault { cpu } => VmExit::Crash(match panic.get() {
-                Some(reason) => format!("triple fault on vCPU {cpu} after kernel panic: {reason}"),
-                None => format!("triple fault on vCPU {cpu}"),
+            VmEvent::TripleFault { cpu, at } => VmExit::Crash(match panic.get() {
+                Some(reason) => {
+                    format!("triple fault on vCPU {cpu} ({at}) after kernel panic: {reason}")
+                }
+                None => format!("triple fault on vCPU {cpu} ({at})"),
             }),
             VmEvent::Failed { cpu, reason } => VmExit::Crash(format!("vCPU {cpu}: {reason}")),
         };
