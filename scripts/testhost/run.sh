@@ -7,7 +7,12 @@
 # Options:
 #   --timeout SECONDS  kill the test host after this long (default 3600); exit 124
 #   --mem MiB          test-host memory (default 6144)
-#   --cpus N           test-host vCPUs (default 2)
+#   --cpus N           test-host vCPUs (default 1, or HUSK_TESTHOST_CPUS). With
+#                      2, QEMU's multi-threaded TCG sometimes hands a nested
+#                      guest's vCPU the test host's own registers (rip in
+#                      kvm_amd, cr3 beyond guest RAM): the guest then spins or
+#                      triple-faults (5 of 25 device benchmark runs here; 0 of
+#                      25 with 1, at the same speed).
 #   --rw-dir DIR       share DIR read-write at the same path inside (repeatable;
 #                      created if missing). Everything else is a copy-on-write
 #                      overlay of the host's root whose writes are lost at the end.
@@ -56,7 +61,7 @@ die() {
 
 timeout_s=3600
 mem=6144
-cpus=2
+cpus="${HUSK_TESTHOST_CPUS:-1}"
 quiet=0
 log_dir=""
 rw_dirs=()
