@@ -225,6 +225,10 @@ impl Vcpu {
     /// address (resolve `rip` with `nm -n` on the guest's vmlinux).
     fn registers_line(&self) -> String {
         match (self.fd.get_regs(), self.fd.get_sregs()) {
+            // KVM on AMD resets the vCPU when it sees the shutdown: nothing left to show.
+            (Ok(r), Ok(s)) if r.rip == 0xfff0 && s.cr0 & 1 == 0 => {
+                "registers not kept: KVM reset the vCPU".to_owned()
+            }
             (Ok(r), Ok(s)) => format!(
                 "rip={:#x} rsp={:#x} rflags={:#x} cr2={:#x} cr3={:#x}",
                 r.rip, r.rsp, r.rflags, s.cr2, s.cr3
