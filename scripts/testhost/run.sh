@@ -133,7 +133,17 @@ heartbeat() {
         echo "testhost: it sent no heartbeat" >&2
     fi
 }
-trap 'echo "testhost: terminated" >&2; heartbeat; echo "testhost: last lines of its serial console:" >&2; tail -n 40 "$console_log" 2>/dev/null | sed "s/^/  | /" >&2; exit 143' TERM HUP
+# A function, not a command string: bash parses a trap's string when the signal comes, and a
+# TERM arriving inside the watchdog's $(( $(...) )) once made that parse fail ("trap:
+# unexpected EOF"), skipping the report.
+on_term() {
+    echo "testhost: terminated" >&2
+    heartbeat
+    echo "testhost: last lines of its serial console:" >&2
+    tail -n 40 "$console_log" 2>/dev/null | sed "s/^/  | /" >&2
+    exit 143
+}
+trap on_term TERM HUP
 
 # Single-quote $1 for a POSIX shell (the config is read by busybox sh).
 shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
