@@ -53,9 +53,8 @@ extern "C" fn on_sigusr1(_: libc::c_int) {
         let fd = slot.load(Ordering::Relaxed);
         if fd >= 0 {
             let one = 1u64;
-            // SAFETY: write(2) is async-signal-safe; `one` is 8 readable bytes on our
-            // stack and fd is a listener's eventfd, leaked so it stays open for the life
-            // of the process.
+            // SAFETY: write(2) is async-signal-safe; `one` is 8 bytes on our stack; fd is
+            // a listener's eventfd, leaked: open for the life of the process.
             unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
         }
     }
