@@ -668,6 +668,37 @@ impl Inner {
         Ok(resp)
     }
 
+    /// Pauses (`frozen`) or resumes container `id` through the agent's freezer, records
+    /// the status and publishes TaskPaused or TaskResumed.
+    fn set_frozen(&self, id: &str, frozen: bool) -> TtrpcResult<()> {
+        self.process_info(id, "", |_, _| ())?;
+        let sb = self.sandbox()?;
+        let (status, event): (Status, Box<dyn Event>) = if frozen {
+            let mut r = agent::PauseContainerRequest::new();
+            r.container_id = id.to_owned();
+            sb.agent()
+                .pause_container(sb.ctx(), &r)
+                .map_err(|e| agent_err("PauseContainer", e))?;
+            let mut ev = TaskPaused::new();
+            ev.container_id = id.to_owned();
+            (Status::PAUSED, Box::new(ev))
+        } else {
+            let mut r = agent::ResumeContainerRequest::new();
+            r.container_id = id.to_owned();
+            sb.agent()
+                .resume_container(sb.ctx(), &r)
+                .map_err(|e| agent_err("ResumeContainer", e))?;
+            let mut ev = TaskResumed::new();
+            ev.container_id = id.to_owned();
+            (Status::RUNNING, Box::new(ev))
+        };
+        if let Some(c) = self.containers().get_mut(id) {
+            c.init.status = status;
+        }
+        self.publish(event);
+        Ok(())
+    }
+
     fn process_info<T>(
         &self,
         id: &str,

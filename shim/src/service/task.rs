@@ -208,36 +208,12 @@ impl Task for Service {
     }
 
     fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
-        self.inner.process_info(&req.id, "", |_, _| ())?;
-        let sb = self.inner.sandbox()?;
-        let mut r = agent::PauseContainerRequest::new();
-        r.container_id = req.id.clone();
-        sb.agent()
-            .pause_container(sb.ctx(), &r)
-            .map_err(|e| agent_err("PauseContainer", e))?;
-        if let Some(c) = self.inner.containers().get_mut(&req.id) {
-            c.init.status = Status::PAUSED;
-        }
-        let mut ev = TaskPaused::new();
-        ev.container_id = req.id.clone();
-        self.inner.publish(Box::new(ev));
+        self.inner.set_frozen(&req.id, true)?;
         Ok(Empty::new())
     }
 
     fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        self.inner.process_info(&req.id, "", |_, _| ())?;
-        let sb = self.inner.sandbox()?;
-        let mut r = agent::ResumeContainerRequest::new();
-        r.container_id = req.id.clone();
-        sb.agent()
-            .resume_container(sb.ctx(), &r)
-            .map_err(|e| agent_err("ResumeContainer", e))?;
-        if let Some(c) = self.inner.containers().get_mut(&req.id) {
-            c.init.status = Status::RUNNING;
-        }
-        let mut ev = TaskResumed::new();
-        ev.container_id = req.id.clone();
-        self.inner.publish(Box::new(ev));
+        self.inner.set_frozen(&req.id, false)?;
         Ok(Empty::new())
     }
 
