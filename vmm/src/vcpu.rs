@@ -225,8 +225,8 @@ impl Vcpu {
         }
     }
 
-    /// Where the guest was, for a crash report: the instruction, stack and page-fault
-    /// address (resolve `rip` with `nm -n` on the guest's vmlinux).
+    /// Where the guest is, for a crash report and the state dump: instruction, stack,
+    /// control registers (resolve `rip` with `nm -n` on the guest's vmlinux).
     fn registers_line(&self) -> String {
         match (self.fd.get_regs(), self.fd.get_sregs()) {
             // KVM on AMD resets the vCPU when it sees the shutdown: nothing left to show.
@@ -234,8 +234,20 @@ impl Vcpu {
                 "registers not kept: KVM reset the vCPU".to_owned()
             }
             (Ok(r), Ok(s)) => format!(
-                "rip={:#x} rsp={:#x} rflags={:#x} cr2={:#x} cr3={:#x}",
-                r.rip, r.rsp, r.rflags, s.cr2, s.cr3
+                "rip={:#x} rsp={:#x} rflags={:#x} (IF={}) cs={:#x} cr0={:#x} cr2={:#x} \
+                 cr3={:#x} efer={:#x} rax={:#x} rcx={:#x} rdi={:#x}",
+                r.rip,
+                r.rsp,
+                r.rflags,
+                (r.rflags >> 9) & 1,
+                s.cs.selector,
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.efer,
+                r.rax,
+                r.rcx,
+                r.rdi
             ),
             (r, s) => format!("registers unreadable: {:?} / {:?}", r.err(), s.err()),
         }
@@ -246,28 +258,7 @@ impl Vcpu {
     /// fires. Resolve `rip` with `nm -n` on the guest's vmlinux.
     fn log_state(&self) {
         let id = self.id;
-        match (self.fd.get_regs(), self.fd.get_sregs()) {
-            (Ok(r), Ok(s)) => tracing::info!(
-                "vcpu{id} state: rip={:#x} rsp={:#x} rflags={:#x} (IF={}) cs={:#x} cr0={:#x} \
-                 cr3={:#x} efer={:#x} rax={:#x} rcx={:#x} rdi={:#x}",
-                r.rip,
-                r.rsp,
-                r.rflags,
-                (r.rflags >> 9) & 1,
-                s.cs.selector,
-                s.cr0,
-                s.cr3,
-                s.efer,
-                r.rax,
-                r.rcx,
-                r.rdi
-            ),
-            (r, s) => tracing::info!(
-                "vcpu{id} state: cannot read registers ({:?} / {:?})",
-                r.err(),
-                s.err()
-            ),
-        }
+        tracing::info!("vcpu{id} state: {}", self.registers_line());
         let mp = self.fd.get_mp_state().map(|m| m.mp_state);
         let mut msrs = Msrs::from_entries(&[
             kvm_bindings::kvm_msr_entry {

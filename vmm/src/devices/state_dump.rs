@@ -12,16 +12,17 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::config::MAX_VCPUS;
+
 /// At most this many devices listen (one vsock, virtio-fs tags, room to spare).
 const MAX_LISTENERS: usize = 16;
 
 static LISTENER_FDS: [AtomicI32; MAX_LISTENERS] = [const { AtomicI32::new(-1) }; MAX_LISTENERS];
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
-/// At most this many vCPU threads are kicked (the VMM's vCPU limit).
-const MAX_VCPUS: usize = 32;
-/// pthread_t of each running vCPU thread (0: none).
-static VCPU_THREADS: [AtomicU64; MAX_VCPUS] = [const { AtomicU64::new(0) }; MAX_VCPUS];
+/// pthread_t of each running vCPU thread (0: none), one slot per possible vCPU.
+static VCPU_THREADS: [AtomicU64; MAX_VCPUS as usize] =
+    [const { AtomicU64::new(0) }; MAX_VCPUS as usize];
 /// Bumped at every SIGUSR1; a vCPU that sees a new value logs its state.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
