@@ -26,8 +26,8 @@ pub mod vsock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 /// The device conforms to virtio 1.x (the only mode husk offers).
@@ -110,6 +110,25 @@ impl IrqTrigger {
     }
 }
 
+/// A queue's state in guest memory, for the SIGUSR1 dumps: the driver's and the device's
+/// ring indices, flags and event indices (an entry that cannot be read shows its error).
+pub fn describe_queue(mem: &GuestMemoryMmap, q: &Queue) -> String {
+    let size = u64::from(q.size());
+    let word = |addr: u64| {
+        mem.read_obj::<u16>(GuestAddress(addr))
+            .map_or_else(|e| format!("({e})"), |v| v.to_string())
+    };
+    format!(
+        "avail_idx={} used_idx={} avail_flags={} used_event={} used_flags={} avail_event={}",
+        word(q.avail_ring() + 2),
+        word(q.used_ring() + 2),
+        word(q.avail_ring()),
+        word(q.avail_ring() + 4 + 2 * size),
+        word(q.used_ring()),
+        word(q.used_ring() + 4 + 8 * size)
+    )
+}
+
 /// What a device gets when the driver sets DRIVER_OK.
 pub struct ActivateContext {
     pub mem: GuestMemoryMmap,
@@ -171,6 +190,25 @@ pub fn check_queues(ctx: &ActivateContext, expected: usize) -> Result<(), Activa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virtio_queue::mock::MockSplitQueue;
+
+    #[test]
+    fn describe_queue_reads_the_rings_where_the_spec_puts_them() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mock = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let q: Queue = mock.create_queue().unwrap();
+        let put = |addr: u64, v: u16| mem.write_obj(v, GuestAddress(addr)).unwrap();
+        put(q.avail_ring(), 1);
+        put(q.avail_ring() + 2, 7);
+        put(q.avail_ring() + 4 + 2 * 16, 6);
+        put(q.used_ring(), 1);
+        put(q.used_ring() + 2, 5);
+        put(q.used_ring() + 4 + 8 * 16, 7);
+        assert_eq!(
+            describe_queue(&mem, &q),
+            "avail_idx=7 used_idx=5 avail_flags=1 used_event=6 used_flags=1 avail_event=7"
+        );
+    }
 
     #[test]
     fn config_bytes() {

@@ -4,15 +4,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::vhost_user::{Backend, FsError, REQUEST_TIMEOUT};
 use super::{FsConfig, CONFIG_SPACE_LEN};
 use crate::devices::virtio::{
-    check_queues, read_config_bytes, ActivateContext, ActivateError, IrqTrigger, VirtioDevice,
-    TYPE_FS,
+    check_queues, describe_queue, read_config_bytes, ActivateContext, ActivateError, IrqTrigger,
+    VirtioDevice, TYPE_FS,
 };
 
 /// Counters of one virtio-fs device.
@@ -126,22 +126,7 @@ impl Fs {
             return;
         };
         for (i, q) in queues.iter().enumerate() {
-            let size = u64::from(q.size());
-            let word = |addr: u64| {
-                mem.read_obj::<u16>(GuestAddress(addr))
-                    .map_or_else(|e| format!("({e})"), |v| v.to_string())
-            };
-            let avail = q.avail_idx(mem, Ordering::Acquire).map(|w| w.0);
-            let used = q.used_idx(mem, Ordering::Acquire).map(|w| w.0);
-            tracing::info!(
-                tag = %self.tag,
-                "virtio-fs queue {i}: avail_idx={avail:?} used_idx={used:?} avail_flags={} \
-                 used_event={} used_flags={} avail_event={}",
-                word(q.avail_ring()),
-                word(q.avail_ring() + 4 + 2 * size),
-                word(q.used_ring()),
-                word(q.used_ring() + 4 + 8 * size)
-            );
+            tracing::info!(tag = %self.tag, "virtio-fs queue {i}: {}", describe_queue(mem, q));
         }
     }
 

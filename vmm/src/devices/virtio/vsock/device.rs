@@ -13,8 +13,8 @@ use super::packet::{parse_tx_packet, rx_payload_room, write_rx_packet, MAX_PAYLO
 use super::{VsockConfig, VsockConfigError};
 use crate::devices::virtio::ratelimit::WarnLimiter;
 use crate::devices::virtio::{
-    check_queues, read_config_bytes, ActivateContext, ActivateError, IrqTrigger, VirtioDevice,
-    INT_VRING, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    check_queues, describe_queue, read_config_bytes, ActivateContext, ActivateError, IrqTrigger,
+    VirtioDevice, INT_VRING, TYPE_VSOCK, VIRTIO_F_VERSION_1,
 };
 
 /// Queue indices.
@@ -127,12 +127,11 @@ impl Vsock {
         );
         if let Some(active) = &self.active {
             for (i, q) in active.queues.iter().enumerate() {
-                let avail = q.avail_idx(&active.mem, Ordering::Acquire).map(|w| w.0);
-                let used = q.used_idx(&active.mem, Ordering::Acquire).map(|w| w.0);
                 tracing::info!(
-                    "vsock queue {i}: next_avail={} next_used={} avail_idx={avail:?} used_idx={used:?}",
+                    "vsock queue {i}: next_avail={} next_used={} {}",
                     q.next_avail(),
-                    q.next_used()
+                    q.next_used(),
+                    describe_queue(&active.mem, q)
                 );
             }
         }
