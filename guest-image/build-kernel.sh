@@ -22,6 +22,10 @@ cfghash=$( (cat "$config" "$0") | sha256sum | cut -c1-16)
 key="linux-source-6.1_${srcver}_${cfghash}"
 dest="$cache/kernel/$key"
 
+# One build at a time: two checkouts building at once would share the build tree.
+mkdir -p "$cache/kernel-build"
+exec 9>"$cache/kernel-build/.lock"
+flock 9
 if [ ! -f "$dest/vmlinux" ] || [ ! -f "$dest/bzImage" ]; then
     # One build tree per source version: config changes rebuild incrementally.
     tree="$cache/kernel-build/linux-source-6.1_${srcver}"

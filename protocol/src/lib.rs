@@ -8,6 +8,12 @@
 //!   `create_agent` to register it with a `ttrpc::Server`, and the
 //!   [`agent_ttrpc::AgentClient`].
 //!
+//! - [`frame`]: the stdio port's handshake framing (length-prefixed protobuf).
+//! - [`stdio_attach`]: the client side of that handshake.
+//! - [`hybrid_vsock`]: the host side of husk-vmm's `CONNECT <port>` handshake.
+//!
+//! These wire formats live here once; the agent, the shim and the tests all use them.
+//!
 //! [`ttrpc`] and [`protobuf`] are re-exported so both sides use the exact
 //! versions the generated code was made for.
 
@@ -15,6 +21,10 @@
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/mod.rs"));
 }
+
+pub mod frame;
+pub mod hybrid_vsock;
+pub mod stdio_attach;
 
 pub use generated::{agent, agent_ttrpc};
 pub use {protobuf, ttrpc};

@@ -11,7 +11,6 @@ mod service;
 mod shim;
 mod spec;
 mod stdio;
-mod vsock;
 
 /// The runtime name containerd knows us by.
 const RUNTIME_ID: &str = "io.containerd.husk.v2";

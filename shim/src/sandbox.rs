@@ -13,13 +13,12 @@ use std::time::{Duration, Instant};
 use containerd_shim::monitor::{monitor_subscribe, ExitEvent, Subject, Topic};
 use husk_protocol::agent::{self, ServingStatus};
 use husk_protocol::agent_ttrpc::AgentClient;
-use husk_protocol::{ttrpc, AGENT_VSOCK_PORT, API_VERSION};
+use husk_protocol::{hybrid_vsock, ttrpc, AGENT_VSOCK_PORT, API_VERSION};
 use log::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::mounts::{self, HostOps};
 use crate::spec::{GUEST_SHARED_DIR, SHARED_FS_TAG};
-use crate::vsock::{self, VsockError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -58,8 +57,6 @@ pub enum SandboxError {
     Monitor(String),
     #[error(transparent)]
     Mount(#[from] mounts::MountError),
-    #[error(transparent)]
-    Vsock(#[from] VsockError),
 }
 
 /// Exits of the pod's helper processes, as the reaper reported them.
@@ -413,7 +410,7 @@ impl Sandbox {
     }
 
     fn try_health(&self) -> Result<AgentClient, String> {
-        let s = vsock::connect(&self.vsock, AGENT_VSOCK_PORT, Duration::from_secs(10))
+        let s = hybrid_vsock::connect(&self.vsock, AGENT_VSOCK_PORT, Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
         let client = AgentClient::new(
             ttrpc::Client::new(s.into_raw_fd()).map_err(|e| format!("ttrpc client: {e}"))?,

@@ -20,16 +20,16 @@ use containerd_shim::protos::ttrpc::{self as shim_ttrpc, Code};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, Task, TtrpcContext, TtrpcResult};
 use husk_protocol::agent::{self, StdioStream};
-use husk_protocol::{ttrpc, STDIO_VSOCK_PORT};
+use husk_protocol::{hybrid_vsock, stdio_attach, ttrpc, STDIO_VSOCK_PORT};
 use log::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::metrics;
 use crate::mounts::{self, HostOps, RootfsMount};
 use crate::process::{Exit, Process, StdioPaths, VM_GONE_STATUS};
 use crate::sandbox::{PodRequest, Sandbox};
 use crate::spec::{self, GuestSpec};
 use crate::stdio::{output_target, ProcessIo};
-use crate::{metrics, vsock};
 
 /// What `shim delete` needs to find a container's pod after the shim died; written into
 /// the bundle at Create.
@@ -284,9 +284,9 @@ impl Inner {
         let mut io = ProcessIo::default();
         let timeout = Duration::from_secs(30);
         let attach = |which| -> Result<std::os::unix::net::UnixStream, shim_ttrpc::Error> {
-            let s = vsock::connect(&sb.vsock, STDIO_VSOCK_PORT, timeout)
+            let s = hybrid_vsock::connect(&sb.vsock, STDIO_VSOCK_PORT, timeout)
                 .map_err(|e| status(Code::UNAVAILABLE, e.to_string()))?;
-            vsock::stdio_attach(s, id, exec_id, which, timeout)
+            stdio_attach::attach(s, id, exec_id, which, timeout)
                 .map_err(|e| status(Code::UNAVAILABLE, e.to_string()))
         };
         let name = if exec_id.is_empty() { id } else { exec_id };

@@ -293,30 +293,11 @@ pub fn connect_vsock(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStr
 
 /// One attempt of [`connect_vsock`].
 pub fn try_connect_vsock(uds: &Path, port: u32) -> Result<UnixStream> {
-    let s = UnixStream::connect(uds)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    (&s).write_all(format!("CONNECT {port}\n").as_bytes())?;
-    // Read the reply byte by byte: what follows the newline is the guest's data.
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        if (&s).read(&mut b)? == 0 {
-            bail!("the VMM closed the connection (nobody listens on port {port})");
-        }
-        if b[0] == b'\n' {
-            break;
-        }
-        line.push(b[0]);
-        if line.len() > 64 {
-            bail!("overlong reply to CONNECT");
-        }
-    }
-    let line = String::from_utf8_lossy(&line);
-    if !line.starts_with("OK ") {
-        bail!("unexpected reply to CONNECT: {line:?}");
-    }
-    s.set_read_timeout(None)?;
-    Ok(s)
+    Ok(husk_protocol::hybrid_vsock::connect(
+        uds,
+        port,
+        Duration::from_secs(30),
+    )?)
 }
 
 /// A running virtiofsd sharing `dir`, killed on drop.

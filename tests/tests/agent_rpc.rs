@@ -9,11 +9,10 @@ use std::path::Path;
 
 use husk_protocol::agent::{self, ServingStatus};
 use husk_protocol::agent_ttrpc::AgentClient;
-use husk_protocol::protobuf::Message;
 use husk_protocol::ttrpc::{self, Code};
-use husk_protocol::{AGENT_VSOCK_PORT, API_VERSION, STDIO_VSOCK_PORT};
+use husk_protocol::{stdio_attach, AGENT_VSOCK_PORT, API_VERSION, STDIO_VSOCK_PORT};
 use husk_tests::busybox_bundle::{self, SpecOptions};
-use husk_tests::guest::{Guest, GuestOptions, TempDir, Virtiofsd};
+use husk_tests::guest::{io_timeout, Guest, GuestOptions, TempDir, Virtiofsd};
 use husk_tests::{boot_timeout, guest_initramfs, kvm_available, ready_field};
 
 fn ctx() -> ttrpc::context::Context {
@@ -94,22 +93,9 @@ fn stdio_set(stdin: bool, stdout: bool, stderr: bool) -> agent::StdioSet {
 
 /// Opens one stdio stream on vsock port 1025 (framed StdioAttach).
 fn attach(g: &Guest, id: &str, exec_id: &str, stream: agent::StdioStream) -> UnixStream {
-    let mut s = g.connect(STDIO_VSOCK_PORT).unwrap();
-    s.set_read_timeout(None).unwrap();
-    let mut req = agent::StdioAttach::new();
-    req.container_id = id.into();
-    req.exec_id = exec_id.into();
-    req.stream = stream.into();
-    let bytes = req.write_to_bytes().unwrap();
-    s.write_all(&(bytes.len() as u32).to_be_bytes()).unwrap();
-    s.write_all(&bytes).unwrap();
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut payload).unwrap();
-    let resp = agent::StdioAttachResponse::parse_from_bytes(&payload).unwrap();
-    assert_eq!(resp.error, "", "attach {id}/{exec_id} {stream:?}");
-    s
+    let s = g.connect(STDIO_VSOCK_PORT).unwrap();
+    stdio_attach::attach(s, id, exec_id, stream, io_timeout())
+        .unwrap_or_else(|e| panic!("attach {id}/{exec_id} {stream:?}: {e}"))
 }
 
 fn read_all(mut s: UnixStream) -> std::thread::JoinHandle<Vec<u8>> {

@@ -3,7 +3,7 @@
 //! The shim opens one connection per stream to the stdio port (vsock 1025
 //! in the guest; a Unix socket on the host, by default the API socket's
 //! path with `.stdio` appended), sends a [`StdioAttach`] framed as a 4-byte
-//! big-endian length and its protobuf bytes ([`frame`]), and reads a
+//! big-endian length and its protobuf bytes ([`husk_protocol::frame`]), and reads a
 //! [`StdioAttachResponse`] framed the same way. After an empty `error` the
 //! connection carries the stream's raw bytes; after an error the agent
 //! closes it.
@@ -11,7 +11,6 @@
 //! - [`slots`]: the agent's side of each stream and the pumps.
 //! - [`ProcessIo`]: the streams of one process, made from its `StdioSet`.
 
-pub mod frame;
 pub mod slots;
 
 use std::fs::File;
@@ -23,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use husk_protocol::agent::{StdioAttach, StdioAttachResponse, StdioSet, StdioStream};
+use husk_protocol::frame;
 use husk_protocol::protobuf::Message;
 
 use self::slots::{OutputSlot, StdinSlot, ATTACH_GRACE};

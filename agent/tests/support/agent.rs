@@ -3,17 +3,16 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use husk_protocol::agent::{self, ServingStatus, StdioAttach, StdioAttachResponse, StdioStream};
+use husk_protocol::agent::{self, ServingStatus, StdioStream};
 use husk_protocol::agent_ttrpc::AgentClient;
-use husk_protocol::protobuf::Message;
-use husk_protocol::ttrpc;
+use husk_protocol::{stdio_attach, ttrpc};
 
 /// A `husk-agent serve` process, killed when dropped.
 pub struct Agent {
@@ -111,24 +110,13 @@ impl Agent {
 
     /// Opens a stdio stream; fails with the agent's refusal message.
     pub fn attach(&self, id: &str, exec_id: &str, stream: StdioStream) -> Result<UnixStream> {
-        let mut s = UnixStream::connect(&self.stdio_sock).context("connect to the stdio port")?;
-        let mut req = StdioAttach::new();
-        req.container_id = id.into();
-        req.exec_id = exec_id.into();
-        req.stream = stream.into();
-        let bytes = req.write_to_bytes()?;
-        s.write_all(&(bytes.len() as u32).to_be_bytes())?;
-        s.write_all(&bytes)?;
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len)
-            .context("read the attach answer's length")?;
-        let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
-        s.read_exact(&mut payload)?;
-        let resp = StdioAttachResponse::parse_from_bytes(&payload)?;
-        if !resp.error.is_empty() {
-            bail!("{}", resp.error);
+        let s = UnixStream::connect(&self.stdio_sock).context("connect to the stdio port")?;
+        match stdio_attach::attach(s, id, exec_id, stream, Duration::from_secs(30)) {
+            Ok(s) => Ok(s),
+            // The agent's refusal alone, as the tests match on it.
+            Err(stdio_attach::AttachError::Refused { reason, .. }) => bail!("{reason}"),
+            Err(e) => Err(e.into()),
         }
-        Ok(s)
     }
 
     /// Attaches an output stream and reads it to its end on a thread.

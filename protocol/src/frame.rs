@@ -1,24 +1,26 @@
-//! The stdio port's handshake framing: a 4-byte big-endian length, then
-//! that many bytes of protobuf (see agent.proto's header).
+//! The stdio port's handshake framing: a 4-byte big-endian length, then that many bytes
+//! of protobuf (a `StdioAttach` one way, a `StdioAttachResponse` the other; see the
+//! .proto's header). Both ends read frames from a peer they do not trust, so both refuse
+//! a length over [`MAX_FRAME`] before allocating anything.
 
 use std::io::{self, Read, Write};
 
-/// Largest handshake message accepted: a StdioAttach holds two ids and an
-/// enum, so anything near this is not one.
+/// Largest handshake message either side accepts: a `StdioAttach` holds two ids and an
+/// enum and a `StdioAttachResponse` one error string, so anything near this is not one.
 pub const MAX_FRAME: usize = 4096;
 
-/// Why a frame could not be read.
+/// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("Frame of {0} bytes is over the limit of {MAX_FRAME}")]
     TooLong(usize),
     #[error("Connection ended inside a frame")]
     Truncated,
-    #[error("Cannot read the frame")]
+    #[error("Frame I/O failed")]
     Io(#[source] io::Error),
 }
 
-/// Reads one frame's payload.
+/// Reads one frame's payload, leaving whatever follows it unread.
 pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, FrameError> {
     let eof = |e: io::Error| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -38,15 +40,22 @@ pub fn read_frame(r: &mut impl Read) -> Result<Vec<u8>, FrameError> {
     Ok(payload)
 }
 
-/// Writes `payload` as one frame.
-pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(payload.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too long"))?;
+/// The bytes of `payload` as one frame.
+pub fn encode_frame(payload: &[u8]) -> Result<Vec<u8>, FrameError> {
+    if payload.len() > MAX_FRAME {
+        return Err(FrameError::TooLong(payload.len()));
+    }
     let mut frame = Vec::with_capacity(4 + payload.len());
-    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     frame.extend_from_slice(payload);
-    w.write_all(&frame)?;
-    w.flush()
+    Ok(frame)
+}
+
+/// Writes `payload` as one frame (in one write, so a peer never sees half a header).
+pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), FrameError> {
+    let frame = encode_frame(payload)?;
+    w.write_all(&frame).map_err(FrameError::Io)?;
+    w.flush().map_err(FrameError::Io)
 }
 
 #[cfg(test)]
@@ -72,11 +81,12 @@ mod tests {
     fn empty_frame_is_valid() {
         let mut buf = Vec::new();
         write_frame(&mut buf, b"").unwrap();
+        assert_eq!(buf, [0, 0, 0, 0]);
         assert_eq!(read_frame(&mut Cursor::new(buf)).unwrap(), b"");
     }
 
     #[test]
-    fn oversized_length_is_refused_before_allocating() {
+    fn oversized_lengths_are_refused_before_allocating() {
         let buf = u32::MAX.to_be_bytes().to_vec();
         assert!(matches!(
             read_frame(&mut Cursor::new(buf)),
@@ -86,6 +96,13 @@ mod tests {
         buf.extend(vec![0; MAX_FRAME + 1]);
         assert!(matches!(
             read_frame(&mut Cursor::new(buf)),
+            Err(FrameError::TooLong(_))
+        ));
+        // The limit is inclusive, and a writer cannot produce what a reader refuses.
+        let at_limit = encode_frame(&[7; MAX_FRAME]).unwrap();
+        assert_eq!(read_frame(&mut &at_limit[..]).unwrap().len(), MAX_FRAME);
+        assert!(matches!(
+            encode_frame(&[0; MAX_FRAME + 1]),
             Err(FrameError::TooLong(_))
         ));
     }

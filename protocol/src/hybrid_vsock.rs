@@ -1,0 +1,168 @@
+//! The host side of husk-vmm's hybrid vsock (Firecracker's design): connect to the VMM's
+//! Unix socket, write `CONNECT <port>\n`, read `OK <hostport>\n`; from then on the stream
+//! is the guest's. The VMM closes the connection when nothing listens on the guest port.
+//! One attempt per call: a caller that waits for a guest to come up retries.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The longest `OK <hostport>` line accepted (the VMM's reply is under 20 bytes).
+pub const MAX_REPLY_LINE: usize = 64;
+
+/// Why a connection to a guest port could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("Cannot reach husk-vmm's vsock socket {path}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Guest port {port} refused the connection (nobody listens there yet)")]
+    Refused { port: u32 },
+    #[error("Unexpected reply to CONNECT {port}: {reply:?}")]
+    BadReply { port: u32, reply: String },
+    #[error("I/O on the vsock connection to guest port {port}")]
+    Io {
+        port: u32,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Opens a stream to guest `port` through the VMM's socket `uds`; the handshake may take
+/// at most `timeout` per read or write. The returned stream has no timeouts.
+pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, ConnectError> {
+    let s = UnixStream::connect(uds).map_err(|source| ConnectError::Socket {
+        path: uds.to_owned(),
+        source,
+    })?;
+    let io = |source| ConnectError::Io { port, source };
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
+    s.set_write_timeout(Some(timeout)).map_err(io)?;
+    (&s).write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(io)?;
+    let line = read_reply_line(&s, port)?;
+    if !line.starts_with("OK ") {
+        return Err(ConnectError::BadReply { port, reply: line });
+    }
+    s.set_read_timeout(None).map_err(io)?;
+    s.set_write_timeout(None).map_err(io)?;
+    Ok(s)
+}
+
+/// Reads the reply line byte by byte: whatever follows the newline is the guest's.
+fn read_reply_line(mut s: &UnixStream, port: u32) -> Result<String, ConnectError> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return Err(ConnectError::Refused { port }),
+            Ok(_) if b[0] == b'\n' => return Ok(String::from_utf8_lossy(&line).into_owned()),
+            Ok(_) => {
+                line.push(b[0]);
+                if line.len() > MAX_REPLY_LINE {
+                    return Err(ConnectError::BadReply {
+                        port,
+                        reply: String::from_utf8_lossy(&line).into_owned(),
+                    });
+                }
+            }
+            // A reset instead of a close also means nobody accepted.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                return Err(ConnectError::Refused { port })
+            }
+            Err(source) => return Err(ConnectError::Io { port, source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    fn tmp_sock(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("husk-hvsock-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        p
+    }
+
+    /// A fake husk-vmm: reads the CONNECT line, answers `reply` (or closes).
+    fn fake_vmm(path: &Path, reply: Option<&'static [u8]>) -> std::thread::JoinHandle<String> {
+        let l = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+                line.push(b[0]);
+            }
+            if let Some(r) = reply {
+                s.write_all(r).unwrap();
+            }
+            String::from_utf8(line).unwrap()
+        })
+    }
+
+    #[test]
+    fn speaks_the_handshake_and_leaves_the_guest_bytes() {
+        let p = tmp_sock("ok");
+        let t = fake_vmm(&p, Some(b"OK 1073741824\nguest-bytes"));
+        let mut s = connect(&p, 1024, Duration::from_secs(5)).unwrap();
+        let mut rest = String::new();
+        s.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "guest-bytes");
+        assert_eq!(t.join().unwrap(), "CONNECT 1024");
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn refusal_garbage_and_overlong_replies_are_errors() {
+        for (name, reply) in [
+            ("refused", None),
+            ("garbage", Some(&b"NO\n"[..])),
+            ("long", Some(&[b'O'; 200][..])),
+        ] {
+            let p = tmp_sock(name);
+            let t = fake_vmm(&p, reply);
+            let e = connect(&p, 1025, Duration::from_secs(5)).unwrap_err();
+            match name {
+                "refused" => assert!(matches!(e, ConnectError::Refused { port: 1025 }), "{e}"),
+                _ => assert!(
+                    matches!(e, ConnectError::BadReply { port: 1025, .. }),
+                    "{e}"
+                ),
+            }
+            t.join().unwrap();
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_missing_socket_names_its_path_and_keeps_the_errno() {
+        let p = tmp_sock("missing");
+        let e = connect(&p, 1024, Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains(&p.display().to_string()), "{e}");
+        let src = std::error::Error::source(&e).expect("a cause");
+        assert!(src.to_string().contains("No such file"), "{src}");
+    }
+
+    #[test]
+    fn a_silent_vmm_times_out() {
+        let p = tmp_sock("silent");
+        let l = UnixListener::bind(&p).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            drop(s);
+        });
+        let e = connect(&p, 1024, Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(e, ConnectError::Io { port: 1024, .. }), "{e}");
+        t.join().unwrap();
+        std::fs::remove_file(&p).unwrap();
+    }
+}
