@@ -16,13 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use husk_protocol::agent::{CreateSandboxRequest, StdioSet};
+use husk_protocol::agent::{CreateSandboxRequest, StdioSet, UpdateNetworkRequest};
 use oci_spec::runtime::{Process, RootBuilder, Spec};
 
 use self::setup::{SetupError, Target};
 use crate::container::cgroups::{self as cg, CgroupError, OomMonitor};
 use crate::container::{self, Container, Engine, ExitCell, Exited};
 use crate::init::reaper::Reaper;
+use crate::network::{self, NetworkError};
 use crate::stdio::slots::AttachError;
 use crate::stdio::{AttachTarget, ProcessIo, StdioError};
 use crate::{debug, info, sys, warn};
@@ -69,6 +70,8 @@ pub enum SandboxError {
     Stdio(#[from] StdioError),
     #[error(transparent)]
     Setup(#[from] SetupError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     #[error("Cannot {what}")]
     Io {
         what: String,
@@ -95,6 +98,11 @@ impl SandboxError {
             Self::ContainerExists(_) | Self::ExecExists { .. } => ErrorKind::AlreadyExists,
             Self::InvalidArgument(_) | Self::Json { .. } => ErrorKind::InvalidArgument,
             Self::Setup(SetupError::Invalid { .. }) => ErrorKind::InvalidArgument,
+            Self::Network(e) if e.is_invalid_argument() => ErrorKind::InvalidArgument,
+            Self::Network(NetworkError::NoSuchMac { .. }) => ErrorKind::NotFound,
+            Self::Network(NetworkError::AmbiguousMac { .. } | NetworkError::HostNamespace) => {
+                ErrorKind::FailedPrecondition
+            }
             // Stdin not declared or already closed.
             Self::FailedPrecondition(_) | Self::Stdin { .. } => ErrorKind::FailedPrecondition,
             Self::Cgroup(CgroupError::Resources(_)) => ErrorKind::InvalidArgument,
@@ -181,6 +189,8 @@ pub struct Sandbox {
     /// atomically.
     create_lock: Mutex<()>,
     shared_mounts: Mutex<Vec<PathBuf>>,
+    /// UpdateNetwork runs one at a time.
+    network_lock: Mutex<()>,
     /// OOM kills in any container, for GetOOMEvent.
     oom: OomMonitor,
 }
@@ -222,6 +232,7 @@ impl Sandbox {
             containers: Mutex::new(HashMap::new()),
             create_lock: Mutex::new(()),
             shared_mounts: Mutex::new(Vec::new()),
+            network_lock: Mutex::new(()),
             oom: OomMonitor::start(cg::oom::DEFAULT_INTERVAL)?,
         })
     }
@@ -283,6 +294,24 @@ impl Sandbox {
         setup::set_sysctls(&self.target, req.sysctls.iter())?;
         let mounted = setup::mount_shared(&self.target, &req.shared_mounts)?;
         lock(&self.shared_mounts).extend(mounted);
+        Ok(())
+    }
+
+    /// UpdateNetwork: checks the whole request, then sets up the links and
+    /// routes (see [`network`]). On the host (`husk-agent serve`) only in a
+    /// network namespace of its own, never the host's.
+    pub fn update_network(&self, req: &UpdateNetworkRequest) -> Result<()> {
+        let plan = network::plan(req).map_err(NetworkError::from)?;
+        if let Target::Host(_) = self.target {
+            network::check_not_host_namespace()?;
+        }
+        let _one_at_a_time = lock(&self.network_lock);
+        info!(
+            "Updating the network: {} interface(s), {} route(s)",
+            plan.interfaces.len(),
+            plan.routes.len()
+        );
+        network::apply(&plan)?;
         Ok(())
     }
 
