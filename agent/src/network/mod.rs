@@ -47,12 +47,16 @@ pub enum NetworkError {
     },
     /// `husk-agent serve` in the host's own network namespace.
     #[error(
-        "husk-agent serve applies UpdateNetwork to its own network namespace, which is the \
-         host's: start it in a fresh one (unshare -n, ip netns exec)"
+        "husk-agent serve applies UpdateNetwork to its own network namespace, which is that \
+         of process {pid}: start it in a fresh one (unshare -n, ip netns exec)"
     )]
-    HostNamespace,
-    #[error("Cannot tell which network namespace this is")]
-    Namespace(#[source] std::io::Error),
+    HostNamespace { pid: i32 },
+    #[error("Cannot tell which network namespace {path} is")]
+    Namespace {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("Cannot {what}")]
     Netlink {
         what: String,
@@ -86,14 +90,31 @@ fn nl(what: impl FnOnce() -> String) -> impl FnOnce(husk_netlink::Error) -> Netw
     }
 }
 
-/// Refuses to run in the initial network namespace (that of PID 1): for
-/// `husk-agent serve` on the host, which must not rename or re-route the
-/// machine's own links.
-pub fn check_not_host_namespace() -> Result<()> {
-    let own = std::fs::metadata("/proc/self/ns/net").map_err(NetworkError::Namespace)?;
-    let init = std::fs::metadata("/proc/1/ns/net").map_err(NetworkError::Namespace)?;
-    if own.ino() == init.ino() && own.dev() == init.dev() {
-        return Err(NetworkError::HostNamespace);
+/// Refuses to run in the network namespace of the agent's parent or of
+/// PID 1: for `husk-agent serve` on the host, which must not rename or
+/// re-route the machine's own links. Started by `unshare -n` or `ip netns
+/// exec`, the agent is in a namespace neither has. (PID 1's may be out of
+/// reach in a sandbox; then the parent's decides.)
+pub fn check_own_namespace() -> Result<()> {
+    let ns = |pid: &str| {
+        let path = format!("/proc/{pid}/ns/net");
+        std::fs::metadata(&path).map_err(|source| NetworkError::Namespace { path, source })
+    };
+    let own = ns("self")?;
+    // SAFETY: getppid has no arguments and cannot fail.
+    let parent = unsafe { libc::getppid() };
+    for pid in [1, parent] {
+        match ns(&pid.to_string()) {
+            Ok(m) if m.ino() == own.ino() && m.dev() == own.dev() => {
+                return Err(NetworkError::HostNamespace { pid })
+            }
+            Ok(_) => {}
+            Err(NetworkError::Namespace { source, .. })
+                if pid == 1
+                    && parent != 1
+                    && source.kind() == std::io::ErrorKind::PermissionDenied => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
@@ -364,6 +385,6 @@ mod tests {
         assert!(refused(libc::ENETUNREACH).is_invalid_argument());
         assert!(refused(libc::EINVAL).is_invalid_argument());
         assert!(!refused(libc::EPERM).is_invalid_argument());
-        assert!(!NetworkError::HostNamespace.is_invalid_argument());
+        assert!(!NetworkError::HostNamespace { pid: 1 }.is_invalid_argument());
     }
 }

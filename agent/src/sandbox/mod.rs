@@ -100,9 +100,9 @@ impl SandboxError {
             Self::Setup(SetupError::Invalid { .. }) => ErrorKind::InvalidArgument,
             Self::Network(e) if e.is_invalid_argument() => ErrorKind::InvalidArgument,
             Self::Network(NetworkError::NoSuchMac { .. }) => ErrorKind::NotFound,
-            Self::Network(NetworkError::AmbiguousMac { .. } | NetworkError::HostNamespace) => {
-                ErrorKind::FailedPrecondition
-            }
+            Self::Network(
+                NetworkError::AmbiguousMac { .. } | NetworkError::HostNamespace { .. },
+            ) => ErrorKind::FailedPrecondition,
             // Stdin not declared or already closed.
             Self::FailedPrecondition(_) | Self::Stdin { .. } => ErrorKind::FailedPrecondition,
             Self::Cgroup(CgroupError::Resources(_)) => ErrorKind::InvalidArgument,
@@ -180,6 +180,13 @@ impl Entry {
     }
 }
 
+/// The pod's name and address, for /etc/hosts.
+#[derive(Debug, Default)]
+struct HostsInfo {
+    hostname: Option<String>,
+    address: Option<std::net::IpAddr>,
+}
+
 /// The whole sandbox: engine, containers, set-up.
 pub struct Sandbox {
     engine: Engine,
@@ -191,6 +198,9 @@ pub struct Sandbox {
     shared_mounts: Mutex<Vec<PathBuf>>,
     /// UpdateNetwork runs one at a time.
     network_lock: Mutex<()>,
+    /// What /etc/hosts says: CreateSandbox's hostname, UpdateNetwork's
+    /// first address.
+    hosts: Mutex<HostsInfo>,
     /// OOM kills in any container, for GetOOMEvent.
     oom: OomMonitor,
 }
@@ -233,6 +243,7 @@ impl Sandbox {
             create_lock: Mutex::new(()),
             shared_mounts: Mutex::new(Vec::new()),
             network_lock: Mutex::new(()),
+            hosts: Mutex::new(HostsInfo::default()),
             oom: OomMonitor::start(cg::oom::DEFAULT_INTERVAL)?,
         })
     }
@@ -273,7 +284,7 @@ impl Sandbox {
         lock(&self.containers).keys().cloned().collect()
     }
 
-    /// CreateSandbox: hostname, DNS, sysctls, shared mounts.
+    /// CreateSandbox: hostname, DNS, /etc/hosts, sysctls, shared mounts.
     pub fn setup(&self, req: &CreateSandboxRequest) -> Result<()> {
         info!("Setting up sandbox {:?}", req.sandbox_id);
         if !req.hostname.is_empty() {
@@ -291,6 +302,11 @@ impl Sandbox {
         if let Some(dns) = req.dns.as_ref() {
             setup::set_dns(&self.target, dns)?;
         }
+        self.update_hosts(|h| {
+            if !req.hostname.is_empty() {
+                h.hostname = Some(req.hostname.clone());
+            }
+        })?;
         setup::set_sysctls(&self.target, req.sysctls.iter())?;
         let mounted = setup::mount_shared(&self.target, &req.shared_mounts)?;
         lock(&self.shared_mounts).extend(mounted);
@@ -303,7 +319,7 @@ impl Sandbox {
     pub fn update_network(&self, req: &UpdateNetworkRequest) -> Result<()> {
         let plan = network::plan(req).map_err(NetworkError::from)?;
         if let Target::Host(_) = self.target {
-            network::check_not_host_namespace()?;
+            network::check_own_namespace()?;
         }
         let _one_at_a_time = lock(&self.network_lock);
         info!(
@@ -312,6 +328,14 @@ impl Sandbox {
             plan.routes.len()
         );
         network::apply(&plan)?;
+        self.update_hosts(|h| h.address = plan.first_address())
+    }
+
+    /// Changes what /etc/hosts says, and rewrites it.
+    fn update_hosts(&self, change: impl FnOnce(&mut HostsInfo)) -> Result<()> {
+        let mut hosts = lock(&self.hosts);
+        change(&mut hosts);
+        setup::set_hosts(&self.target, hosts.hostname.as_deref(), hosts.address)?;
         Ok(())
     }
 
