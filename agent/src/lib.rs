@@ -8,6 +8,7 @@
 //! - [`config`]: `husk.*` keys of the kernel command line.
 //! - [`container`]: the container engine (OCI spec + rootfs, on libcontainer).
 //! - [`log`]: leveled log lines to the console and /dev/kmsg.
+//! - [`network`]: UpdateNetwork, the guest's links, addresses and routes.
 //! - [`rpc`]: the `husk.agent.v1` ttrpc server (vsock in the guest, Unix
 //!   socket on the host).
 //! - [`sandbox`]: the containers and processes the RPCs act on.
@@ -20,6 +21,7 @@ pub mod container;
 pub mod host;
 pub mod init;
 pub mod log;
+pub mod network;
 pub mod rpc;
 pub mod sandbox;
 pub mod stdio;

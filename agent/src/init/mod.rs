@@ -142,6 +142,10 @@ pub fn run() -> Result<i32, InitError> {
     if let Err(e) = shutdown::route_ctrl_alt_del_to_init() {
         warn!("{}", error_chain(&e));
     }
+    // The kernel leaves lo down; UpdateNetwork brings it up too.
+    if let Err(e) = crate::network::loopback_up_at_boot() {
+        warn!("{}", error_chain(&e));
+    }
 
     let reaper = Arc::new(Reaper::new());
     reap(&reaper)?;

@@ -9,8 +9,8 @@ use husk_protocol::agent::{
     HealthRequest, HealthResponse, ListProcessesRequest, ListProcessesResponse, OOMEvent,
     PauseContainerRequest, RemoveContainerRequest, ResumeContainerRequest, ServingStatus,
     SetGuestTimeRequest, SignalProcessRequest, StartContainerRequest, StatsContainerRequest,
-    StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest, VersionRequest,
-    VersionResponse, WaitProcessRequest, WaitProcessResponse, WriteStdinRequest,
+    StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest, UpdateNetworkRequest,
+    VersionRequest, VersionResponse, WaitProcessRequest, WaitProcessResponse, WriteStdinRequest,
     WriteStdinResponse,
 };
 use husk_protocol::ttrpc::{self, Code, TtrpcContext};
@@ -139,6 +139,17 @@ impl agent_ttrpc::Agent for AgentService {
             .setup(&req)
             .map(|()| Empty::new())
             .map_err(|e| status("CreateSandbox", &e))
+    }
+
+    fn update_network(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateNetworkRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .update_network(&req)
+            .map(|()| Empty::new())
+            .map_err(|e| status("UpdateNetwork", &e))
     }
 
     fn destroy_sandbox(

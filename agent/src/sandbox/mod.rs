@@ -16,13 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use husk_protocol::agent::{CreateSandboxRequest, StdioSet};
+use husk_protocol::agent::{CreateSandboxRequest, StdioSet, UpdateNetworkRequest};
 use oci_spec::runtime::{Process, RootBuilder, Spec};
 
 use self::setup::{SetupError, Target};
 use crate::container::cgroups::{self as cg, CgroupError, OomMonitor};
 use crate::container::{self, Container, Engine, ExitCell, Exited};
 use crate::init::reaper::Reaper;
+use crate::network::{self, NetworkError};
 use crate::stdio::slots::AttachError;
 use crate::stdio::{AttachTarget, ProcessIo, StdioError};
 use crate::{debug, info, sys, warn};
@@ -69,6 +70,8 @@ pub enum SandboxError {
     Stdio(#[from] StdioError),
     #[error(transparent)]
     Setup(#[from] SetupError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
     #[error("Cannot {what}")]
     Io {
         what: String,
@@ -95,6 +98,11 @@ impl SandboxError {
             Self::ContainerExists(_) | Self::ExecExists { .. } => ErrorKind::AlreadyExists,
             Self::InvalidArgument(_) | Self::Json { .. } => ErrorKind::InvalidArgument,
             Self::Setup(SetupError::Invalid { .. }) => ErrorKind::InvalidArgument,
+            Self::Network(e) if e.is_invalid_argument() => ErrorKind::InvalidArgument,
+            Self::Network(NetworkError::NoSuchMac { .. }) => ErrorKind::NotFound,
+            Self::Network(
+                NetworkError::AmbiguousMac { .. } | NetworkError::HostNamespace { .. },
+            ) => ErrorKind::FailedPrecondition,
             // Stdin not declared or already closed.
             Self::FailedPrecondition(_) | Self::Stdin { .. } => ErrorKind::FailedPrecondition,
             Self::Cgroup(CgroupError::Resources(_)) => ErrorKind::InvalidArgument,
@@ -172,6 +180,13 @@ impl Entry {
     }
 }
 
+/// The pod's name and address, for /etc/hosts.
+#[derive(Debug, Default)]
+struct HostsInfo {
+    hostname: Option<String>,
+    address: Option<std::net::IpAddr>,
+}
+
 /// The whole sandbox: engine, containers, set-up.
 pub struct Sandbox {
     engine: Engine,
@@ -181,6 +196,11 @@ pub struct Sandbox {
     /// atomically.
     create_lock: Mutex<()>,
     shared_mounts: Mutex<Vec<PathBuf>>,
+    /// UpdateNetwork runs one at a time.
+    network_lock: Mutex<()>,
+    /// What /etc/hosts says: CreateSandbox's hostname, UpdateNetwork's
+    /// first address.
+    hosts: Mutex<HostsInfo>,
     /// OOM kills in any container, for GetOOMEvent.
     oom: OomMonitor,
 }
@@ -222,6 +242,8 @@ impl Sandbox {
             containers: Mutex::new(HashMap::new()),
             create_lock: Mutex::new(()),
             shared_mounts: Mutex::new(Vec::new()),
+            network_lock: Mutex::new(()),
+            hosts: Mutex::new(HostsInfo::default()),
             oom: OomMonitor::start(cg::oom::DEFAULT_INTERVAL)?,
         })
     }
@@ -262,7 +284,7 @@ impl Sandbox {
         lock(&self.containers).keys().cloned().collect()
     }
 
-    /// CreateSandbox: hostname, DNS, sysctls, shared mounts.
+    /// CreateSandbox: hostname, DNS, /etc/hosts, sysctls, shared mounts.
     pub fn setup(&self, req: &CreateSandboxRequest) -> Result<()> {
         info!("Setting up sandbox {:?}", req.sandbox_id);
         if !req.hostname.is_empty() {
@@ -280,9 +302,40 @@ impl Sandbox {
         if let Some(dns) = req.dns.as_ref() {
             setup::set_dns(&self.target, dns)?;
         }
+        self.update_hosts(|h| {
+            if !req.hostname.is_empty() {
+                h.hostname = Some(req.hostname.clone());
+            }
+        })?;
         setup::set_sysctls(&self.target, req.sysctls.iter())?;
         let mounted = setup::mount_shared(&self.target, &req.shared_mounts)?;
         lock(&self.shared_mounts).extend(mounted);
+        Ok(())
+    }
+
+    /// UpdateNetwork: checks the whole request, then sets up the links and
+    /// routes (see [`network`]). On the host (`husk-agent serve`) only in a
+    /// network namespace of its own, never the host's.
+    pub fn update_network(&self, req: &UpdateNetworkRequest) -> Result<()> {
+        let plan = network::plan(req).map_err(NetworkError::from)?;
+        if let Target::Host(_) = self.target {
+            network::check_own_namespace()?;
+        }
+        let _one_at_a_time = lock(&self.network_lock);
+        info!(
+            "Updating the network: {} interface(s), {} route(s)",
+            plan.interfaces.len(),
+            plan.routes.len()
+        );
+        network::apply(&plan)?;
+        self.update_hosts(|h| h.address = plan.first_address())
+    }
+
+    /// Changes what /etc/hosts says, and rewrites it.
+    fn update_hosts(&self, change: impl FnOnce(&mut HostsInfo)) -> Result<()> {
+        let mut hosts = lock(&self.hosts);
+        change(&mut hosts);
+        setup::set_hosts(&self.target, hosts.hostname.as_deref(), hosts.address)?;
         Ok(())
     }
 

@@ -1,9 +1,9 @@
-//! CreateSandbox's guest set-up: hostname, resolv.conf, sysctls, shared
-//! mounts; and their undoing on DestroySandbox.
+//! CreateSandbox's guest set-up: hostname, resolv.conf, /etc/hosts,
+//! sysctls, shared mounts; and their undoing on DestroySandbox.
 //!
 //! In the guest (PID 1) these act on the guest itself. On the host
 //! (`husk-agent serve`) the agent must not rename the machine or change
-//! its kernel parameters: the hostname and resolv.conf are written under
+//! its kernel parameters: the hostname, resolv.conf and hosts are written under
 //! `<root>/sandbox/etc/`, sysctls are checked but not applied, and shared
 //! mounts are mounted under `<root>/sandbox/` (their destination re-rooted
 //! there), so a test can see them and DestroySandbox removes them.
@@ -188,6 +188,35 @@ pub fn set_dns(target: &Target, dns: &DNSConfig) -> Result<(), SetupError> {
     write_file(&place(target, Path::new("/etc/resolv.conf")), &text)
 }
 
+/// The /etc/hosts text: the localhost lines, and the pod's hostname on
+/// its address once UpdateNetwork gave one.
+pub fn hosts(hostname: Option<&str>, address: Option<std::net::IpAddr>) -> String {
+    let mut out = String::from(
+        "127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\n\
+         ff00::0\tip6-mcastprefix\n\
+         ff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n",
+    );
+    if let (Some(name), Some(addr)) = (hostname, address) {
+        out.push_str(&format!("{addr}\t{name}\n"));
+    }
+    out
+}
+
+/// Writes /etc/hosts (see [`hosts`]).
+pub fn set_hosts(
+    target: &Target,
+    hostname: Option<&str>,
+    address: Option<std::net::IpAddr>,
+) -> Result<(), SetupError> {
+    write_file(
+        &place(target, Path::new("/etc/hosts")),
+        &hosts(hostname, address),
+    )
+}
+
 fn write_file(path: &Path, text: &str) -> Result<(), SetupError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(apply(format!("create {}", dir.display())))?;
@@ -306,6 +335,20 @@ mod tests {
         dns.servers = vec![];
         dns.searches = vec!["a b".into()];
         assert!(resolv_conf(&dns).is_err());
+    }
+
+    #[test]
+    fn hosts_text() {
+        let base = hosts(None, None);
+        assert!(base.starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost"));
+        assert_eq!(base.lines().count(), 6);
+        // Without an address the hostname has no line, and vice versa.
+        assert_eq!(hosts(Some("pod-one"), None), base);
+        assert_eq!(hosts(None, Some("10.88.0.5".parse().unwrap())), base);
+        let with = hosts(Some("pod-one"), Some("10.88.0.5".parse().unwrap()));
+        assert_eq!(with, format!("{base}10.88.0.5\tpod-one\n"));
+        let v6 = hosts(Some("pod-one"), Some("fd00::5".parse().unwrap()));
+        assert!(v6.ends_with("\nfd00::5\tpod-one\n"), "{v6}");
     }
 
     #[test]

@@ -31,9 +31,23 @@ impl Agent {
         Self::start_in(dir)
     }
 
+    /// Starts an agent in a fresh `<tmp>/husk-api-<name>-<pid>` and a new
+    /// network namespace of its own (only a down `lo` in it), which goes
+    /// away with the agent; tests reach it through `/proc/<pid>/ns/net`.
+    pub fn start_in_new_netns(name: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("husk-api-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Self::start_with(dir, true)
+    }
+
     /// Starts an agent listening on `<dir>/agent.sock`, its state under
     /// `<dir>/root`.
     pub fn start_in(dir: PathBuf) -> Result<Self> {
+        Self::start_with(dir, false)
+    }
+
+    fn start_with(dir: PathBuf, new_netns: bool) -> Result<Self> {
         let sock = dir.join("agent.sock");
         let stdio_sock = dir.join("agent.sock.stdio");
         // Appended to, so a second agent in the same dir keeps the first's log.
@@ -41,7 +55,21 @@ impl Agent {
             .create(true)
             .append(true)
             .open(dir.join("agent.log"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_husk-agent"));
+        if new_netns {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec the child only calls unshare, which
+            // is async-signal-safe and touches no memory of ours.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("serve")
             .arg("--listen")
             .arg(format!("unix:{}", sock.display()))
