@@ -328,23 +328,52 @@ mod tests {
         assert_eq!(c.net.len(), 1);
         assert_eq!(c.net[0].tap.as_deref(), Some("tap0"));
         assert_eq!(c.net[0].mtu, Some(1500));
-        assert!(serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "net": [{"tap": "t", "x": 1}]}"#).is_err());
+        assert!(serde_json::from_str::<VmConfig>(
+            r#"{"kernel": "/k", "net": [{"tap": "t", "x": 1}]}"#
+        )
+        .is_err());
 
         let mut c = base();
-        c.net = vec!["tap=a".parse().unwrap(), "tap=b,mac=02:00:00:00:00:01".parse().unwrap()];
+        c.net = vec![
+            "tap=a".parse().unwrap(),
+            "tap=b,mac=02:00:00:00:00:01".parse().unwrap(),
+        ];
         assert!(c.validate().is_ok());
         c.net[0].fd = Some(100);
         let e = c.validate().unwrap_err();
-        assert!(matches!(e, ConfigError::Net { index: 0, source: NetConfigError::Backend }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ConfigError::Net {
+                    index: 0,
+                    source: NetConfigError::Backend
+                }
+            ),
+            "{e}"
+        );
         c.net[0].fd = None;
         c.net.push("tap=a".parse().unwrap());
         assert!(matches!(
             c.validate(),
-            Err(ConfigError::DuplicateNetBackend { first: 0, second: 2, .. })
+            Err(ConfigError::DuplicateNetBackend {
+                first: 0,
+                second: 2,
+                ..
+            })
         ));
         c.net[2] = "tap=c,mac=02:00:00:00:00:01".parse().unwrap();
         let e = c.validate().unwrap_err();
-        assert!(matches!(e, ConfigError::DuplicateMac { first: 1, second: 2, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ConfigError::DuplicateMac {
+                    first: 1,
+                    second: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

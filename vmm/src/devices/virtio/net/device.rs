@@ -197,7 +197,12 @@ impl Net<Tap> {
 
 impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
     /// The device on an open tap (tests pass a fake).
-    pub fn with_tap(tap: T, name: String, mac: MacAddr, mtu: Option<u16>) -> Result<Self, NetError> {
+    pub fn with_tap(
+        tap: T,
+        name: String,
+        mac: MacAddr,
+        mtu: Option<u16>,
+    ) -> Result<Self, NetError> {
         // struct virtio_net_config: mac, status, max_virtqueue_pairs, mtu.
         let mut config_space = [0u8; 12];
         config_space[..6].copy_from_slice(&mac.0);
@@ -243,8 +248,12 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
     pub(super) fn handle_activation(&mut self) {
         let Some(active) = self.active.as_mut() else {
             let (rx, tx) = (self.rx.drop_pending(), self.tx.drop_pending());
-            self.metrics.rx_dropped.fetch_add(u64::from(rx), Ordering::Relaxed);
-            self.metrics.tx_dropped.fetch_add(u64::from(tx), Ordering::Relaxed);
+            self.metrics
+                .rx_dropped
+                .fetch_add(u64::from(rx), Ordering::Relaxed);
+            self.metrics
+                .tx_dropped
+                .fetch_add(u64::from(tx), Ordering::Relaxed);
             self.rx_wait = RxWait::Tap;
             self.tx_wait = TxWait::Guest;
             return;
@@ -263,7 +272,10 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
         if let Err(e) = self.tap.set_offload(offloads) {
             // The tap keeps its offloads off: full-sized, checksummed frames, which any
             // driver takes.
-            tracing::warn!("virtio-net {}: cannot set the tap offloads (TUNSETOFFLOAD {offloads:#x}): {e}", self.name);
+            tracing::warn!(
+                "virtio-net {}: cannot set the tap offloads (TUNSETOFFLOAD {offloads:#x}): {e}",
+                self.name
+            );
         }
         active.started = true;
         self.rx_wait = RxWait::Tap;

@@ -29,7 +29,9 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
         };
         match r {
             Ok(()) => self.tap_events = (!want.is_empty()).then_some(want),
-            Err(e) => tracing::error!("virtio-net: cannot update the tap's epoll registration: {e:?}"),
+            Err(e) => {
+                tracing::error!("virtio-net: cannot update the tap's epoll registration: {e:?}")
+            }
         }
     }
 }
@@ -42,7 +44,11 @@ impl<T: TapIo + AsRawFd + Send + 'static> MutEventSubscriber for Net<T> {
                 tracing::error!("virtio-net: cannot register queue {i}: {e:?}");
             }
         }
-        if let Err(e) = ops.add(Events::with_data(&self.activate_evt, ACTIVATE, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::with_data(
+            &self.activate_evt,
+            ACTIVATE,
+            EventSet::IN,
+        )) {
             tracing::error!("virtio-net: cannot register the activation event: {e:?}");
         }
     }

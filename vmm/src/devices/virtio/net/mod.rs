@@ -119,7 +119,9 @@ pub enum NetConfigError {
     NotUnicast(String),
     #[error("A net device needs exactly one of tap=NAME and fd=N")]
     Backend,
-    #[error("Tap name {0:?} must have 1 to {MAX_TAP_NAME} bytes and no '/', ',', ':' or whitespace")]
+    #[error(
+        "Tap name {0:?} must have 1 to {MAX_TAP_NAME} bytes and no '/', ',', ':' or whitespace"
+    )]
     BadTapName(String),
     #[error("Tap fd {0} is not an open file descriptor")]
     FdNotOpen(i32),
@@ -160,7 +162,8 @@ impl NetConfig {
             (Some(name), None) => {
                 if name.is_empty()
                     || name.len() > MAX_TAP_NAME
-                    || name.contains(|c: char| c == '/' || c == ',' || c == ':' || c.is_whitespace())
+                    || name
+                        .contains(|c: char| c == '/' || c == ',' || c == ':' || c.is_whitespace())
                 {
                     return Err(NetConfigError::BadTapName(name.clone()));
                 }
@@ -230,11 +233,27 @@ mod config_tests {
         let m: MacAddr = "02:00:0a:Bb:cc:ff".parse().unwrap();
         assert_eq!(m.0, [2, 0, 0x0a, 0xbb, 0xcc, 0xff]);
         assert_eq!(m.to_string(), "02:00:0a:bb:cc:ff");
-        for bad in ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "2:0:0:0:0:1", "zz:00:00:00:00:01", "02-00-00-00-00-01"] {
-            assert!(matches!(bad.parse::<MacAddr>(), Err(NetConfigError::BadMac(_))), "{bad:?}");
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "2:0:0:0:0:1",
+            "zz:00:00:00:00:01",
+            "02-00-00-00-00-01",
+        ] {
+            assert!(
+                matches!(bad.parse::<MacAddr>(), Err(NetConfigError::BadMac(_))),
+                "{bad:?}"
+            );
         }
-        assert!(matches!("01:00:5e:00:00:01".parse::<MacAddr>(), Err(NetConfigError::NotUnicast(_))));
-        assert!(matches!("00:00:00:00:00:00".parse::<MacAddr>(), Err(NetConfigError::NotUnicast(_))));
+        assert!(matches!(
+            "01:00:5e:00:00:01".parse::<MacAddr>(),
+            Err(NetConfigError::NotUnicast(_))
+        ));
+        assert!(matches!(
+            "00:00:00:00:00:00".parse::<MacAddr>(),
+            Err(NetConfigError::NotUnicast(_))
+        ));
         for _ in 0..16 {
             let r = MacAddr::random().unwrap();
             assert_eq!(r.0[0] & 0x03, 0x02, "{r}");

@@ -355,7 +355,11 @@ fn publish<M: GuestMemory>(
     }
     queue.set_next_used(next.0);
     let stored = ring.checked_add(2).map(|idx| {
-        mem.store(u16::to_le(next.0), idx, std::sync::atomic::Ordering::Release)
+        mem.store(
+            u16::to_le(next.0),
+            idx,
+            std::sync::atomic::Ordering::Release,
+        )
     });
     if !matches!(stored, Some(Ok(()))) {
         if let Some(d) = warn.allow() {

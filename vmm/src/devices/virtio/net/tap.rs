@@ -214,8 +214,13 @@ impl TapIo for Tap {
 
     fn set_offload(&mut self, flags: u32) -> io::Result<()> {
         // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
-        if unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TUNSETOFFLOAD, flags as libc::c_ulong) }
-            < 0
+        if unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                flags as libc::c_ulong,
+            )
+        } < 0
         {
             return Err(io::Error::last_os_error());
         }
@@ -237,7 +242,10 @@ mod tests {
         let f = File::open("/dev/null").unwrap();
         let fd = f.as_raw_fd();
         let e = Tap::from_fd(fd).unwrap_err();
-        assert!(matches!(e, TapError::GetIff { fd: n, .. } if n == fd), "{e}");
+        assert!(
+            matches!(e, TapError::GetIff { fd: n, .. } if n == fd),
+            "{e}"
+        );
         assert!(e.to_string().contains("not a tun/tap device"));
     }
 
@@ -284,7 +292,10 @@ mod tests {
             assert!(unsafe { libc::ioctl(fd, libc::TUNSETIFF, &mut req) } >= 0);
             fd
         };
-        let fd = open_with(libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR, &format!("{name}u"));
+        let fd = open_with(
+            libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR,
+            &format!("{name}u"),
+        );
         let e = Tap::from_fd(fd).unwrap_err();
         assert!(matches!(e, TapError::WrongFlags { .. }), "{e}");
         // SAFETY: our fd, refused above and so still open.
