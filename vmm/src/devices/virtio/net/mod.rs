@@ -155,9 +155,22 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
-    /// Checks everything short of opening the tap: one backend, a usable name or an open
-    /// fd, the MTU range.
+    /// Checks everything short of opening the tap: [`Self::check_shape`] and that the fd
+    /// is open.
     pub fn validate(&self) -> Result<(), NetConfigError> {
+        self.check_shape()?;
+        if let Some(fd) = self.fd {
+            // SAFETY: F_GETFD only reads the descriptor's flags; any integer is safe to ask.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(NetConfigError::FdNotOpen(fd));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the text of the config says: one backend, a usable tap name or fd number, the
+    /// MTU range (the command line's parser checks this much).
+    pub fn check_shape(&self) -> Result<(), NetConfigError> {
         match (&self.tap, self.fd) {
             (Some(name), None) => {
                 if name.is_empty()
@@ -172,8 +185,7 @@ impl NetConfig {
                 if (0..=2).contains(&fd) {
                     return Err(NetConfigError::StdioFd(fd));
                 }
-                // SAFETY: F_GETFD only reads the descriptor's flags; any integer is safe to ask.
-                if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                if fd < 0 {
                     return Err(NetConfigError::FdNotOpen(fd));
                 }
             }
@@ -219,7 +231,7 @@ impl FromStr for NetConfig {
                 _ => return Err(bad()),
             }
         }
-        cfg.validate().map_err(|e| e.to_string())?;
+        cfg.check_shape().map_err(|e| e.to_string())?;
         Ok(cfg)
     }
 }
