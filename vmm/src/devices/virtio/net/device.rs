@@ -27,8 +27,8 @@ use super::tx::{self, TxState, TxWait};
 use super::{MacAddr, NetConfig, NetConfigError, QUEUE_MAX_SIZE};
 use crate::devices::virtio::ratelimit::WarnLimiter;
 use crate::devices::virtio::{
-    check_queues, read_config_bytes, ActivateContext, ActivateError, IrqTrigger, VirtioDevice,
-    INT_VRING, TYPE_NET, VIRTIO_F_VERSION_1,
+    check_queues, describe_queue, read_config_bytes, ActivateContext, ActivateError, IrqTrigger,
+    VirtioDevice, INT_VRING, TYPE_NET, VIRTIO_F_VERSION_1,
 };
 
 /// Queue indices of the (first) queue pair.
@@ -175,6 +175,8 @@ pub struct Net<T = Tap> {
     pub(super) tap_events: Option<EventSet>,
     metrics: Arc<NetMetrics>,
     warn: WarnLimiter,
+    /// Signalled on SIGUSR1 (see `state_dump`); taken when the event loop registers us.
+    pub(super) dump_evt: Option<&'static EventFd>,
 }
 
 impl Net<Tap> {
@@ -227,6 +229,7 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
             tap_events: None,
             metrics: Arc::new(NetMetrics::default()),
             warn: WarnLimiter::default(),
+            dump_evt: None,
         })
     }
 
@@ -337,6 +340,45 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
         }
         if pass.wait == TxWait::Budget {
             let _ = self.queue_evts[TX].write(1);
+        }
+    }
+
+    /// Logs the device's state (counters, what it waits for, queues) at info level.
+    pub(super) fn dump_state(&self) {
+        let m = &self.metrics;
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        tracing::info!(
+            "virtio-net {} state: started={} rx_wait={:?} holds_rx_frame={} tx_wait={:?} \
+             tap_events={:?} rx_frames={} rx_bytes={} rx_dropped={} rx_malformed={} rx_waits={} \
+             tx_frames={} tx_bytes={} tx_dropped={} tx_malformed={} tx_waits={} interrupts={}",
+            self.name,
+            self.is_started(),
+            self.rx_wait,
+            self.rx.holds_frame(),
+            self.tx_wait,
+            self.tap_events,
+            c(&m.rx_frames),
+            c(&m.rx_bytes),
+            c(&m.rx_dropped),
+            c(&m.rx_malformed),
+            c(&m.rx_waits),
+            c(&m.tx_frames),
+            c(&m.tx_bytes),
+            c(&m.tx_dropped),
+            c(&m.tx_malformed),
+            c(&m.tx_waits),
+            c(&m.interrupts),
+        );
+        if let Some(a) = &self.active {
+            for (name, q) in [("rx", &a.rx_queue), ("tx", &a.tx_queue)] {
+                tracing::info!(
+                    "virtio-net {} {name} queue: next_avail={} next_used={} {}",
+                    self.name,
+                    q.next_avail(),
+                    q.next_used(),
+                    describe_queue(&a.mem, q)
+                );
+            }
         }
     }
 

@@ -12,6 +12,7 @@ use super::tap::TapIo;
 // `data` of the registered events: queue indices, then these.
 const TAP: u32 = NUM_QUEUES as u32;
 const ACTIVATE: u32 = TAP + 1;
+const STATE_DUMP: u32 = ACTIVATE + 1;
 
 impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
     /// Brings the tap's epoll registration in line with what the device waits for.
@@ -51,6 +52,12 @@ impl<T: TapIo + AsRawFd + Send + 'static> MutEventSubscriber for Net<T> {
         )) {
             tracing::error!("virtio-net: cannot register the activation event: {e:?}");
         }
+        self.dump_evt = self.dump_evt.or_else(crate::devices::state_dump::listener);
+        if let Some(evt) = self.dump_evt {
+            if let Err(e) = ops.add(Events::with_data(evt, STATE_DUMP, EventSet::IN)) {
+                tracing::error!("virtio-net: cannot register the state-dump event: {e:?}");
+            }
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -77,6 +84,12 @@ impl<T: TapIo + AsRawFd + Send + 'static> MutEventSubscriber for Net<T> {
             ACTIVATE => {
                 let _ = self.activate_evt.read();
                 self.handle_activation();
+            }
+            STATE_DUMP => {
+                if let Some(evt) = self.dump_evt {
+                    let _ = evt.read();
+                }
+                self.dump_state();
             }
             _ => {}
         }
