@@ -97,9 +97,9 @@ pub fn redirect_filter_message(from: u32, to: u32) -> TcMessage {
     action.tab = 1;
     action.attributes = vec![
         TcActionAttribute::Kind(TcActionMirror::KIND.to_owned()),
-        TcActionAttribute::Options(vec![TcActionOption::Mirror(
-            TcActionMirrorOption::Parms(mirror),
-        )]),
+        TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
+            mirror,
+        ))]),
     ];
 
     let header = TcHeader {
@@ -266,7 +266,11 @@ mod tests {
         let (buf, back) = round_trip(&ingress_qdisc_message(7));
         // struct tcmsg: family, pad, pad, ifindex, handle, parent, info
         assert_eq!(&buf[4..8], &7i32.to_ne_bytes());
-        assert_eq!(&buf[8..12], &0u32.to_ne_bytes(), "handle left to the kernel");
+        assert_eq!(
+            &buf[8..12],
+            &0u32.to_ne_bytes(),
+            "handle left to the kernel"
+        );
         assert_eq!(&buf[12..16], &0xffff_fff1u32.to_ne_bytes(), "TC_H_INGRESS");
         let q = qdisc_from_message(&back);
         assert_eq!(q.ifindex, 7);
@@ -274,7 +278,10 @@ mod tests {
         assert_eq!(q.parent, TcHandle::INGRESS);
         let (_, del) = round_trip(&del_ingress_qdisc_message(7));
         assert_eq!(del.header.parent, TcHandle::INGRESS);
-        assert!(del.attributes.is_empty(), "a kind would make a missing qdisc EINVAL");
+        assert!(
+            del.attributes.is_empty(),
+            "a kind would make a missing qdisc EINVAL"
+        );
     }
 
     #[test]
