@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::fs::{FsConfig, FsConfigError};
+use crate::devices::virtio::net::{NetConfig, NetConfigError};
 use crate::devices::virtio::vsock::{VsockConfig, VsockConfigError};
 
 /// Smallest guest memory we accept: the kernel, initramfs and page tables must fit.
@@ -58,6 +59,24 @@ pub enum ConfigError {
     Vsock(#[source] VsockConfigError),
     #[error("Invalid block device {index}: {reason}")]
     Block { index: usize, reason: String },
+    #[error("Invalid net device {index}")]
+    Net {
+        index: usize,
+        #[source]
+        source: NetConfigError,
+    },
+    #[error("Net devices {first} and {second} both use {backend}")]
+    DuplicateNetBackend {
+        first: usize,
+        second: usize,
+        backend: String,
+    },
+    #[error("Net devices {first} and {second} both have MAC address {mac}")]
+    DuplicateMac {
+        first: usize,
+        second: usize,
+        mac: String,
+    },
     #[error("Two virtio-fs devices have the tag {0:?}")]
     DuplicateFsTag(String),
 }
@@ -125,6 +144,9 @@ pub struct VmConfig {
     /// virtio-blk devices on raw image files, in order (/dev/vda, /dev/vdb, ...).
     #[serde(default)]
     pub block: Vec<BlockConfig>,
+    /// virtio-net devices on taps, in order (the guest's eth0, eth1, ...).
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
 }
 
 impl VmConfig {
@@ -169,6 +191,30 @@ impl VmConfig {
                 index,
                 reason: e.to_string(),
             })?;
+        }
+        for (index, net) in self.net.iter().enumerate() {
+            net.validate()
+                .map_err(|source| ConfigError::Net { index, source })?;
+            for (first, other) in self.net[..index].iter().enumerate() {
+                if (other.tap.is_some() && other.tap == net.tap)
+                    || (other.fd.is_some() && other.fd == net.fd)
+                {
+                    return Err(ConfigError::DuplicateNetBackend {
+                        first,
+                        second: index,
+                        backend: net.describe(),
+                    });
+                }
+                if let (Some(a), Some(b)) = (other.mac, net.mac) {
+                    if a == b {
+                        return Err(ConfigError::DuplicateMac {
+                            first,
+                            second: index,
+                            mac: a.to_string(),
+                        });
+                    }
+                }
+            }
         }
         for (index, fs) in self.fs.iter().enumerate() {
             fs.validate()
@@ -217,6 +263,7 @@ mod tests {
             vsock: None,
             fs: Vec::new(),
             block: Vec::new(),
+            net: Vec::new(),
         }
     }
 
@@ -270,6 +317,63 @@ mod tests {
         let mut c = base();
         c.cmdline = "a\nb".into();
         assert!(matches!(c.validate(), Err(ConfigError::BadCmdline)));
+    }
+
+    #[test]
+    fn net_devices() {
+        let c: VmConfig = serde_json::from_str(
+            r#"{"kernel": "/k", "net": [{"tap": "tap0", "mac": "02:00:00:00:00:01", "mtu": 1500}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.net.len(), 1);
+        assert_eq!(c.net[0].tap.as_deref(), Some("tap0"));
+        assert_eq!(c.net[0].mtu, Some(1500));
+        assert!(serde_json::from_str::<VmConfig>(
+            r#"{"kernel": "/k", "net": [{"tap": "t", "x": 1}]}"#
+        )
+        .is_err());
+
+        let mut c = base();
+        c.net = vec![
+            "tap=a".parse().unwrap(),
+            "tap=b,mac=02:00:00:00:00:01".parse().unwrap(),
+        ];
+        assert!(c.validate().is_ok());
+        c.net[0].fd = Some(100);
+        let e = c.validate().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Net {
+                    index: 0,
+                    source: NetConfigError::Backend
+                }
+            ),
+            "{e}"
+        );
+        c.net[0].fd = None;
+        c.net.push("tap=a".parse().unwrap());
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::DuplicateNetBackend {
+                first: 0,
+                second: 2,
+                ..
+            })
+        ));
+        c.net[2] = "tap=c,mac=02:00:00:00:00:01".parse().unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::DuplicateMac {
+                    first: 1,
+                    second: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

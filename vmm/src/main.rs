@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use husk_vmm::devices::virtio::block::BlockConfig;
 use husk_vmm::devices::virtio::fs::FsConfig;
+use husk_vmm::devices::virtio::net::NetConfig;
 use husk_vmm::devices::virtio::vsock::VsockConfig;
 use husk_vmm::{ConsoleConfig, Vm, VmConfig, VmExit};
 
@@ -20,7 +21,7 @@ use husk_vmm::{ConsoleConfig, Vm, VmConfig, VmExit};
 )]
 struct Cli {
     /// JSON config file (the same fields as the flags); conflicts with the flags.
-    #[arg(long, conflicts_with_all = ["kernel", "initramfs", "cmdline", "vcpus", "memory", "console", "fs", "vsock", "block"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initramfs", "cmdline", "vcpus", "memory", "console", "fs", "vsock", "block", "net"])]
     config: Option<PathBuf>,
     /// Guest kernel: ELF vmlinux or bzImage.
     #[arg(long, required_unless_present = "config")]
@@ -51,6 +52,12 @@ struct Cli {
     /// virtio-blk device: path=IMAGE[,ro][,id=NAME] (repeatable; /dev/vda, /dev/vdb, ...).
     #[arg(long, value_name = "SPEC")]
     block: Vec<BlockConfig>,
+    /// virtio-net device on a tap: tap=NAME|fd=N[,mac=MAC][,mtu=N] (repeatable; eth0,
+    /// eth1, ...). tap=NAME opens (or creates) the tap from /dev/net/tun; fd=N takes an
+    /// inherited tap fd opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR. Without mac= the MAC is
+    /// random (locally administered).
+    #[arg(long, value_name = "SPEC")]
+    net: Vec<NetConfig>,
     /// Print VM exit counts as a JSON line on stderr when the guest ends.
     #[arg(long)]
     exit_stats: bool,
@@ -71,6 +78,7 @@ impl Cli {
             vsock: self.vsock.clone(),
             fs: self.fs.clone(),
             block: self.block.clone(),
+            net: self.net.clone(),
         })
     }
 }

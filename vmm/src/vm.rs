@@ -21,6 +21,7 @@ use crate::devices::legacy::{self, ConsoleSink, GuestPanic, I8042};
 use crate::devices::manager::{DeviceManager, DeviceManagerError, Subscriber};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError};
+use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::vcpu::{ExitCounters, Vcpu, VcpuContext, VcpuError};
 
@@ -45,6 +46,13 @@ pub enum VmError {
     Devices(#[from] DeviceManagerError),
     #[error("Cannot set up the block device {0}")]
     Block(String, #[source] BlockError),
+    #[error("Cannot set up net device {index} ({backend})")]
+    Net {
+        index: usize,
+        backend: String,
+        #[source]
+        source: NetError,
+    },
     #[error("Cannot set up the vsock device")]
     Vsock(#[source] VsockError),
     #[error("Cannot set up the virtio-fs device {0:?}")]
@@ -160,6 +168,15 @@ impl Vm {
         }
         for fs in &config.fs {
             let dev = Fs::new(fs).map_err(|e| VmError::Fs(fs.tag.clone(), e))?;
+            devices.add_virtio(&vm_fd, &mem, dev)?;
+        }
+        // Net devices: eth0, eth1, ... in this order.
+        for (index, net) in config.net.iter().enumerate() {
+            let dev = Net::new(net).map_err(|source| VmError::Net {
+                index,
+                backend: net.describe(),
+                source,
+            })?;
             devices.add_virtio(&vm_fd, &mem, dev)?;
         }
 

@@ -13,6 +13,11 @@
 //!   fsyncs. `WAITFILE <path> <secs>`: `OK` once the path exists.
 //! - `HASHFILE <path>`: `OK <bytes> <hash>`. `FIND <dir>`: `OK <entries>` (recursive).
 //! - `HOLD <secs>`: keeps the connection open without reading, then replies `OK`.
+//! - `IFUP <ifname> <ipv4> <prefix>`: gives the interface the address and brings it up.
+//! - `TCPSINK <port>`: listens on TCP `port`, replies `READY`, accepts one connection and
+//!   replies `OK <bytes> <hash>` of what it received until EOF.
+//! - `TCPSOURCE <ipv4> <port> <n> <seed>`: connects over TCP, sends n bytes of
+//!   `stream(seed)`, shuts down its side, waits for the peer to close; replies `OK <n>`.
 //! - `POWEROFF`: replies `OK`, syncs and restarts the machine (the VMM's clean exit).
 //!
 //! Errors reply `ERR <message>`.

@@ -187,12 +187,94 @@ fn run(conn: &mut File, words: &[&str]) -> io::Result<Option<String>> {
             std::thread::sleep(Duration::from_secs(arg(words, 1)?));
             Ok(Some("OK\n".into()))
         }
+        "IFUP" => {
+            // IFUP <ifname> <ipv4> <prefix>: address, netmask and IFF_UP.
+            let (name, addr, prefix): (String, std::net::Ipv4Addr, u8) =
+                (arg(words, 1)?, arg(words, 2)?, arg(words, 3)?);
+            if_up(&name, addr, prefix)?;
+            Ok(Some("OK\n".into()))
+        }
+        "TCPSINK" => {
+            // TCPSINK <port>: "READY" once listening, then the hash of one connection.
+            let listener = std::net::TcpListener::bind(("0.0.0.0", arg::<u16>(words, 1)?))?;
+            conn.write_all(b"READY\n")?;
+            let (mut s, _) = listener.accept()?;
+            let h = hash_reader(&mut s)?;
+            Ok(Some(format!("OK {} {}\n", h.bytes(), h.value())))
+        }
+        "TCPSOURCE" => {
+            // TCPSOURCE <ipv4> <port> <bytes> <seed>
+            let (ip, port, n, seed): (std::net::Ipv4Addr, u16, u64, u64) = (
+                arg(words, 1)?,
+                arg(words, 2)?,
+                arg(words, 3)?,
+                arg(words, 4)?,
+            );
+            let mut s = std::net::TcpStream::connect((ip, port))?;
+            write_stream(&mut s, n, seed)?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            // Wait for the peer's close, so the reply means it read everything.
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest)?;
+            Ok(Some(format!("OK {n}\n")))
+        }
         "POWEROFF" => Ok(Some("OK\n".into())),
         other => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("unknown command {other:?}"),
         )),
     }
+}
+
+/// Gives interface `name` an IPv4 address and brings it up (the classic SIOCSIF* ioctls:
+/// enough for a test, no netlink needed).
+fn if_up(name: &str, addr: std::net::Ipv4Addr, prefix: u8) -> io::Result<()> {
+    if name.len() >= libc::IFNAMSIZ || prefix > 32 {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: a plain socket call; the fd is checked and closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the socket just created, owned by this File from here.
+    let sock = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: `ifreq` is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    let sin = |a: std::net::Ipv4Addr| {
+        // SAFETY: as above, `sockaddr_in` is plain old data.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from(a).to_be();
+        // SAFETY: `sockaddr_in` (16 bytes) fits the `sockaddr` in the ifreq union, whose
+        // size is also 16 bytes.
+        unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sa) }
+    };
+    let ioctl = |req: &mut libc::ifreq, op: libc::Ioctl| -> io::Result<()> {
+        // SAFETY: each SIOC*IF* request reads and writes one `struct ifreq`, which lives
+        // for the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), op, req as *mut libc::ifreq) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    req.ifr_ifru.ifru_addr = sin(addr);
+    ioctl(&mut req, libc::SIOCSIFADDR)?;
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    };
+    req.ifr_ifru.ifru_netmask = sin(std::net::Ipv4Addr::from(mask));
+    ioctl(&mut req, libc::SIOCSIFNETMASK)?;
+    ioctl(&mut req, libc::SIOCGIFFLAGS)?;
+    // SAFETY: SIOCGIFFLAGS just filled the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    ioctl(&mut req, libc::SIOCSIFFLAGS)
 }
 
 fn count_entries(dir: &Path) -> io::Result<u64> {

@@ -2,7 +2,7 @@
 //! why a guest's I/O waits (credit, queues, sockets, interrupts) without stopping the VM.
 //!
 //! The signal handler only writes to eventfds, one per listening device; each device's
-//! event loop handler reads its own and logs. The vsock and virtio-fs devices answer.
+//! event loop handler reads its own and logs. The vsock, virtio-fs and virtio-net devices answer.
 //! vCPUs answer too: the handler bumps a generation counter and kicks every registered
 //! vCPU thread out of KVM_RUN with a real-time signal; each logs its registers and LAPIC
 //! before it re-enters the guest (where a guest spins or waits for an interrupt).

@@ -20,6 +20,7 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod ratelimit;
 pub mod vsock;
 
@@ -34,6 +35,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Device types (virtio spec 5).
+pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_VSOCK: u32 = 19;
 pub const TYPE_FS: u32 = 26;

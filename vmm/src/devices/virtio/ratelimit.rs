@@ -5,14 +5,14 @@ use std::time::{Duration, Instant};
 
 /// Logs a guest-triggered warning at most once per interval, counting what it drops.
 #[derive(Debug)]
-pub(crate) struct WarnLimiter {
+pub struct WarnLimiter {
     interval: Duration,
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl WarnLimiter {
-    pub(crate) fn new(interval: Duration) -> Self {
+    pub fn new(interval: Duration) -> Self {
         Self {
             interval,
             last: None,
@@ -21,7 +21,7 @@ impl WarnLimiter {
     }
 
     /// Returns how many warnings were dropped since the last one if this one may be logged.
-    pub(crate) fn allow(&mut self) -> Option<u64> {
+    pub fn allow(&mut self) -> Option<u64> {
         let now = Instant::now();
         match self.last {
             Some(t) if now.duration_since(t) < self.interval => {
