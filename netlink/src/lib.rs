@@ -45,6 +45,7 @@ pub mod link;
 pub mod netns;
 pub mod route;
 pub mod socket;
+pub mod tc;
 
 pub use netlink_packet_core;
 pub use netlink_packet_route;

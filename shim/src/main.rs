@@ -5,6 +5,7 @@
 mod config;
 mod metrics;
 mod mounts;
+mod network;
 mod process;
 mod sandbox;
 mod service;

@@ -4,7 +4,7 @@
 //! monitor (subscribed before spawning), never from `Child::wait`.
 
 use std::collections::HashMap;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,6 +18,7 @@ use log::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::mounts::{self, HostOps};
+use crate::network::{self, Attached, NetError, NetState};
 use crate::spec::{GUEST_SHARED_DIR, SHARED_FS_TAG};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,23 @@ pub enum SandboxError {
     Monitor(String),
     #[error(transparent)]
     Mount(#[from] mounts::MountError),
+    #[error(transparent)]
+    Network(#[from] NetError),
+}
+
+/// An error and its causes, `: `-joined: what containerd shows the user, errno included.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !text.ends_with(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Exits of the pod's helper processes, as the reaper reported them.
@@ -127,6 +145,8 @@ pub struct Sandbox {
     exits: Arc<Exits>,
     stopping: Arc<Mutex<bool>>,
     rpc_timeout: Duration,
+    /// The pod's network (taps and tc filters in its netns), torn down at stop.
+    net: Option<NetState>,
 }
 
 /// The pod's directory for containerd namespace `ns`.
@@ -141,6 +161,8 @@ pub struct PodRequest<'a> {
     pub hostname: &'a str,
     pub vcpus: u8,
     pub memory_mib: u64,
+    /// The pod's network namespace (the spec's), whose interfaces become guest NICs.
+    pub netns: Option<&'a Path>,
 }
 
 fn spawn_logged(cmd: &mut Command, log: &Path, what: &'static str) -> Result<i32, SandboxError> {
@@ -209,9 +231,31 @@ impl Sandbox {
         let _ = std::fs::remove_file(&vsock);
         let _ = std::fs::remove_file(&fs_sock);
 
+        // The taps first: a bad netns fails the pod before anything runs.
+        let attached = match req.netns {
+            Some(ns) => match network::attach(ns, &dir.join(network::STATE_FILE)) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e.into());
+                }
+            },
+            None => None,
+        };
+        let net = attached.as_ref().map(|a| a.state.clone());
+        let abandon = |e: SandboxError| {
+            if let Some(n) = &net {
+                if let Err(d) = network::detach(n) {
+                    warn!("pod {}: {}", req.pod, error_chain(&d));
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            e
+        };
+
         // Subscribe before spawning: an immediate exit must not be missed.
-        let sub =
-            monitor_subscribe(Topic::Pid).map_err(|e| SandboxError::Monitor(e.to_string()))?;
+        let sub = monitor_subscribe(Topic::Pid)
+            .map_err(|e| abandon(SandboxError::Monitor(e.to_string())))?;
         let exits = Arc::new(Exits::default());
         let stopping = Arc::new(Mutex::new(false));
 
@@ -231,7 +275,8 @@ impl Sandbox {
                 .args(&config.virtiofsd_args),
             &dir.join("virtiofsd.log"),
             "virtiofsd",
-        )?;
+        )
+        .map_err(abandon)?;
         let mut sb = Self {
             id: req.pod.to_owned(),
             dir: dir.clone(),
@@ -243,6 +288,7 @@ impl Sandbox {
             exits: Arc::clone(&exits),
             stopping: Arc::clone(&stopping),
             rpc_timeout: Duration::from_secs(config.rpc_timeout_secs),
+            net,
         };
         sb.write_pids();
 
@@ -289,11 +335,12 @@ impl Sandbox {
                 source,
             })?;
 
-        let result = sb.boot(config, req, &fs_sock, &pids);
+        let result = sb.boot(config, req, &fs_sock, &pids, attached);
         match result {
             Ok(()) => Ok(sb),
             Err(e) => {
                 sb.stop_processes();
+                sb.detach_network();
                 let _ = mounts::unmount_under(&mounts::RealHost, &sb.dir);
                 let _ = std::fs::remove_dir_all(&sb.dir);
                 Err(e)
@@ -307,6 +354,7 @@ impl Sandbox {
         req: &PodRequest<'_>,
         fs_sock: &Path,
         vmm_slot: &Mutex<i32>,
+        attached: Option<Attached>,
     ) -> Result<(), SandboxError> {
         let start = Instant::now();
         while !fs_sock.exists() {
@@ -337,10 +385,26 @@ impl Sandbox {
             .arg("--fs")
             .arg(format!("tag={SHARED_FS_TAG},socket={}", fs_sock.display()))
             .args(["--cmdline", &config.kernel_cmdline]);
+        let (taps, update) = match attached {
+            Some(a) => {
+                for (i, nic) in a.nics.iter().enumerate() {
+                    let fd = network::tap::FIRST_CHILD_FD + i as i32;
+                    cmd.arg("--net").arg(network::plan::vmm_net_arg(fd, nic));
+                }
+                let raw: Vec<i32> = a.taps.iter().map(AsRawFd::as_raw_fd).collect();
+                network::tap::pass_fds(&mut cmd, &raw);
+                (a.taps, Some(a.request))
+            }
+            None => (Vec::new(), None),
+        };
         {
             // Hold the slot while spawning so the watcher cannot miss the pid.
             let mut slot = vmm_slot.lock().unwrap_or_else(|e| e.into_inner());
-            self.vmm_pid = spawn_logged(&mut cmd, &self.dir.join("vmm.log"), "husk-vmm")?;
+            let spawned = spawn_logged(&mut cmd, &self.dir.join("vmm.log"), "husk-vmm");
+            // husk-vmm holds the taps now: ours must close, so that a tap goes when the
+            // VMM does.
+            drop(taps);
+            self.vmm_pid = spawned?;
             *slot = self.vmm_pid;
         }
         self.write_pids();
@@ -379,6 +443,35 @@ impl Sandbox {
                 call: "CreateSandbox",
                 message: e.to_string(),
             })?;
+        if let Some(update) = update {
+            // Before any container: its processes see the pod's network from the start.
+            client
+                .update_network(self.ctx(), &update)
+                .map_err(|e| SandboxError::Rpc {
+                    call: "UpdateNetwork",
+                    message: e.to_string(),
+                })?;
+            info!(
+                "pod {}: guest network: {}",
+                self.id,
+                update
+                    .interfaces
+                    .iter()
+                    .map(|i| format!(
+                        "{} {} mtu {} [{}]",
+                        i.name,
+                        i.hw_addr,
+                        i.mtu,
+                        i.addresses
+                            .iter()
+                            .map(|a| format!("{}/{}", a.address, a.prefix_len))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         self.client = Some(client);
         Ok(())
     }
@@ -492,8 +585,19 @@ impl Sandbox {
         }
     }
 
-    /// Powers the guest off (DestroySandbox), stops husk-vmm and virtiofsd, unmounts
-    /// everything under the pod directory and removes it.
+    /// Removes the pod's taps and tc filters (after husk-vmm ended); logs a failure.
+    fn detach_network(&self) -> Option<NetError> {
+        let n = self.net.as_ref()?;
+        let r = network::detach(n).err();
+        if let Some(e) = &r {
+            error!("pod {}: network teardown: {}", self.id, error_chain(e));
+        }
+        r
+    }
+
+    /// Powers the guest off (DestroySandbox), stops husk-vmm and virtiofsd, removes the
+    /// pod's taps and tc filters, unmounts everything under the pod directory and
+    /// removes it.
     pub fn stop(&self, ops: &dyn HostOps) -> Result<(), SandboxError> {
         *self.stopping.lock().unwrap_or_else(|e| e.into_inner()) = true;
         if let (None, Some(client)) = (self.exits.get(self.vmm_pid), self.client.as_ref()) {
@@ -506,6 +610,7 @@ impl Sandbox {
             let _ = self.exits.wait(self.vmm_pid, Duration::from_secs(10));
         }
         self.stop_processes();
+        let net_err = self.detach_network();
         // The guest's own account (agent log lines) survives the pod dir in the shim log.
         debug!("pod {}: at teardown:\n{}", self.id, self.logs_with(16_000));
         mounts::unmount_under(ops, &self.dir)?;
@@ -514,7 +619,7 @@ impl Sandbox {
             source,
         })?;
         prune_empty_parent(&self.dir);
-        Ok(())
+        net_err.map_or(Ok(()), |e| Err(e.into()))
     }
 }
 
@@ -548,8 +653,9 @@ fn process_is(pid: i32, name: &str) -> bool {
 }
 
 /// Cleans a pod directory after its shim died (`shim delete`): kills the husk-vmm and
-/// virtiofsd it recorded (checked by name, so a reused pid is left alone), unmounts
-/// everything below it and removes it. Does nothing if the pod's shim is still alive.
+/// virtiofsd it recorded (checked by name, so a reused pid is left alone), removes the
+/// taps and tc filters it recorded in the pod's netns, unmounts everything below it and
+/// removes it. Does nothing if the pod's shim is still alive.
 pub fn cleanup_dead_pod(
     ops: &dyn HostOps,
     dir: &Path,
@@ -585,13 +691,17 @@ pub fn cleanup_dead_pod(
             }
         }
     }
+    let net_err = network::read_state(dir).and_then(|n| {
+        info!("removing the dead shim's network in {}", n.netns.display());
+        network::detach(&n).err()
+    });
     mounts::unmount_under(ops, dir)?;
     std::fs::remove_dir_all(dir).map_err(|source| SandboxError::Dir {
         path: dir.to_owned(),
         source,
     })?;
     prune_empty_parent(dir);
-    Ok(())
+    net_err.map_or(Ok(()), |e| Err(e.into()))
 }
 
 #[cfg(test)]

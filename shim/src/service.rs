@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::metrics;
 use crate::mounts::{self, HostOps, RootfsMount};
 use crate::process::{Exit, Process, StdioPaths, VM_GONE_STATUS};
-use crate::sandbox::{PodRequest, Sandbox};
+use crate::sandbox::{error_chain, PodRequest, Sandbox};
 use crate::spec::{self, GuestSpec};
 use crate::stdio::{output_target, ProcessIo};
 
@@ -341,6 +341,7 @@ impl Inner {
             .get("hostname")
             .and_then(serde_json::Value::as_str)
             .unwrap_or(pod);
+        let netns = spec::network_namespace(spec);
         let weak = Arc::downgrade(self);
         let hook = Box::new(move |reason: String| {
             if let Some(inner) = Weak::upgrade(&weak) {
@@ -355,13 +356,14 @@ impl Inner {
                 hostname,
                 vcpus,
                 memory_mib,
+                netns: netns.as_deref(),
             },
             hook,
         )
         .map_err(|e| {
             status(
                 Code::UNAVAILABLE,
-                format!("husk: cannot start the pod VM: {e}"),
+                format!("husk: cannot start the pod VM: {}", error_chain(&e)),
             )
         })?;
         let sb = Arc::new(sb);

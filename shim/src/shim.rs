@@ -91,7 +91,8 @@ impl containerd_shim::Shim for HuskShim {
             }
         }
         info!("delete {}: cleaning {}", self.id, pod_dir.display());
-        cleanup_dead_pod(&RealHost, &pod_dir, &config).map_err(|e| shim_err(e.to_string()))?;
+        cleanup_dead_pod(&RealHost, &pod_dir, &config)
+            .map_err(|e| shim_err(crate::sandbox::error_chain(&e)))?;
         let _ = std::fs::remove_file(self.bundle.join(BUNDLE_STATE_FILE));
         let mut resp = api::DeleteResponse::new();
         // SIGKILL's status: whatever ran there did not end on its own.

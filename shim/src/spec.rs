@@ -170,6 +170,22 @@ pub fn adjust_for_guest(container_id: &str, spec: &[u8]) -> Result<GuestSpec, Sp
     })
 }
 
+/// The network namespace the spec joins by path (`linux.namespaces` entry of type
+/// `network` with a `path`): the pod's netns made by the CRI plugin's CNI call, or
+/// `ctr run --with-ns network:/var/run/netns/X`. `None` for a new or no network
+/// namespace, i.e. no NIC for the pod.
+pub fn network_namespace(spec: &Value) -> Option<PathBuf> {
+    spec.get("linux")?
+        .get("namespaces")?
+        .as_array()?
+        .iter()
+        .find(|n| n.get("type").and_then(Value::as_str) == Some("network"))?
+        .get("path")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
 /// vCPUs and memory for a pod's VM: the config's defaults plus what the first container's
 /// limits ask for (CPU quota rounded up to whole vCPUs, memory limit in MiB), capped.
 pub fn vm_size(
@@ -246,6 +262,28 @@ fn read_varint(b: &[u8]) -> Option<(u64, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_network_namespace_is_read_from_the_spec() {
+        let ns = |v: Value| network_namespace(&json!({ "linux": { "namespaces": v } }));
+        assert_eq!(
+            ns(json!([
+                {"type": "pid"},
+                {"type": "network", "path": "/var/run/netns/cni-1"},
+                {"type": "mount"}
+            ])),
+            Some(PathBuf::from("/var/run/netns/cni-1"))
+        );
+        assert_eq!(
+            ns(json!([{"type": "network"}])),
+            None,
+            "a new netns: no NIC"
+        );
+        assert_eq!(ns(json!([{"type": "network", "path": ""}])), None);
+        assert_eq!(ns(json!([{"type": "ipc", "path": "/proc/1/ns/ipc"}])), None);
+        assert_eq!(network_namespace(&json!({})), None);
+        assert_eq!(network_namespace(&json!({"linux": {}})), None);
+    }
 
     fn ctr_spec() -> Value {
         json!({
