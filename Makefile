@@ -9,7 +9,7 @@ AGENT   := target/$(MUSL)/release/husk-agent
 PROBE   := target/$(MUSL)/release/husk-guest-probe
 CARGO   ?= cargo
 
-.PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench bench-devices bench-agent bench-shim test-shim fuzz clean
+.PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench bench-devices bench-agent bench-shim bench-net test-shim test-net fuzz clean
 
 deps:
 	scripts/install-deps.sh
@@ -44,6 +44,11 @@ integration: image vmm
 test-shim: image vmm
 	HUSK_INTEGRATION_ONLY=shim HUSK_SHIM_CYCLES=$${HUSK_SHIM_CYCLES:-10} HUSK_INTEGRATION_IDLE=$${HUSK_INTEGRATION_IDLE:-600} scripts/integration.sh
 
+# Only the pod-network tests (also part of `make test`, with 5 teardown cycles), under runc
+# and husk, with 20 run/remove cycles unless HUSK_NET_CYCLES says otherwise.
+test-net: image vmm
+	HUSK_INTEGRATION_ONLY=network HUSK_NET_CYCLES=$${HUSK_NET_CYCLES:-20} scripts/integration.sh
+
 test: deps lint unit fuzz integration
 
 demo: image vmm
@@ -56,6 +61,11 @@ bench: image vmm
 # an idle husk pod, through a private containerd (in the test host where needed).
 bench-shim: image vmm
 	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-shim --runs $${RUNS:-10}
+
+# TCP throughput both ways and 1-byte round-trip latency, a runc pod beside a husk pod on
+# one CNI bridge, interleaved (in the test host where needed).
+bench-net: image vmm
+	scripts/in-kvm.sh --timeout 5400 -- target/release/husk-bench-net --mib $${NET_MIB:-256} --pings $${NET_PINGS:-10000} --rounds $${NET_ROUNDS:-3}
 
 fuzz: deps
 	scripts/fuzz.sh $${FUZZ_SECONDS:-20}

@@ -15,6 +15,9 @@ packages=(
     # the shim's tests and the demo: a private containerd (and runc beside it), ctr,
     # script(1) for `ctr task exec -t`
     containerd runc bsdutils
+    # pod networking tests and benchmark: CNI plugins (bridge, host-local, loopback in
+    # /usr/lib/cni), ip netns / tuntap and tc
+    containernetworking-plugins iproute2
 )
 
 missing=()

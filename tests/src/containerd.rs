@@ -82,6 +82,11 @@ fn put_blob(layout: &Path, bytes: &[u8]) -> Result<(String, usize)> {
 /// busybox-static) with a link per applet, /etc/passwd and /etc/group for root, and the
 /// empty dirs a container expects. Returns the archive's path.
 pub fn build_busybox_archive(dir: &Path) -> Result<PathBuf> {
+    build_busybox_archive_with(dir, &[])
+}
+
+/// As [`build_busybox_archive`], with more files: (host file, path in the image).
+pub fn build_busybox_archive_with(dir: &Path, extra: &[(&Path, &str)]) -> Result<PathBuf> {
     let busybox = Path::new("/bin/busybox");
     anyhow::ensure!(
         busybox.is_file(),
@@ -105,6 +110,14 @@ pub fn build_busybox_archive(dir: &Path) -> Result<PathBuf> {
         if !applet.contains('/') {
             let _ = symlink("busybox", root.join("bin").join(applet));
         }
+    }
+    for (from, to) in extra {
+        let to = root.join(to.trim_start_matches('/'));
+        if let Some(d) = to.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::copy(from, &to)
+            .with_context(|| format!("copy {} into the image", from.display()))?;
     }
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
     std::fs::write(root.join("etc/group"), "root:x:0:\n")?;
@@ -378,7 +391,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Builds and imports the busybox image.
     pub fn import_busybox(&self) -> Result<()> {
-        let archive = build_busybox_archive(self.dir.path())?;
+        self.import_busybox_with(&[])
+    }
+
+    /// Builds and imports the busybox image with more files (host file, path in the image).
+    pub fn import_busybox_with(&self, extra: &[(&Path, &str)]) -> Result<()> {
+        let archive = build_busybox_archive_with(self.dir.path(), extra)?;
         let o = self.ctr(&["images", "import", archive.to_str().context("path")?])?;
         anyhow::ensure!(
             o.code() == Some(0),
@@ -398,6 +416,28 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// `ctr run --rm --runtime io.containerd.husk.v2 <image> <id> <args...>`.
     pub fn run_rm(&self, id: &str, args: &[&str]) -> Result<Outcome> {
         let mut a = vec!["run", "--rm", "--runtime", RUNTIME, BUSYBOX_IMAGE, id];
+        a.extend_from_slice(args);
+        self.ctr(&a)
+    }
+
+    /// `ctr run` (`--rm`, or `-d` if `detach`) of the busybox image under `runtime`,
+    /// joining the network namespace at `netns` (`--with-ns network:PATH`, as CRI's pods).
+    pub fn run_in_netns(
+        &self,
+        runtime: &str,
+        netns: &Path,
+        id: &str,
+        detach: bool,
+        args: &[&str],
+    ) -> Result<Outcome> {
+        let ns = format!("network:{}", netns.display());
+        let mut a = vec![
+            "run",
+            if detach { "-d" } else { "--rm" },
+            "--runtime",
+            runtime,
+        ];
+        a.extend(["--with-ns", &ns, BUSYBOX_IMAGE, id]);
         a.extend_from_slice(args);
         self.ctr(&a)
     }

@@ -3,6 +3,7 @@
 //! a process under a watchdog.
 
 pub mod busybox_bundle;
+pub mod cni;
 pub mod containerd;
 pub mod guest;
 
@@ -44,6 +45,15 @@ pub fn guest_bzimage() -> PathBuf {
 /// The guest initramfs (`HUSK_INITRAMFS`, default `build/guest/initramfs.cpio`).
 pub fn guest_initramfs() -> PathBuf {
     path_from_env("HUSK_INITRAMFS", "build/guest/initramfs.cpio")
+}
+
+/// The static TCP probe of the network tests (`HUSK_NET_PROBE`, default the musl build
+/// `make agent` makes): runs in the test image and on the host.
+pub fn net_probe_bin() -> PathBuf {
+    path_from_env(
+        "HUSK_NET_PROBE",
+        "target/x86_64-unknown-linux-musl/release/husk-net-probe",
+    )
 }
 
 /// Why this machine cannot boot a standard guest on KVM, or `None` if it can.
