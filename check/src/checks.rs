@@ -275,6 +275,13 @@ pub fn containerd_runtime(dump: &Result<String, String>, snippet: &str) -> Check
     if d.cri_disabled {
         return Check::fail(N, format!("runtime {} is registered but the CRI plugin is in disabled_plugins", handlers.join(", ")), "remove \"cri\" from disabled_plugins in /etc/containerd/config.toml and restart containerd");
     }
+    if let Some(def) = d.cri_default_missing {
+        return Check::fail(
+            N,
+            format!("the CRI plugin's default_runtime_name = \"{def}\" has no runtimes.{def} entry, so containerd 1.6 will not load the CRI plugin"),
+            format!("add [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{def}] (for runc: runtime_type = \"io.containerd.runc.v2\", as {snippet} has)"),
+        );
+    }
     Check::pass(
         N,
         format!(
@@ -482,6 +489,12 @@ mod tests {
             snippet,
         );
         assert!(!c.pass && c.fix.unwrap().contains(snippet));
+        let no_default = format!("{reg}[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n");
+        let c = containerd_runtime(&Ok(no_default), snippet);
+        assert!(!c.pass && c.reason.contains("runtimes.runc"), "{c:?}");
+        let no_default = format!("{reg}[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n");
+        let c = containerd_runtime(&Ok(no_default), snippet);
+        assert!(!c.pass && c.reason.contains("runtimes.runc"), "{c:?}");
         let off = format!("disabled_plugins = [\"cri\"]\n{reg}");
         assert!(!containerd_runtime(&Ok(off), snippet).pass);
         assert!(!containerd_runtime(&Err("exit status 1".into()), snippet).pass);

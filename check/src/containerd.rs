@@ -26,6 +26,9 @@ pub struct Dump {
     pub cri_disabled: bool,
     /// containerd's `root` (where its snapshots live).
     pub root: Option<String>,
+    /// The CRI plugin's `default_runtime_name` when `runtimes` has no entry of that name
+    /// (containerd 1.6's CRI plugin then refuses to load).
+    pub cri_default_missing: Option<String>,
 }
 
 fn walk(v: &toml::Value, path: &mut Vec<String>, found: &mut Vec<String>) {
@@ -56,6 +59,18 @@ pub fn parse_dump(text: &str) -> Result<Dump, String> {
                 )
             })
         });
+    let cri = v
+        .get("plugins")
+        .and_then(|p| p.get("io.containerd.grpc.v1.cri"))
+        .and_then(|c| c.get("containerd"));
+    let cri_default_missing = cri.and_then(|c| {
+        let name = c.get("default_runtime_name")?.as_str()?;
+        let defined = c
+            .get("runtimes")
+            .and_then(toml::Value::as_table)
+            .is_some_and(|r| r.contains_key(name));
+        (!defined).then(|| name.to_owned())
+    });
     Ok(Dump {
         husk_runtimes,
         cri_disabled,
@@ -63,6 +78,7 @@ pub fn parse_dump(text: &str) -> Result<Dump, String> {
             .get("root")
             .and_then(toml::Value::as_str)
             .map(str::to_owned),
+        cri_default_missing,
     })
 }
 
@@ -127,6 +143,15 @@ version = 2
         assert_eq!(handler_name(&d.husk_runtimes[0]), "husk");
         assert!(!d.cri_disabled);
         assert_eq!(d.root.as_deref(), Some("/var/lib/containerd"));
+        assert_eq!(d.cri_default_missing, None);
+    }
+
+    #[test]
+    fn husk_alone_drops_the_default_runc() {
+        // What containerd 1.6 dumps for Debian's config plus a runtimes.husk table only.
+        let cut = DUMP.replace("runtimes.runc]", "runtimes.other]");
+        let d = parse_dump(&cut).unwrap();
+        assert_eq!(d.cri_default_missing.as_deref(), Some("runc"));
     }
 
     #[test]
