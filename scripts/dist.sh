@@ -51,7 +51,7 @@ stage() {
     (cd "$out" && find . -type f ! -name SHA256SUMS -printf '%P\n' | LC_ALL=C sort |
         xargs -d '\n' sha256sum >SHA256SUMS)
     for f in "$out"/bin/* "$out/libexec/husk/virtiofsd"; do
-        if ldd "$f" >/dev/null 2>&1; then
+        if ldd "$f" 2>&1 | grep -q '=>'; then
             echo "dist: $(basename "$f"): dynamically linked ($(ldd "$f" | awk '/=>/ {print $1}' | tr '\n' ' '))" >&2
         else
             echo "dist: $(basename "$f"): static" >&2

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::checks::{Dev, Ran};
 
 /// `KVM_GET_API_VERSION` = `_IO(KVMIO, 0x00)`.
-const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+const KVM_GET_API_VERSION: libc::Ioctl = 0xAE00;
 
 /// Opens a device node read-write; with `Some(file)` when it opened.
 fn open_dev(path: &Path) -> (Dev, Option<std::fs::File>) {
