@@ -21,6 +21,10 @@ fn main() -> ExitCode {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.split_first() {
+        Some((cmd, _)) if cmd == "--version" => {
+            println!("{}", husk_version::line("husk-agent"));
+            ExitCode::SUCCESS
+        }
         Some((cmd, rest)) if cmd == "serve" => match serve(rest) {
             Ok(never) => match never {},
             Err(e) => {

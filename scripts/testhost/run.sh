@@ -22,7 +22,8 @@
 #
 # What the command sees: the host's root read-only over virtio-9p with a tmpfs
 # overlay on top (so it can write anywhere), fresh /proc /sys /dev /dev/pts
-# /dev/shm /run /tmp and cgroup2 at /sys/fs/cgroup, loopback up, /dev/kvm
+# /dev/shm /run and cgroup2 at /sys/fs/cgroup, /tmp a fresh tmpfs (a working
+# directory below /tmp is bound into it from the overlay), loopback up, /dev/kvm
 # from kvm-amd (npt=1) on an emulated AMD EPYC, Debian's standard kernel with
 # its full module tree (modprobe works), and the caller's working directory.
 # Environment: PATH, HOME=/root, TERM=dumb, the variables named by --env, and
@@ -157,10 +158,22 @@ for d in "${rw_dirs[@]}"; do
     [[ "$r" != / ]] || die "--rw-dir / is not allowed"
     rw_real+=("$r")
 done
-# A tmpfs on /tmp would hide the working directory or a share below it.
-for p in "$cwd" "${rw_real[@]}"; do
-    [[ "$p" == /tmp || "$p" == /tmp/* ]] && tmp_tmpfs=0
-done
+# /tmp inside is always its own tmpfs: on the overlay root, containerd's snapshots (an
+# overlay's upper dir on an overlay) fail with "invalid argument" (a clone under /tmp used
+# to hit that). A working directory below /tmp stays visible: its top-level entry under
+# /tmp is bound from the overlay into the tmpfs (HT_TMP_KEEP). Shares below /tmp are
+# mounted on the tmpfs at their paths anyway. Only a working directory of /tmp itself
+# keeps the old overlay /tmp.
+tmp_keep=""
+in_share=0
+for r in "${rw_real[@]}"; do [[ "$cwd" == "$r" || "$cwd" == "$r"/* ]] && in_share=1; done
+if [[ "$cwd" == /tmp ]]; then
+    tmp_tmpfs=0
+    echo "testhost: warning: the working directory is /tmp itself, so /tmp inside is the overlay root, where containerd's snapshots fail; cd to a directory below /tmp or elsewhere" >&2
+elif [[ "$cwd" == /tmp/* ]] && ((!in_share)); then
+    tmp_keep="${cwd#/tmp/}"
+    tmp_keep="${tmp_keep%%/*}"
+fi
 case "$cwd" in
     /run | /run/* | /proc | /proc/* | /sys | /sys/* | /dev | /dev/*)
         inside=0
@@ -175,6 +188,7 @@ esac
     echo "HT_UPPER_SIZE=75%"
     echo "HT_HOSTNAME=husk-testhost"
     echo "HT_TMP_TMPFS=$tmp_tmpfs"
+    echo "HT_TMP_KEEP=$(shq "$tmp_keep")"
     echo "HT_MODDIR=$(shq "$moddir")"
     echo "HT_RW_COUNT=${#rw_real[@]}"
     for i in "${!rw_real[@]}"; do echo "HT_RW_$i=$(shq "${rw_real[i]}")"; done

@@ -17,6 +17,13 @@ mod stdio;
 const RUNTIME_ID: &str = "io.containerd.husk.v2";
 
 fn main() {
+    // containerd-shim parses -v/-version but does nothing with them.
+    if let Some(a) = std::env::args().nth(1) {
+        if ["--version", "-version", "-v"].contains(&a.as_str()) {
+            println!("{}", husk_version::line("containerd-shim-husk-v2"));
+            return;
+        }
+    }
     // The log level is known before any request: from $HUSK_CONFIG or the default file.
     // (A config named in runtime options applies from Create on; its errors are
     // reported there.)

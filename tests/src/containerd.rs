@@ -223,6 +223,7 @@ impl Containerd {
             virtiofsd_bin().context("virtiofsd is not installed: scripts/install-virtiofsd.sh")?;
         let dir = TempDir::new("ctrd")?;
         let d = dir.path().to_owned();
+        refuse_overlayfs(&d)?;
         let bin = d.join("bin");
         std::fs::create_dir_all(&bin)?;
         symlink(shim_bin(), bin.join("containerd-shim-husk-v2"))?;
@@ -561,6 +562,31 @@ impl Drop for Containerd {
             }
         }
     }
+}
+
+/// containerd's root (its overlay snapshots) and the shim's pod dirs cannot live on
+/// overlayfs: an overlay's upper dir on an overlay fails with "invalid argument" at the
+/// first `ctr run`. Say so, and what to do, before starting anything.
+fn refuse_overlayfs(dir: &Path) -> Result<()> {
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: an all-zero statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statfs the call fills, both outliving it.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", dir.display()));
+    }
+    #[allow(clippy::useless_conversion)] // f_type is i64 on x86_64 glibc, not everywhere
+    let fs_type = i64::from(st.f_type);
+    if fs_type == OVERLAYFS_SUPER_MAGIC {
+        bail!(
+            "{} is on overlayfs, which cannot hold containerd's overlay snapshots (\"failed to mount ...: \
+             invalid argument\"): set HUSK_TEST_TMP (or TMPDIR) to a directory on tmpfs or a disk \
+             filesystem, e.g. HUSK_TEST_TMP=/run/husk-test",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn which(name: &str) -> Option<PathBuf> {

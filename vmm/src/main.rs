@@ -16,7 +16,7 @@ use husk_vmm::{ConsoleConfig, Vm, VmConfig, VmExit};
 #[derive(Parser, Debug)]
 #[command(
     name = "husk-vmm",
-    version,
+    version = husk_version::VERSION,
     about = "husk's KVM virtual machine monitor"
 )]
 struct Cli {

@@ -6,6 +6,16 @@ use anyhow::{bail, Result};
 use husk_tests::containerd::{Containerd, HuskToml};
 
 fn main() -> Result<()> {
+    // `husk-demo --busybox-archive DIR`: only write the image archive (for scripts that
+    // import it into another containerd) and print its path.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, dir] = args.as_slice() {
+        if flag == "--busybox-archive" {
+            let p = husk_tests::containerd::build_busybox_archive(std::path::Path::new(dir))?;
+            println!("{}", p.display());
+            return Ok(());
+        }
+    }
     let c = Containerd::start(&HuskToml::default())?;
     eprintln!("demo: private containerd up at {}", c.socket.display());
     c.import_busybox()?;
