@@ -253,10 +253,10 @@ fn if_up(name: &str, addr: std::net::Ipv4Addr, prefix: u8) -> io::Result<()> {
         // size is also 16 bytes.
         unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sa) }
     };
-    let ioctl = |req: &mut libc::ifreq, op: libc::Ioctl| -> io::Result<()> {
+    let ioctl = |req: &mut libc::ifreq, op: libc::c_ulong| -> io::Result<()> {
         // SAFETY: each SIOC*IF* request reads and writes one `struct ifreq`, which lives
         // for the call.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), op, req as *mut libc::ifreq) } < 0 {
+        if unsafe { libc::ioctl(sock.as_raw_fd(), op as _, req as *mut libc::ifreq) } < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
