@@ -87,7 +87,8 @@ test-install: dist
 # In the test host (or with HUSK_TEST_SYSTEM_INSTALL=1 where KVM runs directly): a clone
 # under /tmp runs the demo; make install's install.sh into the system paths, the system
 # containerd with the README's snippet, husk-check, ctr run; uninstall.
-test-install-vm: dist vmm
+test-install-vm: dist
+	$(CARGO) build --release -p husk-tests --bin husk-demo
 	scripts/test-install-vm.sh $(DIST)
 
 demo: image vmm

@@ -6,8 +6,8 @@
 #    (the test host here), scripts/test-install-system.sh: the demo from /tmp, then
 #    install.sh into the system paths, the system containerd with the README's snippet,
 #    husk-check, `ctr run --runtime io.containerd.husk.v2`, uninstall.
-# The clone gets this checkout's tracked files and its built binaries and guest image
-# copied in (a fresh build at a new path costs ~10 min on 2 cores; the demo binary is
+# The clone gets this checkout's tracked files, its husk-demo, the release's husk-vmm and
+# shim and the guest image copied in (a fresh build at a new path costs ~10 min on 2 cores; the demo binary is
 # pointed at the clone's copies through HUSK_VMM/HUSK_SHIM/HUSK_KERNEL/HUSK_INITRAMFS).
 # Where KVM runs directly the system install runs only with HUSK_TEST_SYSTEM_INSTALL=1
 # (it writes to /usr/local, /etc/husk and /etc/containerd).
@@ -39,8 +39,8 @@ git clone -q "$root" "$c"
 # This checkout's tracked files as they are now (uncommitted edits included).
 (cd "$root" && git ls-files -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -C "$c" -xf -
 mkdir -p "$c/target/release" "$c/build/guest" "$c/build/dist"
-cp "$root/target/release/husk-demo" "$root/target/release/husk-vmm" \
-    "$root/target/release/containerd-shim-husk-v2" "$c/target/release/"
+# The demo runs the binaries the release ships (static, from the dist tree).
+cp "$root/target/release/husk-demo" "$dist/bin/husk-vmm" "$dist/bin/containerd-shim-husk-v2" "$c/target/release/"
 cp "$root/build/guest/vmlinux" "$root/build/guest/initramfs.cpio" "$c/build/guest/"
 cp -a "$dist" "$c/build/dist/$name"
 export HUSK_VMM="$c/target/release/husk-vmm" HUSK_SHIM="$c/target/release/containerd-shim-husk-v2"

@@ -574,7 +574,8 @@ fn refuse_overlayfs(dir: &Path) -> Result<()> {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a NUL-terminated path and a statfs the call fills, both outliving it.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {}", dir.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", dir.display()));
     }
     #[allow(clippy::useless_conversion)] // f_type is i64 on x86_64 glibc, not everywhere
     let fs_type = i64::from(st.f_type);
