@@ -349,6 +349,7 @@ impl Sandbox {
                 sb.stop_processes();
                 let _ = mounts::unmount_under(&mounts::RealHost, &sb.dir);
                 let _ = std::fs::remove_dir_all(&sb.dir);
+                prune_empty_parent(&sb.dir);
                 Err(e)
             }
         }

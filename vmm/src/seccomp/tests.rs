@@ -152,6 +152,7 @@ const EVENTS: &[&str] = &[
 const VCPU: &[&str] = &[
     "brk",
     "clock_gettime",
+    "close",
     "exit",
     "exit_group",
     "futex",
@@ -163,6 +164,7 @@ const VCPU: &[&str] = &[
     "mprotect",
     "mremap",
     "munmap",
+    "read",
     "recvmsg",
     "rt_sigprocmask",
     "rt_sigreturn",
