@@ -142,6 +142,7 @@ const EVENTS: &[&str] = &[
     "rt_sigreturn",
     "sched_yield",
     "sendmsg",
+    "sendto",
     "shutdown",
     "sigaltstack",
     "socket",
