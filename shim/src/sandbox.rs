@@ -36,6 +36,12 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Cannot make {path} a shared mount point for virtiofsd")]
+    SharedMount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("virtiofsd did not create {0} in time")]
     VirtiofsdSocket(PathBuf),
     #[error("{what} exited while the pod started: {reason}\n{log}")]
@@ -123,7 +129,12 @@ impl Exits {
 
 /// How a reaped child ended, for messages: the reaper gives 128+N for signal N.
 pub fn describe_exit(code: i32) -> String {
-    if code > 128 {
+    if code == 128 + libc::SIGSYS {
+        // husk-vmm's (and virtiofsd's) seccomp filters kill with SIGSYS.
+        "killed by SIGSYS: a seccomp violation (a system call outside its allow-list; \
+         the kernel log, `dmesg | grep type=1326`, names the call)"
+            .to_owned()
+    } else if code > 128 {
         format!("killed by signal {}", code - 128)
     } else {
         format!("exited with status {code}")
@@ -196,6 +207,35 @@ fn tail(path: &Path, max: usize) -> String {
     format!("--- {} ---\n{}", path.display(), &s[start..])
 }
 
+/// Binds `dir` onto itself, in a peer group of its own (private first, so that it does not
+/// join its parent's), with shared propagation. Unmounted with the pod dir's other mounts.
+fn make_shared_mount(dir: &Path) -> Result<(), SandboxError> {
+    use std::os::unix::ffi::OsStrExt;
+    let err = |source| SandboxError::SharedMount {
+        path: dir.to_owned(),
+        source,
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| err(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
+    for flags in [libc::MS_BIND, libc::MS_PRIVATE, libc::MS_SHARED] {
+        let src = if flags == libc::MS_BIND {
+            c.as_ptr()
+        } else {
+            std::ptr::null()
+        };
+        // SAFETY: `c` is a NUL-terminated path that outlives the call; no fs type or data.
+        let rc = unsafe { libc::mount(src, c.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if flags != libc::MS_BIND {
+                let _ = mounts::unmount_under(&mounts::RealHost, dir);
+            }
+            return Err(err(e));
+        }
+    }
+    Ok(())
+}
+
 fn kill(pid: i32, sig: i32) {
     if pid > 0 {
         // SAFETY: kill(2) with plain integers; a gone process gives ESRCH.
@@ -249,9 +289,15 @@ impl Sandbox {
                     warn!("pod {}: {}", req.pod, error_chain(&d));
                 }
             }
+            let _ = mounts::unmount_under(&mounts::RealHost, &dir);
             let _ = std::fs::remove_dir_all(&dir);
             e
         };
+
+        // virtiofsd sandboxes itself in its own mount namespace (a slave copy of ours):
+        // the rootfs mounts made later under the shared dir reach it only if the shared
+        // dir is a mount point with shared propagation.
+        make_shared_mount(&shared).map_err(abandon)?;
 
         // Subscribe before spawning: an immediate exit must not be missed.
         let sub = monitor_subscribe(Topic::Pid)
@@ -343,6 +389,7 @@ impl Sandbox {
                 sb.detach_network();
                 let _ = mounts::unmount_under(&mounts::RealHost, &sb.dir);
                 let _ = std::fs::remove_dir_all(&sb.dir);
+                prune_empty_parent(&sb.dir);
                 Err(e)
             }
         }
@@ -720,6 +767,7 @@ mod tests {
     #[test]
     fn exits_are_described() {
         assert_eq!(describe_exit(137), "killed by signal 9");
+        assert!(describe_exit(159).contains("SIGSYS: a seccomp violation"));
         assert_eq!(describe_exit(2), "exited with status 2");
     }
 

@@ -5,6 +5,7 @@ pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod devices;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
 

@@ -11,6 +11,7 @@ use husk_vmm::devices::virtio::block::BlockConfig;
 use husk_vmm::devices::virtio::fs::FsConfig;
 use husk_vmm::devices::virtio::net::NetConfig;
 use husk_vmm::devices::virtio::vsock::VsockConfig;
+use husk_vmm::seccomp::{Filters, Seccomp};
 use husk_vmm::{ConsoleConfig, Vm, VmConfig, VmExit};
 
 #[derive(Parser, Debug)]
@@ -61,6 +62,14 @@ struct Cli {
     /// Print VM exit counts as a JSON line on stderr when the guest ends.
     #[arg(long)]
     exit_stats: bool,
+    /// Run without the seccomp filters (debugging only: a guest that escapes into the VMM
+    /// then reaches every system call).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Test hook: make a system call no filter allows once the filters are on, so that the
+    /// VMM dies by SIGSYS (also `HUSK_SECCOMP_SELFTEST=1`, which reaches a shim's VMM).
+    #[arg(long, hide = true)]
+    seccomp_selftest: bool,
 }
 
 impl Cli {
@@ -103,9 +112,20 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> anyhow::Result<VmExit> {
     let config = cli.vm_config()?;
+    let seccomp = if cli.no_seccomp {
+        tracing::warn!(
+            "--no-seccomp: husk-vmm runs WITHOUT its seccomp filters; a guest that escapes \
+             into the VMM reaches every system call. Use this for debugging only."
+        );
+        Seccomp::Off
+    } else {
+        Seccomp::On(std::sync::Arc::new(Filters::compile()?))
+    };
+    let selftest = cli.seccomp_selftest
+        || std::env::var("HUSK_SECCOMP_SELFTEST").is_ok_and(|v| !v.is_empty() && v != "0");
     husk_vmm::devices::state_dump::install()?;
     let vm = Vm::new(&config)?;
-    let (exit, stats) = vm.run()?;
+    let (exit, stats) = vm.run(seccomp, selftest)?;
     match &exit {
         VmExit::PowerOff => tracing::info!("guest powered off"),
         VmExit::Panic(reason) => eprintln!("husk-vmm: guest kernel panic: {reason}"),

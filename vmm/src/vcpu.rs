@@ -10,6 +10,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::bus::Bus;
+use crate::seccomp::{ThreadClass, ThreadStart};
 use crate::vm::VmEvent;
 
 /// Errors creating or configuring a vCPU.
@@ -121,12 +122,20 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Runs the vCPU on a thread named `vcpu<N>` until the guest stops or fails.
-    pub fn spawn(mut self, ctx: VcpuContext) -> Result<std::thread::JoinHandle<()>, VcpuError> {
+    /// Runs the vCPU on a thread named `vcpu<N>` until the guest stops or fails; the
+    /// thread installs the vCPU seccomp filter and waits at the start gate first.
+    pub fn spawn(
+        mut self,
+        ctx: VcpuContext,
+        start: ThreadStart,
+    ) -> Result<std::thread::JoinHandle<()>, VcpuError> {
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                if !start.enter(ThreadClass::Vcpu) {
+                    return;
+                }
                 let _kickable = crate::devices::state_dump::register_vcpu_thread(id);
                 let event = self.run_loop(&ctx);
                 let _ = ctx.events.send(event);

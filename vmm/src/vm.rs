@@ -23,6 +23,7 @@ use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
+use crate::seccomp::{self, Seccomp, SeccompError, StartGate, ThreadClass};
 use crate::vcpu::{ExitCounters, Vcpu, VcpuContext, VcpuError};
 
 /// Errors building or running a VM.
@@ -73,6 +74,8 @@ pub enum VmError {
     EventFd(#[source] std::io::Error),
     #[error("Cannot place a device")]
     Bus(#[from] BusError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// What the vCPUs and devices tell the run loop.
@@ -249,8 +252,11 @@ impl Vm {
         })
     }
 
-    /// Runs the guest until it powers off, panics or crashes.
-    pub fn run(self) -> Result<(VmExit, RunStats), VmError> {
+    /// Runs the guest until it powers off, panics or crashes. With [`Seccomp::On`] every
+    /// thread (vCPUs, `vmm-events`, this one) is filtered before the guest's first
+    /// instruction; `selftest` then makes a forbidden call on this thread
+    /// ([`seccomp::forbidden_call`]), which kills the process.
+    pub fn run(self, seccomp: Seccomp, selftest: bool) -> Result<(VmExit, RunStats), VmError> {
         let Vm {
             vm_fd,
             vcpus,
@@ -261,19 +267,33 @@ impl Vm {
             mut event_manager,
             ..
         } = self;
+        // Opened now: no file can be opened once the filters are on.
+        let kvm_exits = kvm_debugfs_exits_file(&vm_fd);
+        let gate = StartGate::new(seccomp, vcpus.len() + 1);
         // Device work (queues, backends) runs on one thread of its own.
+        let start = gate.thread();
         std::thread::Builder::new()
             .name("vmm-events".into())
-            .spawn(move || loop {
-                if let Err(e) = event_manager.run() {
-                    tracing::error!("device event loop failed: {e}");
+            .spawn(move || {
+                if !start.enter(ThreadClass::Events) {
                     return;
+                }
+                loop {
+                    if let Err(e) = event_manager.run() {
+                        tracing::error!("device event loop failed: {e}");
+                        return;
+                    }
                 }
             })
             .map_err(VmError::EventThread)?;
         for vcpu in vcpus {
             // The threads are not joined: a stopped VM ends the process, which ends them.
-            vcpu.spawn(ctx.clone())?;
+            vcpu.spawn(ctx.clone(), gate.thread())?;
+        }
+        gate.open()?;
+        if selftest {
+            let ppid = seccomp::forbidden_call();
+            tracing::warn!("seccomp selftest: getppid() returned {ppid}: no filter stopped it");
         }
         let event = recv_event(&events, &ctx.events);
         serial.lock().unwrap_or_else(|e| e.into_inner()).finish();
@@ -292,7 +312,7 @@ impl Vm {
         };
         let stats = RunStats {
             vmm_exits: ctx.exits.total(),
-            kvm_exits: kvm_debugfs_exits(&vm_fd),
+            kvm_exits: kvm_exits.and_then(read_count),
         };
         Ok((exit, stats))
     }
@@ -376,14 +396,23 @@ fn console_output(console: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send
 }
 
 /// KVM's own count of VM exits for this VM: debugfs has a `<pid>-<vm fd>` directory per VM.
-fn kvm_debugfs_exits(vm_fd: &VmFd) -> Option<u64> {
+/// The count is formatted when the file is first read, so it is opened early and read late.
+fn kvm_debugfs_exits_file(vm_fd: &VmFd) -> Option<std::fs::File> {
     use std::os::fd::AsRawFd;
     let path = format!(
         "/sys/kernel/debug/kvm/{}-{}/exits",
         std::process::id(),
         vm_fd.as_raw_fd()
     );
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    std::fs::File::open(path).ok()
+}
+
+/// One read(2) into a fixed buffer (`read_to_string` would also fstat and lseek).
+fn read_count(mut file: std::fs::File) -> Option<u64> {
+    use std::io::Read;
+    let mut buf = [0u8; 32];
+    let n = file.read(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]

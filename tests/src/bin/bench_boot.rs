@@ -1,6 +1,7 @@
 //! Boot benchmark: husk-vmm against QEMU's microvm (KVM) booting the same guest kernel and
-//! initramfs to husk-agent's ready line, interleaved, in the same place. Prints figures
-//! side by side; asserts nothing about time.
+//! initramfs to husk-agent's ready line, interleaved, in the same place; husk-vmm both with
+//! its seccomp filters (the default) and without (`--no-seccomp`), to show what the filters
+//! cost. Prints figures side by side; asserts nothing about time.
 //!
 //! Usage: husk-bench-boot [--runs N] [--qemu PATH]
 
@@ -80,8 +81,11 @@ fn measure(cmd: &mut Command) -> anyhow::Result<Sample> {
     }
 }
 
-fn husk_cmd() -> Command {
+fn husk_cmd(seccomp: bool) -> Command {
     let mut c = Command::new(vmm_bin());
+    if !seccomp {
+        c.arg("--no-seccomp");
+    }
     c.arg("--kernel")
         .arg(guest_kernel())
         .arg("--initramfs")
@@ -146,10 +150,11 @@ fn main() -> anyhow::Result<()> {
             .args(["-t", "debugfs", "debugfs", "/sys/kernel/debug"])
             .status();
     }
-    let (mut husk, mut q) = (Vec::new(), Vec::new());
+    let (mut husk, mut open, mut q) = (Vec::new(), Vec::new(), Vec::new());
     let mut exits = Vec::new();
     for i in 0..runs {
-        let h = measure(&mut husk_cmd()).context("husk-vmm boot")?;
+        let h = measure(&mut husk_cmd(true)).context("husk-vmm boot")?;
+        let n = measure(&mut husk_cmd(false)).context("husk-vmm --no-seccomp boot")?;
         let m = measure(&mut qemu_cmd(&qemu)).context("qemu microvm boot")?;
         let stats = h
             .stderr
@@ -158,25 +163,36 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or("{}")
             .to_owned();
         println!(
-            "run {:2}: husk-vmm ready {:8.1} ms exit {:8.1} ms {stats} | qemu-microvm ready {:8.1} ms exit {:8.1} ms",
+            "run {:2}: husk-vmm ready {:8.1} ms exit {:8.1} ms {stats} | --no-seccomp ready {:8.1} ms exit {:8.1} ms | qemu-microvm ready {:8.1} ms exit {:8.1} ms",
             i + 1,
             ms(h.ready),
             ms(h.exit),
+            ms(n.ready),
+            ms(n.exit),
             ms(m.ready),
             ms(m.exit)
         );
         exits.push(stats);
         husk.push(h);
+        open.push(n);
         q.push(m);
     }
     let hr = median(husk.iter().map(|s| s.ready).collect());
     let he = median(husk.iter().map(|s| s.exit).collect());
+    let nr = median(open.iter().map(|s| s.ready).collect());
+    let ne = median(open.iter().map(|s| s.exit).collect());
     let qr = median(q.iter().map(|s| s.ready).collect());
     let qe = median(q.iter().map(|s| s.exit).collect());
     println!("\nboot to husk-agent ready line, {runs} runs each, interleaved (medians):");
     println!("  {:<14} {:>12} {:>12}", "", "ready (ms)", "exit (ms)");
     println!("  {:<14} {:>12.1} {:>12.1}", "husk-vmm", ms(hr), ms(he));
+    println!("  {:<14} {:>12.1} {:>12.1}", "--no-seccomp", ms(nr), ms(ne));
     println!("  {:<14} {:>12.1} {:>12.1}", "qemu microvm", ms(qr), ms(qe));
+    println!(
+        "  ratio filtered/unfiltered husk-vmm: ready {:.3}, exit {:.3}",
+        hr.as_secs_f64() / nr.as_secs_f64(),
+        he.as_secs_f64() / ne.as_secs_f64()
+    );
     println!(
         "  ratio husk/qemu: ready {:.2}, exit {:.2}",
         hr.as_secs_f64() / qr.as_secs_f64(),
