@@ -237,6 +237,7 @@ impl Sandbox {
                 Ok(a) => Some(a),
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&dir);
+                    prune_empty_parent(&dir);
                     return Err(e.into());
                 }
             },
@@ -250,6 +251,7 @@ impl Sandbox {
                 }
             }
             let _ = std::fs::remove_dir_all(&dir);
+            prune_empty_parent(&dir);
             e
         };
 
@@ -343,6 +345,7 @@ impl Sandbox {
                 sb.detach_network();
                 let _ = mounts::unmount_under(&mounts::RealHost, &sb.dir);
                 let _ = std::fs::remove_dir_all(&sb.dir);
+                prune_empty_parent(&sb.dir);
                 Err(e)
             }
         }
