@@ -277,6 +277,7 @@ impl Sandbox {
                 Ok(a) => Some(a),
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&dir);
+                    prune_empty_parent(&dir);
                     return Err(e.into());
                 }
             },
@@ -291,6 +292,7 @@ impl Sandbox {
             }
             let _ = mounts::unmount_under(&mounts::RealHost, &dir);
             let _ = std::fs::remove_dir_all(&dir);
+            prune_empty_parent(&dir);
             e
         };
 
