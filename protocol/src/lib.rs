@@ -101,6 +101,7 @@ mod tests {
         for rpc in [
             "CreateSandbox",
             "DestroySandbox",
+            "UpdateNetwork",
             "CreateContainer",
             "StartContainer",
             "RemoveContainer",
@@ -122,6 +123,6 @@ mod tests {
         ] {
             assert!(names.contains(&rpc), "{rpc} missing from the service");
         }
-        assert_eq!(names.len(), 20);
+        assert_eq!(names.len(), 21);
     }
 }

@@ -71,8 +71,16 @@ mod tests {
 
     use super::*;
 
-    /// Runs `attach` against a peer that reads the request and answers `answer` bytes.
+    /// Runs `attach` against a peer that reads the request, answers `answer` bytes, then
+    /// (for a complete answer) the first stream bytes `out`, and closes.
     fn against(answer: Vec<u8>) -> (Result<UnixStream, AttachError>, Option<StdioAttach>) {
+        against_then(answer, b"out")
+    }
+
+    fn against_then(
+        answer: Vec<u8>,
+        then: &'static [u8],
+    ) -> (Result<UnixStream, AttachError>, Option<StdioAttach>) {
         let (a, mut b) = UnixStream::pair().unwrap();
         let t = std::thread::spawn(move || {
             let req = frame::read_frame(&mut b)
@@ -80,7 +88,7 @@ mod tests {
                 .and_then(|f| StdioAttach::parse_from_bytes(&f).ok());
             b.write_all(&answer).unwrap();
             // After a refusal the client may be gone already.
-            let _ = b.write_all(b"out");
+            let _ = b.write_all(then);
             req
         });
         let r = attach(
@@ -127,7 +135,7 @@ mod tests {
         );
         let e = against(vec![0, 0, 0, 2, 0xff, 0xff]).0.unwrap_err();
         assert!(matches!(e, AttachError::Decode(_)), "{e}");
-        let e = against(vec![0, 0]).0.unwrap_err();
+        let e = against_then(vec![0, 0], b"").0.unwrap_err();
         assert!(
             matches!(e, AttachError::Frame(FrameError::Truncated)),
             "{e}"
