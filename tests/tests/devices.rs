@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use husk_guest_probe::{hash_reader, stream_hash, write_stream, Hasher};
+use husk_protocol::hybrid_vsock::ConnectError;
 use husk_tests::guest::{io_timeout, try_connect_vsock, Guest, GuestOptions, TempDir, Virtiofsd};
 use husk_tests::kvm_available;
 
@@ -155,10 +156,15 @@ fn vsock_refuses_a_port_nobody_listens_on() {
         return;
     }
     let g = guest(vec![]);
-    let e = try_connect_vsock(&g.vsock_uds, 7777)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("closed the connection"), "{e}\n{}", g.explain());
+    let e = try_connect_vsock(&g.vsock_uds, 7777).unwrap_err();
+    assert!(
+        matches!(
+            e.downcast_ref::<ConnectError>(),
+            Some(ConnectError::Refused { port: 7777 })
+        ),
+        "{e:#}\n{}",
+        g.explain()
+    );
     // Garbage instead of CONNECT is refused too, and the VMM keeps serving.
     let mut s = std::os::unix::net::UnixStream::connect(&g.vsock_uds).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
