@@ -59,9 +59,9 @@ pub fn pass_fds(cmd: &mut Command, fds: &[RawFd]) {
     let n = RawFd::try_from(sources.len()).unwrap_or(RawFd::MAX - FIRST_CHILD_FD);
     // Allocated here: the child may only make async-signal-safe calls.
     let mut moved = vec![-1; sources.len()];
-    // SAFETY: the closure runs between fork and exec and makes only fcntl and dup2
-    // calls (async-signal-safe) on fds of the child's own table, writing into the
-    // buffer allocated above; it allocates nothing.
+    // The closure runs between fork and exec and allocates nothing: it writes only into
+    // the buffer allocated above.
+    // SAFETY: only fcntl and dup2 (async-signal-safe) on fds of the child's own table.
     unsafe {
         cmd.pre_exec(move || {
             for (slot, &fd) in moved.iter_mut().zip(&sources) {
