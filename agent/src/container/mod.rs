@@ -14,6 +14,7 @@
 //! reaper that waits for any child must leave the init pids of live
 //! containers to [`Container::wait`].
 
+mod build_process;
 pub mod cgroups;
 mod exec;
 mod exit_cell;
@@ -94,6 +95,63 @@ pub enum Error {
     Reaper(#[from] ReaperError),
     #[error("Invalid seccomp profile")]
     Seccomp(#[from] seccomp::SeccompError),
+    /// libcontainer's build failed in its build process (see
+    /// [`build_process`]): the chain of causes, as text, and its kind.
+    #[error("{message}")]
+    Build { kind: ErrorKind, message: String },
+    #[error("Cannot run the container build process")]
+    BuildProcess(#[source] io::Error),
+}
+
+/// What kind of failure an error is, for the RPC status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    AlreadyExists,
+    InvalidArgument,
+    FailedPrecondition,
+    Internal,
+}
+
+impl ErrorKind {
+    const ALL: [Self; 5] = [
+        Self::NotFound,
+        Self::AlreadyExists,
+        Self::InvalidArgument,
+        Self::FailedPrecondition,
+        Self::Internal,
+    ];
+
+    fn to_byte(self) -> u8 {
+        Self::ALL.iter().position(|k| *k == self).unwrap_or(4) as u8
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(b)).copied()
+    }
+}
+
+impl Error {
+    /// The kind of a container error: a bad spec or request is the
+    /// caller's, a container in the wrong state a failed precondition.
+    pub fn kind(&self) -> ErrorKind {
+        use libcontainer::error::LibcontainerError as L;
+        match self {
+            Self::Spec(_) | Self::LoadSpec { .. } | Self::Rootfs { .. } | Self::Signal(_) => {
+                ErrorKind::InvalidArgument
+            }
+            Self::Runtime { source, .. } => match **source {
+                L::InvalidID(_) | L::InvalidSpec(_) | L::MissingSpec(_) => {
+                    ErrorKind::InvalidArgument
+                }
+                L::Exist => ErrorKind::AlreadyExists,
+                L::IncorrectStatus(_) => ErrorKind::FailedPrecondition,
+                _ => ErrorKind::Internal,
+            },
+            Self::Build { kind, .. } => *kind,
+            _ => ErrorKind::Internal,
+        }
+    }
 }
 
 /// The process's side of its standard streams; `None` is /dev/null. With
@@ -325,39 +383,30 @@ impl Engine {
 
     /// Runs `spawn` (which starts a process through libcontainer) so that
     /// its exit status reaches the returned cell, however early it exits.
-    fn spawn<T>(
+    /// Runs libcontainer's build (`spawn`, which returns the new process's
+    /// pid) in a one-thread child process ([`build_process`]), and watches
+    /// the pid for its exit status.
+    fn spawn(
         &self,
-        spawn: impl FnOnce() -> Result<(i32, T), Error>,
-    ) -> Result<(i32, Arc<ExitCell>, T), Error> {
+        spawn: impl FnOnce() -> Result<i32, Error>,
+    ) -> Result<(i32, Arc<ExitCell>), Error> {
         let exit = Arc::new(ExitCell::new());
         let _build = self
             .build_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         match &self.reaper {
-            None => {
-                let (pid, value) = spawn()?;
-                Ok((pid, exit, value))
-            }
+            None => Ok((build_process::build_in_child(spawn)?, exit)),
             Some(reaper) => {
                 let cell = exit.clone();
-                let mut value = None;
-                // The reaper waits for nobody while libcontainer forks and
-                // waits for its intermediate process, and learns the new
-                // pid before it can collect its status.
+                // The reaper waits for nobody while the build process runs
+                // (its own children, then itself, are waited for there),
+                // and learns the new pid before it can collect its status.
                 let pid = reaper.spawn_watched(
-                    || {
-                        let (pid, v) = spawn()?;
-                        value = Some(v);
-                        Ok::<_, Error>(pid)
-                    },
+                    || build_process::build_in_child(spawn),
                     Box::new(move |child_exit| cell.set(ExitStatus::from(child_exit))),
                 )?;
-                let value = value.ok_or_else(|| Error::Wait {
-                    id: String::new(),
-                    source: io::Error::other("spawn returned no value"),
-                })?;
-                Ok((pid, exit, value))
+                Ok((pid, exit))
             }
         }
     }
@@ -383,7 +432,7 @@ impl Engine {
             })?;
         let console = self.console_socket(terminal)?;
         let (stdin, stdout, stderr) = stdio_or_null(stdio)?;
-        let (pid, exit, inner) = self.spawn(|| {
+        let (pid, exit) = self.spawn(|| {
             let inner = builder
                 .with_root_path(&self.state_dir)
                 .map_err(|e| runtime_error("create", id, e))?
@@ -403,14 +452,21 @@ impl Engine {
                     runtime_error("create", id, LibcontainerError::Other("no init pid".into()))
                 })?
                 .as_raw();
-            Ok((pid, inner))
+            Ok(pid)
         })?;
+        // The build process saved the container's state; this process
+        // reads it back.
+        let loaded = libcontainer::container::Container::load(self.state_dir.join(id));
         let inner = ReapOnError {
-            inner: Some(inner),
+            inner: loaded.as_ref().ok().cloned(),
             pid,
             exit: &exit,
             direct_wait: self.reaper.is_none(),
         };
+        if let Err(e) = loaded {
+            kill_and_wait(pid, self.reaper.is_none(), &exit);
+            return Err(runtime_error("load the state of", id, e));
+        }
         let pty_master = match console {
             Some(console) => Some(console.receive_master().map_err(Error::Terminal)?),
             None => None,
@@ -485,7 +541,7 @@ impl Engine {
         let id = container.id.as_str();
         let console = self.console_socket(process.terminal().unwrap_or(false))?;
         let (stdin, stdout, stderr) = stdio_or_null(stdio)?;
-        let (pid, exit, ()) = self.spawn(|| {
+        let (pid, exit) = self.spawn(|| {
             let pid = ContainerBuilder::new(id.to_owned(), SyscallType::default())
                 .with_root_path(&self.state_dir)
                 .map_err(|e| runtime_error("exec in", id, e))?
@@ -499,18 +555,14 @@ impl Engine {
                 .with_detach(true)
                 .build()
                 .map_err(|e| runtime_error("exec in", id, e))?;
-            Ok((pid.as_raw(), ()))
+            Ok(pid.as_raw())
         })?;
         let pty_master = match console {
             Some(console) => match console.receive_master() {
                 Ok(master) => Some(master),
                 Err(e) => {
                     // The process runs without its terminal: end it.
-                    // SAFETY: kill() takes plain integers.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                    if self.reaper.is_none() {
-                        wait_pid(pid).ok();
-                    }
+                    kill_and_wait(pid, self.reaper.is_none(), &exit);
                     return Err(Error::Terminal(e));
                 }
             },
@@ -573,6 +625,20 @@ fn stdio_or_null(stdio: ProcessStdio) -> Result<(OwnedFd, OwnedFd, OwnedFd), Err
 }
 
 /// `waitpid` on one pid until it has ended.
+/// Ends a process this engine started and has no container object for,
+/// and waits for it (directly, or for the reaper to collect it).
+fn kill_and_wait(pid: i32, direct_wait: bool, exit: &ExitCell) {
+    // SAFETY: kill() takes plain integers.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    if direct_wait {
+        if let Ok(status) = wait_pid(pid) {
+            exit.set(status);
+        }
+    } else {
+        exit.wait_timeout(std::time::Duration::from_secs(5));
+    }
+}
+
 fn wait_pid(pid: i32) -> io::Result<ExitStatus> {
     loop {
         let mut raw = 0;

@@ -80,19 +80,10 @@ pub enum SandboxError {
     },
 }
 
-/// What kind of failure an error is, for the RPC status code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    NotFound,
-    AlreadyExists,
-    InvalidArgument,
-    FailedPrecondition,
-    Internal,
-}
+pub use crate::container::ErrorKind;
 
 impl SandboxError {
     pub fn kind(&self) -> ErrorKind {
-        use container::Error as E;
         match self {
             Self::ContainerNotFound(_) | Self::ExecNotFound { .. } => ErrorKind::NotFound,
             Self::ContainerExists(_) | Self::ExecExists { .. } => ErrorKind::AlreadyExists,
@@ -114,21 +105,7 @@ impl SandboxError {
             {
                 ErrorKind::FailedPrecondition
             }
-            Self::Container(E::Spec(_) | E::LoadSpec { .. } | E::Rootfs { .. } | E::Signal(_)) => {
-                ErrorKind::InvalidArgument
-            }
-            Self::Container(E::Runtime { source, .. }) => match **source {
-                libcontainer::error::LibcontainerError::InvalidID(_)
-                | libcontainer::error::LibcontainerError::InvalidSpec(_)
-                | libcontainer::error::LibcontainerError::MissingSpec(_) => {
-                    ErrorKind::InvalidArgument
-                }
-                libcontainer::error::LibcontainerError::Exist => ErrorKind::AlreadyExists,
-                libcontainer::error::LibcontainerError::IncorrectStatus(_) => {
-                    ErrorKind::FailedPrecondition
-                }
-                _ => ErrorKind::Internal,
-            },
+            Self::Container(e) => e.kind(),
             _ => ErrorKind::Internal,
         }
     }
