@@ -43,15 +43,17 @@ lint:
 unit: deps vmm
 	HUSK_REQUIRE_VIRTIOFSD=1 $(CARGO) test --workspace
 
+# Loops are short here (10 shim run/remove cycles, 3 network teardown cycles); the long
+# versions are `make test-shim` (50) and `make test-net` (20).
 integration: image vmm
-	scripts/integration.sh
+	HUSK_SHIM_CYCLES=$${HUSK_SHIM_CYCLES:-10} HUSK_NET_CYCLES=$${HUSK_NET_CYCLES:-3} scripts/integration.sh
 
-# Only the containerd shim's end-to-end tests (also part of `make test`), with 10
-# run/remove cycles instead of 50 unless HUSK_SHIM_CYCLES says otherwise.
+# Only the containerd shim's end-to-end tests (also part of `make test`, with 10 cycles),
+# with 50 run/remove cycles unless HUSK_SHIM_CYCLES says otherwise.
 test-shim: image vmm
-	HUSK_INTEGRATION_ONLY=shim HUSK_SHIM_CYCLES=$${HUSK_SHIM_CYCLES:-10} HUSK_INTEGRATION_IDLE=$${HUSK_INTEGRATION_IDLE:-600} scripts/integration.sh
+	HUSK_INTEGRATION_ONLY=shim HUSK_SHIM_CYCLES=$${HUSK_SHIM_CYCLES:-50} HUSK_INTEGRATION_IDLE=$${HUSK_INTEGRATION_IDLE:-600} scripts/integration.sh
 
-# Only the pod-network tests (also part of `make test`, with 5 teardown cycles), under runc
+# Only the pod-network tests (also part of `make test`, with 3 teardown cycles), under runc
 # and husk, with 20 run/remove cycles unless HUSK_NET_CYCLES says otherwise.
 test-net: image vmm
 	HUSK_INTEGRATION_ONLY=network HUSK_NET_CYCLES=$${HUSK_NET_CYCLES:-20} scripts/integration.sh
