@@ -50,8 +50,9 @@ pub struct Config {
     pub max_memory_mib: u64,
     /// Extra guest kernel command line (husk-vmm `--cmdline`). Default `"quiet"`.
     pub kernel_cmdline: String,
-    /// Extra virtiofsd arguments. Default `["--cache=never", "--sandbox=none"]` (a known
-    /// gap, SECURITY.md: the namespace sandbox is not the default yet).
+    /// Extra virtiofsd arguments. Default `["--cache=never", "--sandbox=namespace",
+    /// "--seccomp=kill", "--modcaps=-mknod:-setfcap"]`: virtiofsd in its own mount, PID and
+    /// network namespaces with the shared dir as its root, under its seccomp filter.
     pub virtiofsd_args: Vec<String>,
     /// Where pods' state lives: `<state_dir>/<namespace>/<pod>/` holds the shared dir,
     /// sockets, console and VMM logs. Default `/run/husk`.
@@ -78,7 +79,14 @@ impl Default for Config {
             max_vcpus: 8,
             max_memory_mib: 8192,
             kernel_cmdline: "quiet".into(),
-            virtiofsd_args: vec!["--cache=never".into(), "--sandbox=none".into()],
+            virtiofsd_args: [
+                "--cache=never",
+                "--sandbox=namespace",
+                "--seccomp=kill",
+                "--modcaps=-mknod:-setfcap",
+            ]
+            .map(String::from)
+            .to_vec(),
             state_dir: "/run/husk".into(),
             boot_timeout_secs: 60,
             rpc_timeout_secs: 60,

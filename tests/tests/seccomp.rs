@@ -160,10 +160,35 @@ fn a_forbidden_call_kills_the_vmm_by_sigsys() {
     assert!(o.stderr.contains("no filter stopped it"), "{}", o.stderr);
 }
 
+/// The pid of a direct child of `pid` (virtiofsd's sandbox forks the process that serves).
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn mnt_ns(pid: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
 #[test]
 #[ignore = "boots guests on KVM: `make test` runs it, in the test host where needed"]
-fn a_pods_vmm_runs_filtered() {
-    if !kvm_available("a_pods_vmm_runs_filtered") {
+fn a_pods_vmm_and_virtiofsd_run_confined() {
+    if !kvm_available("a_pods_vmm_and_virtiofsd_run_confined") {
         return;
     }
     let c = Containerd::start(&HuskToml::default()).unwrap();
@@ -199,13 +224,28 @@ fn a_pods_vmm_runs_filtered() {
         "husk-vmm threads: {threads:?}"
     );
 
-    // virtiofsd's own sandbox (its mount namespace, its sandboxed child) is not the default
-    // yet (SECURITY.md): its seccomp filter, which virtiofsd installs by default, is.
     let vfs = c.pod_pid(id, "virtiofsd").expect("virtiofsd pid");
-    let threads = seccomp_by_thread(vfs as u32);
+    let host_ns = mnt_ns("self");
+    assert_ne!(
+        mnt_ns(&vfs.to_string()),
+        host_ns,
+        "virtiofsd shares the host's mount namespace"
+    );
+    let served = children(vfs);
+    assert_eq!(served.len(), 1, "virtiofsd's sandboxed child: {served:?}");
+    let child = served[0];
+    assert_ne!(mnt_ns(&child.to_string()), host_ns);
+    let threads = seccomp_by_thread(child as u32);
     assert!(
         threads.values().all(|m| m == "2"),
         "virtiofsd threads: {threads:?}"
+    );
+    // Its root is the pod's shared dir: the host's root is out of its reach.
+    let root = std::fs::read_link(format!("/proc/{child}/root")).unwrap();
+    eprintln!(
+        "virtiofsd {child}: root {}, mnt ns {}",
+        root.display(),
+        mnt_ns(&child.to_string())
     );
 
     let o = c.ctr(&["task", "kill", "-s", "SIGKILL", id]).unwrap();
