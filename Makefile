@@ -25,7 +25,7 @@ kernel: deps
 	guest-image/build-kernel.sh $(GUEST)
 
 agent: deps
-	$(CARGO) build --release -p husk-agent -p husk-guest-probe --target $(MUSL)
+	$(CARGO) build --release -p husk-agent -p husk-guest-probe -p husk-pause --target $(MUSL)
 
 initramfs: agent
 	$(CARGO) run -q --release -p husk-guest-image -- --agent $(AGENT) --out $(GUEST)/initramfs.cpio

@@ -18,6 +18,8 @@ packages=(
     # pod networking tests and benchmark: CNI plugins (bridge, host-local, loopback in
     # /usr/lib/cni), ip netns / tuntap and tc
     containernetworking-plugins iproute2
+    # the CRI tests' client (crate husk-cri): k8s-cri compiles the CRI protos with protoc
+    protobuf-compiler
 )
 
 missing=()

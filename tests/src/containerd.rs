@@ -52,30 +52,12 @@ pub fn virtiofsd_bin() -> Option<PathBuf> {
     c.into_iter().find(|p| p.is_file())
 }
 
-fn run(cmd: &mut Command) -> Result<Outcome> {
+pub(crate) fn run(cmd: &mut Command) -> Result<Outcome> {
     let o = run_with_watchdog(cmd, Duration::from_secs(120))?;
     if o.code() != Some(0) {
         bail!("{cmd:?} failed ({}):\n{}{}", o.status, o.stdout, o.stderr);
     }
     Ok(o)
-}
-
-fn sha256_file(p: &Path) -> Result<String> {
-    let o = run(Command::new("sha256sum").arg(p))?;
-    Ok(o.stdout
-        .split_whitespace()
-        .next()
-        .context("sha256sum output")?
-        .to_owned())
-}
-
-/// Writes `bytes` as a blob of the OCI layout at `layout`; returns (digest, size).
-fn put_blob(layout: &Path, bytes: &[u8]) -> Result<(String, usize)> {
-    let tmp = layout.join("blob.tmp");
-    std::fs::write(&tmp, bytes)?;
-    let sum = sha256_file(&tmp)?;
-    std::fs::rename(&tmp, layout.join("blobs/sha256").join(&sum))?;
-    Ok((format!("sha256:{sum}"), bytes.len()))
 }
 
 /// Builds an OCI image archive of a busybox root: /bin/busybox from the host (Debian's
@@ -121,65 +103,42 @@ pub fn build_busybox_archive_with(dir: &Path, extra: &[(&Path, &str)]) -> Result
     }
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
     std::fs::write(root.join("etc/group"), "root:x:0:\n")?;
-    let layer = dir.join("layer.tar");
-    run(Command::new("tar")
-        .args([
-            "--numeric-owner",
-            "--owner=0",
-            "--group=0",
-            "--sort=name",
-            "--mtime=@0",
-            "-C",
-        ])
-        .arg(&root)
-        .arg("-cf")
-        .arg(&layer)
-        .arg("."))?;
-    let layout = dir.join("oci");
-    let _ = std::fs::remove_dir_all(&layout);
-    std::fs::create_dir_all(layout.join("blobs/sha256"))?;
-    let layer_bytes = std::fs::read(&layer)?;
-    let (layer_digest, layer_size) = put_blob(&layout, &layer_bytes)?;
+    let config = serde_json::json!({"Cmd": ["sh"], "Env": ["PATH=/bin"], "WorkingDir": "/"});
+    let archive =
+        crate::oci_image::build_archive(dir, &root, BUSYBOX_IMAGE, config, "busybox-oci.tar")?;
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(archive)
+}
+
+/// The pause image the tests' CRI plugin uses as `sandbox_image`.
+pub const PAUSE_IMAGE: &str = "localhost/husk-pause:3.9";
+
+/// husk-pause, built static (`make image`; `HUSK_PAUSE` overrides).
+pub fn pause_bin() -> PathBuf {
+    crate::path_from_env(
+        "HUSK_PAUSE",
+        "target/x86_64-unknown-linux-musl/release/husk-pause",
+    )
+}
+
+/// Builds the pause image as an OCI archive, made like Kubernetes' own: one
+/// static binary, `Entrypoint` /pause, user 65535, and no `Env` at all.
+pub fn build_pause_archive(dir: &Path) -> Result<PathBuf> {
+    let pause = pause_bin();
+    anyhow::ensure!(
+        pause.is_file(),
+        "{} is missing: run `make image`",
+        pause.display()
+    );
+    let root = dir.join("pause-root");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    std::fs::copy(&pause, root.join("pause"))?;
     let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"], "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "Entrypoint": ["/pause"], "User": "65535:65535", "WorkingDir": "/",
     });
-    let (config_digest, config_size) = put_blob(&layout, config.to_string().as_bytes())?;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": config_digest, "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": layer_digest, "size": layer_size}],
-    });
-    let (manifest_digest, manifest_size) = put_blob(&layout, manifest.to_string().as_bytes())?;
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest, "size": manifest_size,
-            "platform": {"architecture": "amd64", "os": "linux"},
-            "annotations": {
-                "io.containerd.image.name": BUSYBOX_IMAGE,
-                "org.opencontainers.image.ref.name": "latest",
-            },
-        }],
-    });
-    std::fs::write(layout.join("index.json"), index.to_string())?;
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )?;
-    let archive = dir.join("busybox-oci.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&archive)
-        .arg("."))?;
+    let archive =
+        crate::oci_image::build_archive(dir, &root, PAUSE_IMAGE, config, "pause-oci.tar")?;
     let _ = std::fs::remove_dir_all(&root);
     Ok(archive)
 }
@@ -204,6 +163,8 @@ impl Default for HuskToml {
 /// A running private containerd.
 pub struct Containerd {
     child: Option<Child>,
+    /// The containerd namespace `ctr` works in (CRI's is `k8s.io`).
+    pub namespace: &'static str,
     pub dir: TempDir,
     pub socket: PathBuf,
     pub husk_state: PathBuf,
@@ -213,6 +174,26 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd with the husk runtime; `husk` is the default husk.toml.
     pub fn start(husk: &HuskToml) -> Result<Self> {
+        Self::start_with(husk, None)
+    }
+
+    /// Starts containerd with its CRI plugin: `deploy/containerd-husk.toml` as users
+    /// merge it (its `ConfigPath` pointed at this containerd's husk.toml), our pause
+    /// image as `sandbox_image`, `restrict_oom_score_adj` (our machines lack
+    /// CAP_SYS_RESOURCE), and the CNI network configs in `cni_conf_dir`. `ctr` then
+    /// works in CRI's namespace, `k8s.io`; [`Containerd::cri_socket`] is the endpoint.
+    pub fn start_cri(husk: &HuskToml, cni_conf_dir: &Path) -> Result<Self> {
+        let snippet = std::fs::read_to_string(workspace_root().join("deploy/containerd-husk.toml"))
+            .context("read deploy/containerd-husk.toml")?;
+        Self::start_with(husk, Some((snippet, cni_conf_dir.to_owned())))
+    }
+
+    /// The CRI plugin's gRPC socket (containerd's own).
+    pub fn cri_socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn start_with(husk: &HuskToml, cri: Option<(String, PathBuf)>) -> Result<Self> {
         for f in [shim_bin(), vmm_bin()] {
             anyhow::ensure!(f.is_file(), "{} is missing: run `make vmm`", f.display());
         }
@@ -244,6 +225,36 @@ impl Containerd {
                 husk.extra
             ),
         )?;
+        let (plugins, cri_config, namespace) = match &cri {
+            None => (
+                r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#.to_owned(),
+                String::new(),
+                NAMESPACE,
+            ),
+            Some((snippet, cni_conf_dir)) => {
+                const SHIPPED: &str = r#"ConfigPath = "/etc/husk/husk.toml""#;
+                anyhow::ensure!(
+                    snippet.contains(SHIPPED),
+                    "deploy/containerd-husk.toml no longer says {SHIPPED}"
+                );
+                let snippet = snippet.replace(SHIPPED, &format!("ConfigPath = {husk_config:?}"));
+                (
+                    String::new(),
+                    format!(
+                        r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  restrict_oom_score_adj = true
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "{cni_bin}"
+  conf_dir = "{conf_dir}"
+{snippet}"#,
+                        cni_bin = crate::cni::CNI_PATH,
+                        conf_dir = cni_conf_dir.display(),
+                    ),
+                    "k8s.io",
+                )
+            }
+        };
         let config = d.join("containerd.toml");
         std::fs::write(
             &config,
@@ -251,7 +262,7 @@ impl Containerd {
                 r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{plugins}
 [grpc]
   address = "{sock}"
 [ttrpc]
@@ -260,7 +271,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   level = "info"
 [plugins."io.containerd.internal.v1.opt"]
   path = "{root}/opt"
-"#,
+{cri_config}"#,
                 root = d.join("root").display(),
                 state = d.join("state").display(),
                 sock = socket.display(),
@@ -291,6 +302,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .context("spawn containerd")?;
         let mut c = Self {
             child: Some(child),
+            namespace,
             dir,
             socket,
             husk_state,
@@ -351,7 +363,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             Command::new("ctr")
                 .arg("--address")
                 .arg(&self.socket)
-                .args(["--namespace", NAMESPACE])
+                .args(["--namespace", self.namespace])
                 .args(args),
             timeout,
         )

@@ -6,6 +6,7 @@ pub mod busybox_bundle;
 pub mod cni;
 pub mod containerd;
 pub mod guest;
+pub mod oci_image;
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -21,7 +22,7 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn path_from_env(var: &str, default: &str) -> PathBuf {
+pub(crate) fn path_from_env(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var)
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(default))
