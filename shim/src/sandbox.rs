@@ -44,6 +44,15 @@ pub enum SandboxError {
     },
     #[error("virtiofsd did not create {0} in time")]
     VirtiofsdSocket(PathBuf),
+    #[error(
+        "The pod's socket path {path} is {len} bytes, longer than a Unix socket allows \
+         ({max}): choose a shorter state_dir in husk.toml"
+    )]
+    SocketPathTooLong {
+        path: PathBuf,
+        len: usize,
+        max: usize,
+    },
     #[error("{what} exited while the pod started: {reason}\n{log}")]
     EarlyExit {
         what: &'static str,
@@ -66,6 +75,23 @@ pub enum SandboxError {
     Mount(#[from] mounts::MountError),
     #[error(transparent)]
     Network(#[from] NetError),
+}
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
+/// A socket the pod binds fits in `sun_path`; CRI's 64-character sandbox ids make
+/// `<state_dir>/k8s.io/<id>/virtiofsd.sock` 95 bytes with the default `/run/husk`.
+fn check_socket_path(path: &Path) -> Result<(), SandboxError> {
+    let len = path.as_os_str().len();
+    if len > SOCKET_PATH_MAX {
+        return Err(SandboxError::SocketPathTooLong {
+            path: path.to_owned(),
+            len,
+            max: SOCKET_PATH_MAX,
+        });
+    }
+    Ok(())
 }
 
 /// An error and its causes, `: `-joined: what containerd shows the user, errno included.
@@ -261,13 +287,16 @@ impl Sandbox {
             log: String::new(),
         })?;
         let dir = pod_dir(config, req.namespace, req.pod);
+        let vsock = dir.join("vsock.sock");
+        let fs_sock = dir.join("virtiofsd.sock");
+        for sock in [&vsock, &fs_sock] {
+            check_socket_path(sock)?;
+        }
         let shared = dir.join("shared");
         std::fs::create_dir_all(&shared).map_err(|source| SandboxError::Dir {
             path: shared.clone(),
             source,
         })?;
-        let vsock = dir.join("vsock.sock");
-        let fs_sock = dir.join("virtiofsd.sock");
         let _ = std::fs::remove_file(&vsock);
         let _ = std::fs::remove_file(&fs_sock);
 
@@ -756,6 +785,22 @@ pub fn cleanup_dead_pod(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_paths_must_fit_sun_path() {
+        let id = "a".repeat(64);
+        let ok = PathBuf::from(format!("/run/husk/k8s.io/{id}/virtiofsd.sock"));
+        check_socket_path(&ok).unwrap();
+        let long = PathBuf::from(format!(
+            "/tmp/husk-ctrd-587-5015850933808377403/hs/k8s.io/{id}/virtiofsd.sock"
+        ));
+        let e = check_socket_path(&long).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("128 bytes") && text.contains("state_dir"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn pid_file_round_trips() {

@@ -38,6 +38,24 @@ impl TempDir {
         Ok(Self(dir))
     }
 
+    /// A dir with a short name, `<base>/<tag><pid>-<n>`, for trees that hold Unix
+    /// sockets (at most 107 bytes): a CRI pod's is `<dir>/hs/k8s.io/<64-char id>/...`.
+    pub fn short(tag: &str) -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let base = std::env::var_os("HUSK_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        loop {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = base.join(format!("{tag}{}-{n}", std::process::id()));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return Ok(Self(dir)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("create {}", dir.display())),
+            }
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.0
     }
