@@ -16,7 +16,7 @@ DESTDIR    ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 DIST    := build/dist/husk-$(VERSION)-x86_64
 
-.PHONY: deps kernel agent initramfs image vmm lint unit integration test demo bench bench-devices bench-agent bench-shim bench-net test-shim test-net fuzz clean release stage install uninstall dist check test-install test-install-vm
+.PHONY: deps kernel agent initramfs image vmm bins lint unit integration test demo bench bench-devices bench-agent bench-shim bench-net test-shim test-net fuzz clean release stage install uninstall dist check test-install test-install-vm
 
 deps:
 	scripts/install-deps.sh
@@ -33,8 +33,14 @@ initramfs: agent
 
 image: kernel initramfs
 
+# The host binaries as shipped: static (musl) husk-vmm, containerd-shim-husk-v2 and
+# husk-check. Tests, demo, benchmarks and `make dist` all run these: one release build.
 vmm: deps
-	$(CARGO) build --release -p husk-vmm -p containerd-shim-husk-v2 -p husk-tests --bins
+	$(CARGO) build --release --target $(MUSL) -p husk-vmm -p containerd-shim-husk-v2 -p husk-check
+
+# The demo and benchmark programs (crate tests/, release).
+bins: deps
+	$(CARGO) build --release -p husk-tests --bins
 
 lint:
 	$(CARGO) fmt --all --check
@@ -62,8 +68,7 @@ test: deps lint unit fuzz test-install integration test-install-vm
 
 # What `make install` and `make dist` ship: static (musl) binaries, the guest image,
 # virtiofsd, config and deploy files, staged in $(DIST) with install.sh and SHA256SUMS.
-release: deps
-	$(CARGO) build --release --target $(MUSL) -p husk-vmm -p containerd-shim-husk-v2 -p husk-check
+release: vmm
 
 stage: image release
 	scripts/dist.sh stage $(DIST)
@@ -90,29 +95,29 @@ test-install: dist
 # under /tmp runs the demo; make install's install.sh into the system paths, the system
 # containerd with the README's snippet, husk-check, ctr run; uninstall.
 test-install-vm: dist
-	$(CARGO) build --release -p husk-tests --bin husk-demo
-	scripts/test-install-vm.sh $(DIST)
+	$(CARGO) build -p husk-tests --bin husk-demo
+	HUSK_DEMO_BIN=target/debug/husk-demo scripts/test-install-vm.sh $(DIST)
 
-demo: image vmm
+demo: image vmm bins
 	scripts/demo.sh
 
-bench: image vmm
+bench: image vmm bins
 	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-boot --runs $${RUNS:-10}
 
 # `ctr run --rm` of busybox true under runc and husk, interleaved, and the host memory of
 # an idle husk pod, through a private containerd (in the test host where needed).
-bench-shim: image vmm
+bench-shim: image vmm bins
 	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-shim --runs $${RUNS:-10}
 
 # TCP throughput both ways and 1-byte round-trip latency, a runc pod beside a husk pod on
 # one CNI bridge, interleaved (in the test host where needed).
-bench-net: image vmm
+bench-net: image vmm bins
 	scripts/in-kvm.sh --timeout 5400 -- target/release/husk-bench-net --mib $${NET_MIB:-256} --pings $${NET_PINGS:-10000} --rounds $${NET_ROUNDS:-3}
 
 fuzz: deps
 	scripts/fuzz.sh $${FUZZ_SECONDS:-20}
 
-bench-devices: image vmm
+bench-devices: image vmm bins
 	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-devices --mib $${MIB:-256} --files $${FILES:-10000}
 
 # Host-native container start through the agent against runc (cgroup-v1 feature: this

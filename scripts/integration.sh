@@ -7,9 +7,11 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$root"
 
-# Build the test executables on this machine (fast) and list them.
+# Build the test executables on this machine (fast) and list them: the dev profile, as
+# `make unit` built them (they drive containerd and guests; the binaries they run,
+# husk-vmm and the shim, are the release ones, see tests/src/lib.rs).
 # (Not `tee /dev/stderr`: when stderr is a file, tee reopens and truncates it.)
-build=$(cargo test -p husk-tests --release --no-run 2>&1) || {
+build=$(cargo test -p husk-tests --no-run 2>&1) || {
     printf '%s\n' "$build" >&2
     echo "integration: building the tests failed" >&2
     exit 1

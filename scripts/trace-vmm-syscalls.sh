@@ -4,7 +4,7 @@
 #
 #   scripts/trace-vmm-syscalls.sh wrap DIR
 #       prints the path of a wrapper to use as husk-vmm (HUSK_VMM=... for the tests, `vmm`
-#       in husk.toml for the shim): it runs target/release/husk-vmm --no-seccomp under
+#       in husk.toml for the shim): it runs target/x86_64-unknown-linux-musl/release/husk-vmm --no-seccomp under
 #       `strace -ff` (one file per thread in DIR).
 #   scripts/trace-vmm-syscalls.sh summary DIR
 #       per thread class (main, vmm-events, vcpu), every call seen after the point where
@@ -26,7 +26,7 @@ wrap)
     w="$dir/husk-vmm"
     cat >"$w" <<EOF
 #!/bin/sh
-exec strace -ff -qq -o "$dir/trace.\$\$" "${HUSK_VMM_REAL:-$root/target/release/husk-vmm}" --no-seccomp "\$@"
+exec strace -ff -qq -o "$dir/trace.\$\$" "${HUSK_VMM_REAL:-$root/target/x86_64-unknown-linux-musl/release/husk-vmm}" --no-seccomp "\$@"
 EOF
     chmod +x "$w"
     echo "$w"

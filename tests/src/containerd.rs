@@ -25,11 +25,13 @@ pub const RUNTIME: &str = "io.containerd.husk.v2";
 /// The containerd namespace the tests use.
 pub const NAMESPACE: &str = "husk-test";
 
-/// The shim binary (`HUSK_SHIM`, default `target/release/containerd-shim-husk-v2`).
+/// The shim binary (`HUSK_SHIM`, default the static release build `make vmm` makes,
+/// `target/x86_64-unknown-linux-musl/release/containerd-shim-husk-v2`).
 pub fn shim_bin() -> PathBuf {
-    std::env::var_os("HUSK_SHIM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/release/containerd-shim-husk-v2"))
+    crate::path_from_env(
+        "HUSK_SHIM",
+        &format!("{}/containerd-shim-husk-v2", crate::RELEASE_DIR),
+    )
 }
 
 /// virtiofsd, where scripts/install-virtiofsd.sh or a package put it.
@@ -202,7 +204,8 @@ impl Containerd {
         which("ctr").context("ctr is not installed")?;
         let virtiofsd =
             virtiofsd_bin().context("virtiofsd is not installed: scripts/install-virtiofsd.sh")?;
-        let dir = TempDir::new("ctrd")?;
+        // Short: the pods' sockets live below it (see TempDir::short).
+        let dir = TempDir::short("hc")?;
         let d = dir.path().to_owned();
         refuse_overlayfs(&d)?;
         let bin = d.join("bin");

@@ -28,9 +28,13 @@ pub(crate) fn path_from_env(var: &str, default: &str) -> PathBuf {
         .unwrap_or_else(|| workspace_root().join(default))
 }
 
-/// The husk-vmm binary (`HUSK_VMM`, default `target/release/husk-vmm`).
+/// Where `make vmm` puts the host binaries: the static (musl) release build, as
+/// shipped by `make dist`; the tests and benchmarks run exactly those.
+pub const RELEASE_DIR: &str = "target/x86_64-unknown-linux-musl/release";
+
+/// The husk-vmm binary (`HUSK_VMM`, default `RELEASE_DIR/husk-vmm`).
 pub fn vmm_bin() -> PathBuf {
-    path_from_env("HUSK_VMM", "target/release/husk-vmm")
+    path_from_env("HUSK_VMM", &format!("{RELEASE_DIR}/husk-vmm"))
 }
 
 /// The guest kernel (`HUSK_KERNEL`, default `build/guest/vmlinux`).
