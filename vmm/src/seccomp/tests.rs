@@ -119,6 +119,7 @@ const EVENTS: &[&str] = &[
     "close",
     "connect",
     "epoll_ctl",
+    "epoll_pwait",
     "epoll_wait",
     "exit",
     "exit_group",
