@@ -2,6 +2,36 @@
 //! the guest image are, whether this machine's KVM can boot a standard guest, and running
 //! a process under a watchdog.
 
+/// Declares each `case(runtime)` twice, as `runc::case` and `husk::case` (both
+/// `#[ignore]`d, run by `make test`): the runc run is the reference, and the husk run is
+/// skipped where KVM cannot boot a standard guest. `$runc` and `$husk` are the runtime
+/// (or CRI handler) names, as paths seen from inside the generated modules.
+#[macro_export]
+macro_rules! under_runc_and_husk {
+    ($runc:path, $husk:path; $($case:ident),* $(,)?) => {
+        mod runc {
+            $(
+                #[test]
+                #[ignore = "needs root, containerd and the CNI plugins: `make test` runs it"]
+                fn $case() {
+                    super::$case($runc);
+                }
+            )*
+        }
+        mod husk {
+            $(
+                #[test]
+                #[ignore = "boots guests on KVM: `make test` runs it, in the test host where needed"]
+                fn $case() {
+                    if $crate::kvm_available(stringify!($case)) {
+                        super::$case($husk);
+                    }
+                }
+            )*
+        }
+    };
+}
+
 pub mod busybox_bundle;
 pub mod cni;
 pub mod containerd;

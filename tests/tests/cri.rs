@@ -19,9 +19,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use husk_cri::{api, container_config, pod_config, Cri};
+use husk_tests::boot_timeout;
 use husk_tests::containerd::{build_pause_archive, Containerd, HuskToml, BUSYBOX_IMAGE};
 use husk_tests::guest::TempDir;
-use husk_tests::{boot_timeout, kvm_available};
 
 const RUNC: &str = "runc";
 const HUSK: &str = "husk";
@@ -118,11 +118,6 @@ impl Drop for Node {
             .args(["link", "del", &self.bridge])
             .status();
     }
-}
-
-/// Whether this handler can run here (husk needs a KVM that boots a standard guest).
-fn can_run(handler: &str, test: &str) -> bool {
-    handler == RUNC || kvm_available(test)
 }
 
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -276,29 +271,4 @@ fn a_pod_from_scratch_images_and_a_clear_error(handler: &str) {
     assert!(left.is_empty(), "{handler} left:\n{left}");
 }
 
-macro_rules! both {
-    ($($case:ident),* $(,)?) => {
-        mod runc {
-            $(
-                #[test]
-                #[ignore = "needs root, containerd and the CNI plugins: `make test` runs it"]
-                fn $case() {
-                    super::$case(super::RUNC);
-                }
-            )*
-        }
-        mod husk {
-            $(
-                #[test]
-                #[ignore = "boots guests on KVM: `make test` runs it, in the test host where needed"]
-                fn $case() {
-                    if super::can_run(super::HUSK, stringify!($case)) {
-                        super::$case(super::HUSK);
-                    }
-                }
-            )*
-        }
-    };
-}
-
-both!(pod_lifecycle, a_pod_from_scratch_images_and_a_clear_error);
+husk_tests::under_runc_and_husk!(super::RUNC, super::HUSK;pod_lifecycle, a_pod_from_scratch_images_and_a_clear_error);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use husk_tests::cni::{self, Network, Pod};
 use husk_tests::containerd::{Containerd, HuskToml, RUNTIME};
-use husk_tests::{kvm_available, net_probe_bin, require_file, Outcome};
+use husk_tests::{net_probe_bin, require_file, Outcome};
 
 const RUNC: &str = "io.containerd.runc.v2";
 const PROBE: &str = "/bin/husk-net-probe";
@@ -27,11 +27,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// Whether this runtime can run here (husk needs a KVM that boots a standard guest).
-fn can_run(runtime: &str, test: &str) -> bool {
-    runtime == RUNC || kvm_available(test)
 }
 
 fn containerd() -> Containerd {
@@ -429,32 +424,7 @@ impl Drop for NetnsGuard {
     }
 }
 
-macro_rules! both {
-    ($($case:ident),* $(,)?) => {
-        mod runc {
-            $(
-                #[test]
-                #[ignore = "needs root, containerd and the CNI plugins: `make test` runs it"]
-                fn $case() {
-                    super::$case(super::RUNC);
-                }
-            )*
-        }
-        mod husk {
-            $(
-                #[test]
-                #[ignore = "boots guests on KVM: `make test` runs it, in the test host where needed"]
-                fn $case() {
-                    if super::can_run(super::RUNTIME, stringify!($case)) {
-                        super::$case(super::RUNTIME);
-                    }
-                }
-            )*
-        }
-    };
-}
-
-both!(
+husk_tests::under_runc_and_husk!(super::RUNC, super::RUNTIME;
     eth0_shows_the_cni_address_mac_and_mtu,
     tcp_both_ways,
     two_pods_reach_each_other,
