@@ -110,6 +110,7 @@ const MAIN: &[&str] = &[
     "sched_yield",
     "sigaltstack",
     "tgkill",
+    "tkill",
     "write",
 ];
 const EVENTS: &[&str] = &[
@@ -148,6 +149,7 @@ const EVENTS: &[&str] = &[
     "sigaltstack",
     "socket",
     "tgkill",
+    "tkill",
     "write",
     "writev",
 ];
@@ -174,6 +176,7 @@ const VCPU: &[&str] = &[
     "sendmsg",
     "sigaltstack",
     "tgkill",
+    "tkill",
     "write",
 ];
 
