@@ -46,16 +46,6 @@ pub enum CriError {
     },
 }
 
-impl CriError {
-    /// The gRPC status code of a refused call.
-    pub fn code(&self) -> Option<tonic::Code> {
-        match self {
-            Self::Status { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-}
-
 pub type Result<T> = std::result::Result<T, CriError>;
 
 /// A connection to one CRI endpoint (containerd's gRPC socket).

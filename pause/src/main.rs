@@ -15,8 +15,8 @@ extern "C" fn on_child(_: libc::c_int) {
 }
 
 fn handle(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) {
-    // SAFETY: a zeroed sigaction with a plain handler and SA_RESTART is a
-    // valid argument; the handlers only call async-signal-safe functions.
+    // The handlers only call async-signal-safe functions.
+    // SAFETY: a zeroed sigaction with a plain handler and SA_RESTART is valid.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = handler as usize;

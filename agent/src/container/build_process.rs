@@ -78,9 +78,9 @@ pub(super) fn build_in_child(build: impl FnOnce() -> Result<i32, Error>) -> Resu
     // SAFETY: pipe2 returned these two fds, owned by nothing else.
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: the child only runs `build` (libcontainer, which is written
-    // for a one-thread process, and is one now) and `_exit`s; libc's fork
-    // leaves its allocator and stdio usable in the child.
+    // The child only runs `build` (libcontainer, written for a one-thread
+    // process, which the child is) and `_exit`s.
+    // SAFETY: libc's fork leaves its allocator and stdio usable in the child.
     let child = unsafe { libc::fork() };
     if child < 0 {
         return Err(Error::BuildProcess(io::Error::last_os_error()));
