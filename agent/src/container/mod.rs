@@ -19,6 +19,7 @@ pub mod cgroups;
 mod exec;
 mod exit_cell;
 mod exit_status;
+pub mod guest_devices;
 mod output;
 pub mod seccomp;
 mod spec_validation;
@@ -43,7 +44,7 @@ pub use self::exit_cell::{ExitCell, Exited};
 pub use self::exit_status::ExitStatus;
 use self::output::DrainGate;
 pub use self::output::OutputStream;
-pub use self::spec_validation::{validate_process, SpecError};
+pub use self::spec_validation::{check_joined_namespaces, validate_process, SpecError};
 use self::terminal::ConsoleSocket;
 use crate::init::reaper::{ChildExit, Reaper, ReaperError};
 

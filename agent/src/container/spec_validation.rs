@@ -4,7 +4,7 @@
 
 use std::path::{Component, Path};
 
-use oci_spec::runtime::{PosixRlimitType, Process, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Process, Spec};
 
 /// Where the kernel's ceiling for RLIMIT_NOFILE is.
 const NR_OPEN: &str = "/proc/sys/fs/nr_open";
@@ -36,6 +36,51 @@ pub enum SpecError {
     NofileAboveCeiling { value: u64, max: u64 },
     #[error("Process cwd {0:?} is not absolute")]
     RelativeCwd(String),
+    #[error(
+        "The {kind} namespace path {path:?} names no container of this pod: a container \
+         joins only the pid, ipc or uts namespace of a running container of its pod, \
+         as /proc/<its init pid>/ns/{kind}"
+    )]
+    ForeignNamespace { kind: String, path: String },
+}
+
+/// The file name of a namespace kind under /proc/<pid>/ns.
+fn ns_file(kind: LinuxNamespaceType) -> Option<&'static str> {
+    match kind {
+        LinuxNamespaceType::Pid => Some("pid"),
+        LinuxNamespaceType::Ipc => Some("ipc"),
+        LinuxNamespaceType::Uts => Some("uts"),
+        _ => None,
+    }
+}
+
+/// Refuses a namespace joined by path unless it is the pid, ipc or uts namespace of one
+/// of `pod_pids` (the init pids of the pod's running containers), named
+/// `/proc/<pid>/ns/<kind>`. That is how containerd's CRI joins a container to its pod
+/// (the shim reports guest pids, so the paths are the guest's); anything else would
+/// name a namespace of the guest's own, or of a process outside the pod.
+pub fn check_joined_namespaces(spec: &Spec, pod_pids: &[i32]) -> Result<(), SpecError> {
+    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
+    for ns in namespaces.into_iter().flatten() {
+        let Some(path) = ns.path() else { continue };
+        let kind = ns.typ();
+        let shown = path.display().to_string();
+        let refuse = || SpecError::ForeignNamespace {
+            kind: ns_file(kind).map_or_else(|| format!("{kind:?}").to_lowercase(), str::to_owned),
+            path: shown.clone(),
+        };
+        let file = ns_file(kind).ok_or_else(refuse)?;
+        let pid = shown
+            .strip_prefix("/proc/")
+            .and_then(|rest| rest.strip_suffix(&format!("/ns/{file}")))
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<i32>().ok())
+            .ok_or_else(refuse)?;
+        if !pod_pids.contains(&pid) {
+            return Err(refuse());
+        }
+    }
+    Ok(())
 }
 
 /// Refuses specs libcontainer would reject late, or accept unsafely.
@@ -187,6 +232,56 @@ mod tests {
         process.set_cwd("tmp".into());
         spec.set_process(Some(process));
         assert!(matches!(validate(&spec), Err(SpecError::RelativeCwd(_))));
+    }
+
+    fn joining(kind: LinuxNamespaceType, path: &str) -> Spec {
+        let mut spec = base();
+        let ns = oci_spec::runtime::LinuxNamespaceBuilder::default()
+            .typ(kind)
+            .path(path)
+            .build()
+            .unwrap();
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_namespaces(Some(vec![ns]));
+        spec.set_linux(Some(linux));
+        spec
+    }
+
+    #[test]
+    fn only_the_pods_pid_ipc_and_uts_namespaces_can_be_joined() {
+        use LinuxNamespaceType::*;
+        let pods = [7, 42];
+        for (kind, path) in [
+            (Pid, "/proc/42/ns/pid"),
+            (Ipc, "/proc/7/ns/ipc"),
+            (Uts, "/proc/42/ns/uts"),
+        ] {
+            assert_eq!(
+                check_joined_namespaces(&joining(kind, path), &pods),
+                Ok(()),
+                "{path}"
+            );
+        }
+        for (kind, path) in [
+            (Pid, "/proc/1/ns/pid"),  // the agent's own
+            (Pid, "/proc/43/ns/pid"), // not a container of the pod
+            (Pid, "/proc/42/ns/ipc"), // the wrong kind
+            (Ipc, "/proc/42/../1/ns/ipc"),
+            (Ipc, "/proc/+42/ns/ipc"),
+            (Uts, "/var/run/netns/x"),
+            (Network, "/proc/42/ns/net"), // the guest's network is the pod's already
+            (Mount, "/proc/42/ns/mnt"),
+            (User, "/proc/42/ns/user"),
+        ] {
+            let e = check_joined_namespaces(&joining(kind, path), &pods).unwrap_err();
+            assert!(
+                matches!(e, SpecError::ForeignNamespace { .. }),
+                "{path}: {e:?}"
+            );
+            assert!(e.to_string().contains(path), "{e}");
+        }
+        // The default spec's new namespaces need no pod.
+        assert_eq!(check_joined_namespaces(&base(), &[]), Ok(()));
     }
 
     #[test]

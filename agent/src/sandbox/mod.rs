@@ -365,8 +365,29 @@ impl Sandbox {
         spec.set_process(Some(process));
 
         let _create = lock(&self.create_lock);
-        if lock(&self.containers).contains_key(id) {
-            return Err(SandboxError::ContainerExists(id.to_string()));
+        {
+            let containers = lock(&self.containers);
+            if containers.contains_key(id) {
+                return Err(SandboxError::ContainerExists(id.to_string()));
+            }
+            let running: Vec<i32> = containers
+                .values()
+                .filter(|e| e.init.exit.get().is_none())
+                .map(|e| e.init.pid)
+                .collect();
+            container::check_joined_namespaces(&spec, &running).map_err(container::Error::from)?;
+        }
+        // The guest's network namespace is the pod's, where the spec's net.* sysctls
+        // belong (see `setup::take_net_sysctls`).
+        let net_sysctls = setup::take_net_sysctls(&mut spec);
+        setup::set_sysctls(&self.target, net_sysctls.iter())?;
+        // A privileged container gets the guest's devices (never the host's: on the host,
+        // `husk-agent serve` adds none).
+        if matches!(self.target, Target::Guest) {
+            let n = container::guest_devices::add_guest_devices(&mut spec, Path::new("/dev"));
+            if n > 0 {
+                info!("Container {id} is privileged: {n} guest devices added");
+            }
         }
         let (io, child) = if terminal {
             (None, container::ProcessStdio::default())

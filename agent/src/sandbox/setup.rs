@@ -8,6 +8,7 @@
 //! mounts are mounted under `<root>/sandbox/` (their destination re-rooted
 //! there), so a test can see them and DestroySandbox removes them.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -224,6 +225,36 @@ fn write_file(path: &Path, text: &str) -> Result<(), SetupError> {
     fs::write(path, text).map_err(apply(format!("write {}", path.display())))
 }
 
+/// Takes a container's `net.*` sysctls out of its spec, for [`set_sysctls`] to write.
+///
+/// Every container of a husk pod runs in the guest's network namespace, which is the
+/// pod's (the shim drops the spec's network namespace entry). libcontainer, like runc,
+/// refuses `net.*` sysctls for a container without a network namespace of its own (they
+/// would change the host's); here that namespace is the pod's, which is where the CRI
+/// means them to go (a pod's sysctls are the sandbox container's, and runc writes them
+/// in the pod's network namespace). The rest stay for libcontainer: the IPC ones go to
+/// the pod's IPC namespace, which the pod's containers join.
+pub fn take_net_sysctls(spec: &mut oci_spec::runtime::Spec) -> BTreeMap<String, String> {
+    let Some(mut linux) = spec.linux().clone() else {
+        return BTreeMap::new();
+    };
+    let Some(mut sysctls) = linux.sysctl().clone() else {
+        return BTreeMap::new();
+    };
+    let net: BTreeMap<String, String> = sysctls
+        .iter()
+        .filter(|(k, _)| k.starts_with("net."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if net.is_empty() {
+        return net;
+    }
+    sysctls.retain(|k, _| !net.contains_key(k));
+    linux.set_sysctl(Some(sysctls));
+    spec.set_linux(Some(linux));
+    net
+}
+
 /// Checks every sysctl first, then applies them (guest only).
 pub fn set_sysctls<'a>(
     target: &Target,
@@ -306,6 +337,33 @@ mod tests {
         for bad in ["", "a b", "a/b", &"x".repeat(65)] {
             assert!(check_hostname(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn net_sysctls_leave_the_spec_and_the_rest_stay() {
+        let mut spec = oci_spec::runtime::Spec::default();
+        assert!(take_net_sysctls(&mut spec).is_empty());
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_sysctl(Some(
+            [
+                ("net.ipv4.ip_local_port_range", "33000 34000"),
+                ("kernel.shm_rmid_forced", "1"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        ));
+        spec.set_linux(Some(linux));
+        let net = take_net_sysctls(&mut spec);
+        assert_eq!(
+            net.into_iter().collect::<Vec<_>>(),
+            [(
+                "net.ipv4.ip_local_port_range".to_owned(),
+                "33000 34000".to_owned()
+            )]
+        );
+        let left = spec.linux().as_ref().unwrap().sysctl().clone().unwrap();
+        assert_eq!(left.keys().collect::<Vec<_>>(), ["kernel.shm_rmid_forced"]);
     }
 
     #[test]

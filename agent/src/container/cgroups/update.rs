@@ -27,12 +27,17 @@ pub enum ResourcesError {
 pub const MAX_RESOURCES_JSON: usize = 64 * 1024;
 
 /// Parses and checks `resources_json` of an `UpdateContainerRequest`.
+///
+/// Device rules are dropped, as `runc update` ignores them: containerd's CRI sends the
+/// container's whole `linux.resources` on UpdateContainerResources, its device cgroup
+/// rules included, which are the container's from its creation and do not change.
 pub fn parse_resources(json: &[u8]) -> Result<LinuxResources, ResourcesError> {
     if json.len() > MAX_RESOURCES_JSON {
         return Err(ResourcesError::TooLarge(json.len()));
     }
-    let resources: LinuxResources =
+    let mut resources: LinuxResources =
         serde_json::from_slice(json).map_err(|e| ResourcesError::Json(e.to_string()))?;
+    resources.set_devices(None);
     validate(&resources)?;
     Ok(resources)
 }
@@ -50,9 +55,6 @@ const MIN_MEMORY: i64 = 1 << 20;
 
 /// Refuses values the kernel would refuse late or that make no sense.
 pub fn validate(r: &LinuxResources) -> Result<(), ResourcesError> {
-    if r.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-        return Err(ResourcesError::Unsupported("devices"));
-    }
     if let Some(memory) = r.memory() {
         let limit = memory.limit();
         for (field, value) in [
@@ -169,6 +171,13 @@ mod tests {
     #[test]
     fn empty_object_changes_nothing_and_is_fine() {
         assert!(parse_resources(b"{}").is_ok());
+        // The device rules containerd's CRI sends along are ignored, as by runc.
+        let r = parse_resources(
+            br#"{"devices":[{"allow":false,"access":"rwm"}],"memory":{"limit":67108864}}"#,
+        )
+        .unwrap();
+        assert!(r.devices().is_none());
+        assert_eq!(r.memory().as_ref().and_then(|m| m.limit()), Some(67108864));
     }
 
     #[test]
@@ -190,10 +199,6 @@ mod tests {
             (br#"{"cpu":{"cpus":"0-x"}}"#, "cpu.cpus \"0-x\""),
             (br#"{"cpu":{"cpus":"3-1"}}"#, "cpu.cpus \"3-1\""),
             (br#"{"blockIO":{"weight":5}}"#, "blockIO.weight is 5"),
-            (
-                br#"{"devices":[{"allow":false,"access":"rwm"}]}"#,
-                "devices is not supported",
-            ),
             (
                 br#"{"memory":{"limit":"lots"}}"#,
                 "not a valid linux.resources",
