@@ -249,23 +249,33 @@ mod tests {
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let wait_fd = wait_end.as_raw_fd();
         let release_fd = release.as_raw_fd();
-        let grandchild = build_in_child(move || {
-            // SAFETY: a plain fork; the grandchild only calls read, close
-            // and _exit.
-            let pid = unsafe { libc::fork() };
-            if pid == 0 {
-                let mut b = 0u8;
-                // SAFETY: close and read on inherited fds; b is a live byte.
-                unsafe {
-                    libc::close(release_fd);
-                    libc::read(wait_fd, (&mut b as *mut u8).cast(), 1);
-                    libc::_exit(0)
+        // The build runs on a thread so that a build waiting for the pipe's EOF (the
+        // bug this test is about) fails the test after a while instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = build_in_child(move || {
+                // SAFETY: a plain fork; the grandchild only calls read, close
+                // and _exit.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    let mut b = 0u8;
+                    // SAFETY: close and read on inherited fds; b is a live byte.
+                    unsafe {
+                        libc::close(release_fd);
+                        libc::read(wait_fd, (&mut b as *mut u8).cast(), 1);
+                        libc::_exit(0)
+                    }
                 }
-            }
-            Ok(pid)
-        })
-        .unwrap();
+                Ok(pid)
+            });
+            let _ = tx.send(r.map_err(|e| e.to_string()));
+        });
+        let answer = rx.recv_timeout(std::time::Duration::from_secs(60));
+        // Unblocks the grandchild whatever the answer (also on the panic below).
         drop(release);
+        let grandchild = answer
+            .expect("no answer while a grandchild held the report pipe")
+            .unwrap();
         drop(wait_end);
         // The grandchild was re-parented to init or a subreaper; it exits
         // now that the last write end is closed.
