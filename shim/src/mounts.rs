@@ -52,8 +52,9 @@ pub trait HostOps: Send + Sync {
         options: &[String],
         target: &Path,
     ) -> Result<(), MountError>;
-    /// Bind-mounts `source` (recursively) on `target`.
-    fn bind(&self, source: &Path, target: &Path) -> Result<(), MountError>;
+    /// Bind-mounts `source` (recursively) on `target`; `readonly` remounts the bind
+    /// read-only (its own mount; submounts keep their flags, as runc's `ro` bind).
+    fn bind(&self, source: &Path, target: &Path, readonly: bool) -> Result<(), MountError>;
     /// Detaches the mount on `target`.
     fn unmount(&self, target: &Path) -> Result<(), MountError>;
     /// The text of /proc/self/mountinfo.
@@ -81,7 +82,7 @@ impl HostOps for RealHost {
         )
     }
 
-    fn bind(&self, source: &Path, target: &Path) -> Result<(), MountError> {
+    fn bind(&self, source: &Path, target: &Path, readonly: bool) -> Result<(), MountError> {
         let err = |source_err| MountError::Bind {
             source_path: source.to_owned(),
             target: target.to_owned(),
@@ -102,6 +103,24 @@ impl HostOps for RealHost {
         };
         if rc != 0 {
             return Err(err(std::io::Error::last_os_error()));
+        }
+        if readonly {
+            // SAFETY: as above; a remount of the bind just made, with no data.
+            let rc = unsafe {
+                libc::mount(
+                    std::ptr::null(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                // SAFETY: `dst` is a NUL-terminated path that outlives the call.
+                unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
+                return Err(err(e));
+            }
         }
         Ok(())
     }
@@ -152,7 +171,7 @@ pub fn mount_rootfs(
 ) -> Result<(), MountError> {
     create_dir(target)?;
     if mounts.is_empty() {
-        return ops.bind(root_path, target);
+        return ops.bind(root_path, target, false);
     }
     for (i, m) in mounts.iter().enumerate() {
         if let Err(e) = ops.mount(&m.fs_type, &m.source, &m.options, target) {
@@ -167,8 +186,14 @@ pub fn mount_rootfs(
 }
 
 /// Makes `source` appear at `target` (in the share): a file bind for a file, a
-/// directory bind otherwise.
-pub fn share_path(ops: &dyn HostOps, source: &Path, target: &Path) -> Result<(), MountError> {
+/// directory bind otherwise; read-only on the host when the container mounts it so.
+/// A symlinked `source` is followed on the host (as runc does, and the CRI asks).
+pub fn share_path(
+    ops: &dyn HostOps,
+    source: &Path,
+    target: &Path,
+    readonly: bool,
+) -> Result<(), MountError> {
     let meta = std::fs::metadata(source).map_err(|e| MountError::Io {
         path: source.to_owned(),
         source: e,
@@ -189,7 +214,7 @@ pub fn share_path(ops: &dyn HostOps, source: &Path, target: &Path) -> Result<(),
                 source: e,
             })?;
     }
-    ops.bind(source, target)
+    ops.bind(source, target, readonly)
 }
 
 /// Decodes the octal escapes (`\040`) mountinfo uses in paths.
@@ -302,11 +327,12 @@ pub mod tests {
             self.table.lock().unwrap().push(target.to_owned());
             Ok(())
         }
-        fn bind(&self, source: &Path, target: &Path) -> Result<(), MountError> {
+        fn bind(&self, source: &Path, target: &Path, readonly: bool) -> Result<(), MountError> {
             self.calls.lock().unwrap().push(format!(
-                "bind {} {}",
+                "bind {} {}{}",
                 source.display(),
-                target.display()
+                target.display(),
+                if readonly { " ro" } else { "" }
             ));
             self.table.lock().unwrap().push(target.to_owned());
             Ok(())
@@ -431,11 +457,20 @@ pub mod tests {
         std::fs::write(d.join("hosts"), "127.0.0.1 x\n").unwrap();
         std::fs::create_dir(d.join("vol")).unwrap();
         let host = FakeHost::default();
-        share_path(&host, &d.join("hosts"), &d.join("s/c1/mounts/1-hosts")).unwrap();
-        share_path(&host, &d.join("vol"), &d.join("s/c1/mounts/2-vol")).unwrap();
+        share_path(
+            &host,
+            &d.join("hosts"),
+            &d.join("s/c1/mounts/1-hosts"),
+            true,
+        )
+        .unwrap();
+        share_path(&host, &d.join("vol"), &d.join("s/c1/mounts/2-vol"), false).unwrap();
         assert!(d.join("s/c1/mounts/1-hosts").is_file());
         assert!(d.join("s/c1/mounts/2-vol").is_dir());
-        assert!(share_path(&host, &d.join("missing"), &d.join("s/x")).is_err());
+        let calls = host.calls.lock().unwrap().clone();
+        assert!(calls[0].ends_with("1-hosts ro"), "{calls:?}");
+        assert!(calls[1].ends_with("2-vol"), "{calls:?}");
+        assert!(share_path(&host, &d.join("missing"), &d.join("s/x"), false).is_err());
         std::fs::remove_dir_all(&d).unwrap();
     }
 

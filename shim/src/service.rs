@@ -432,6 +432,8 @@ impl Inner {
             "create {id}: config {}",
             used.map_or("defaults".into(), |p| p.display().to_string())
         );
+        spec::check_no_host_namespaces(&spec_value)
+            .map_err(|e| status(Code::FAILED_PRECONDITION, e.to_string()))?;
         let guest = spec::adjust_for_guest(id, &raw)
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
         let pod = spec::pod_id(id, &spec_value);
@@ -505,6 +507,7 @@ impl Inner {
                 self.ops.as_ref(),
                 &b.host_source,
                 &sb.shared.join(&b.share_rel),
+                b.readonly,
             )
             .map_err(mount_err)?;
         }

@@ -22,6 +22,65 @@ pub enum SpecError {
     NotAnObject,
     #[error("Container id {0:?} cannot name a directory")]
     BadId(String),
+    #[error(
+        "husk: the pod asks to share the host's {0} namespace (hostNetwork, hostPID or \
+         hostIPC); a husk pod is a virtual machine with namespaces of its own and cannot \
+         share the host's: run it with another RuntimeClass"
+    )]
+    HostNamespace(&'static str),
+}
+
+/// The namespaces a CRI pod must have of its own: one missing from a CRI container's
+/// spec means the pod shares the host's (`hostNetwork`, `hostPID`, `hostIPC`).
+const POD_NAMESPACES: [&str; 3] = ["network", "pid", "ipc"];
+/// Namespaces a container of a pod may join by path: the pod's, as containerd's CRI
+/// names them, `/proc/<the sandbox task's pid>/ns/<kind>`. The pid is the one the shim
+/// reported, the guest's, so the path means the same in the guest and the agent joins
+/// it there (after checking it is a container of the pod).
+const JOINABLE_NAMESPACES: [&str; 3] = ["pid", "ipc", "uts"];
+
+/// Refuses a CRI container that shares a host namespace (see [`POD_NAMESPACES`]).
+/// Plain `ctr` containers are not checked: without `--with-ns`, a container without a
+/// network namespace entry simply gets a guest network of its own.
+pub fn check_no_host_namespaces(spec: &Value) -> Result<(), SpecError> {
+    let annotations = spec.get("annotations");
+    if annotations
+        .and_then(|a| a.get(CONTAINER_TYPE_ANNOTATION))
+        .is_none()
+    {
+        return Ok(());
+    }
+    let namespaces = spec
+        .get("linux")
+        .and_then(|l| l.get("namespaces"))
+        .and_then(Value::as_array);
+    let has = |kind: &str| {
+        namespaces.is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.get("type").and_then(Value::as_str) == Some(kind))
+        })
+    };
+    match POD_NAMESPACES.into_iter().find(|k| !has(k)) {
+        Some(kind) => Err(SpecError::HostNamespace(kind)),
+        None => Ok(()),
+    }
+}
+
+/// Whether the guest keeps a namespace entry: new namespaces (no path) except the
+/// network (the guest's network is the pod's), and the pod's pid/ipc/uts joined by
+/// `/proc/<pid>/ns/<kind>`.
+fn guest_keeps_namespace(ns: &Value) -> bool {
+    let kind = ns.get("type").and_then(Value::as_str).unwrap_or("");
+    match ns.get("path").and_then(Value::as_str) {
+        None | Some("") => kind != "network",
+        Some(path) => {
+            JOINABLE_NAMESPACES.contains(&kind)
+                && path
+                    .strip_prefix("/proc/")
+                    .and_then(|r| r.strip_suffix(&format!("/ns/{kind}")))
+                    .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        }
+    }
 }
 
 /// The pod a container belongs to: its CRI sandbox for a CRI container, otherwise the
@@ -77,6 +136,9 @@ pub struct SharedBind {
     pub host_source: PathBuf,
     /// Its place in the share, relative to the shared dir.
     pub share_rel: PathBuf,
+    /// The spec mounts it read-only (`ro`): the share's bind is read-only on the host
+    /// too, so a guest that ignores its own mount flags still cannot write it.
+    pub readonly: bool,
 }
 
 /// The spec the agent gets, and the host paths to share for it.
@@ -102,8 +164,9 @@ fn is_bind(mount: &Value) -> bool {
 /// - `root.path` becomes the container's rootfs in the share;
 /// - bind mounts of host paths are shared: their sources move into the share;
 /// - host devices (`linux.devices`), host hooks and Intel RDT go (they name host things);
-/// - namespaces joined by host path (`/proc/<pid>/ns/...`) and the network namespace go:
-///   the VM is the pod's boundary, and its containers share the guest's network;
+/// - the network namespace goes (the VM is the pod's boundary, and its containers share
+///   the guest's network), as do namespaces joined by host path, except the pod's pid,
+///   ipc and uts namespaces (see [`JOINABLE_NAMESPACES`]);
 /// - the cgroup path is one inside the guest (`/husk/<container>`).
 pub fn adjust_for_guest(container_id: &str, spec: &[u8]) -> Result<GuestSpec, SpecError> {
     let rel = container_rel_dir(container_id)?;
@@ -136,9 +199,14 @@ pub fn adjust_for_guest(container_id: &str, spec: &[u8]) -> Result<GuestSpec, Sp
                 .unwrap_or_else(|| "root".into());
             let share_rel = rel.join("mounts").join(format!("{i}-{name}"));
             let guest = Path::new(GUEST_SHARED_DIR).join(&share_rel);
+            let readonly = m
+                .get("options")
+                .and_then(Value::as_array)
+                .is_some_and(|o| o.iter().any(|v| v.as_str() == Some("ro")));
             binds.push(SharedBind {
                 host_source: PathBuf::from(src),
                 share_rel,
+                readonly,
             });
             m["source"] = Value::String(guest.to_string_lossy().into_owned());
         }
@@ -158,9 +226,7 @@ pub fn adjust_for_guest(container_id: &str, spec: &[u8]) -> Result<GuestSpec, Sp
             Value::String(format!("/husk/{container_id}")),
         );
         if let Some(ns) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
-            ns.retain(|n| {
-                n.get("path").is_none() && n.get("type").and_then(Value::as_str) != Some("network")
-            });
+            ns.retain(guest_keeps_namespace);
         }
     }
     Ok(GuestSpec {
@@ -303,9 +369,10 @@ mod tests {
                 "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}],
                 "resources": {"devices": [{"allow": false, "access": "rwm"}]},
                 "namespaces": [
-                    {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
-                    {"type": "network"},
-                    {"type": "ipc", "path": "/proc/42/ns/ipc"}
+                    {"type": "pid", "path": "/proc/42/ns/pid"}, {"type": "ipc"},
+                    {"type": "uts", "path": "/proc/42/ns/net"}, {"type": "mount"},
+                    {"type": "network"}, {"type": "cgroup", "path": "/proc/42/ns/cgroup"},
+                    {"type": "user", "path": "/proc/1/ns/user"}
                 ]
             }
         })
@@ -370,11 +437,43 @@ mod tests {
             .iter()
             .map(|n| n["type"].as_str().unwrap())
             .collect();
-        assert_eq!(ns, ["pid", "ipc", "uts", "mount"]);
+        // The pod's pid namespace joined by /proc/<pid>/ns/pid stays (the pid is the
+        // guest's); a path of the wrong kind, the network and other joins go.
+        assert_eq!(ns, ["pid", "ipc", "mount"]);
+        assert_eq!(s["linux"]["namespaces"][0]["path"], "/proc/42/ns/pid");
         // Untouched fields survive.
         assert_eq!(s["hostname"], "c1");
         assert_eq!(s["process"]["args"][1], "hello");
         assert!(!g.terminal);
+    }
+
+    #[test]
+    fn cri_pods_sharing_a_host_namespace_are_refused() {
+        let cri = |ns: Value| {
+            json!({"annotations": {CONTAINER_TYPE_ANNOTATION: "sandbox"},
+                   "linux": {"namespaces": ns}})
+        };
+        let all = json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
+                         {"type": "network", "path": "/var/run/netns/cni-1"}]);
+        assert!(check_no_host_namespaces(&cri(all)).is_ok());
+        for (missing, ns) in [
+            ("network", json!([{"type": "pid"}, {"type": "ipc"}])),
+            ("pid", json!([{"type": "ipc"}, {"type": "network"}])),
+            ("ipc", json!([{"type": "pid"}, {"type": "network"}])),
+        ] {
+            let e = check_no_host_namespaces(&cri(ns)).unwrap_err();
+            assert!(
+                matches!(e, SpecError::HostNamespace(k) if k == missing),
+                "{e:?}"
+            );
+            assert!(
+                e.to_string()
+                    .contains(&format!("host's {missing} namespace")),
+                "{e}"
+            );
+        }
+        // Not a CRI container: a ctr container without a network entry is not refused.
+        assert!(check_no_host_namespaces(&json!({"linux": {"namespaces": []}})).is_ok());
     }
 
     #[test]
@@ -395,11 +494,13 @@ mod tests {
             vec![
                 SharedBind {
                     host_source: "/var/lib/x/hosts".into(),
-                    share_rel: "c1/mounts/1-hosts".into()
+                    share_rel: "c1/mounts/1-hosts".into(),
+                    readonly: true,
                 },
                 SharedBind {
                     host_source: "/srv/data".into(),
-                    share_rel: "c1/mounts/2-data".into()
+                    share_rel: "c1/mounts/2-data".into(),
+                    readonly: false,
                 },
             ]
         );
