@@ -17,6 +17,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -88,10 +89,28 @@ pub fn offered_features(mtu: Option<u16>) -> u64 {
         VIRTIO_NET_F_STATUS,
     ];
     let mut f = bits.iter().fold(VIRTIO_F_VERSION_1, |f, b| f | (1u64 << b));
+    // Notification suppression both ways: the guest kicks a queue only when the device
+    // asked (it drained it), and takes an interrupt only when it asked.
+    f |= 1u64 << VIRTIO_RING_F_EVENT_IDX;
     if mtu.is_some() {
         f |= 1 << VIRTIO_NET_F_MTU;
     }
     f
+}
+
+/// Asks the guest to kick `queue` when it adds a buffer past those it has made available
+/// (the device holds a frame they cannot take: the partly collected chains stay in the
+/// ring, so `next_avail` is behind the available index and the request must name the
+/// available index itself). Returns whether buffers were added meanwhile (look again).
+pub(super) fn ask_for_new_buffers(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    let Ok(avail) = queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) else {
+        return false;
+    };
+    let next = queue.next_avail();
+    queue.set_next_avail(avail.0);
+    let more = queue.enable_notification(mem).unwrap_or(false);
+    queue.set_next_avail(next);
+    more
 }
 
 /// The tap offloads (TUN_F_*) matching what the driver accepts: the tap may hand us
@@ -134,6 +153,9 @@ pub fn feature_names(features: u64) -> String {
     let mut v: Vec<&str> = Vec::new();
     if features & VIRTIO_F_VERSION_1 != 0 {
         v.push("VERSION_1");
+    }
+    if features & (1u64 << VIRTIO_RING_F_EVENT_IDX) != 0 {
+        v.push("RING_EVENT_IDX");
     }
     v.extend(
         NAMES
@@ -297,18 +319,35 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
         }
         let mrg = active.acked_features & (1u64 << VIRTIO_NET_F_MRG_RXBUF) != 0;
         let budget = usize::from(active.rx_queue.size());
-        let pass = rx::process_rx(
-            &mut active.rx_queue,
-            &active.mem,
-            &mut self.tap,
-            &mut self.rx,
-            mrg,
-            &self.metrics,
-            &mut self.warn,
-            budget,
-        );
+        // The guest need not kick rx while it has buffers here: notifications are asked
+        // for only when the device runs out (and then the ring is looked at once more,
+        // for buffers added before the guest saw the request).
+        let _ = active.rx_queue.disable_notification(&active.mem);
+        let mut used = 0;
+        let pass = loop {
+            let pass = rx::process_rx(
+                &mut active.rx_queue,
+                &active.mem,
+                &mut self.tap,
+                &mut self.rx,
+                mrg,
+                &self.metrics,
+                &mut self.warn,
+                budget,
+            );
+            used += pass.used;
+            if pass.wait != RxWait::Guest || !ask_for_new_buffers(&mut active.rx_queue, &active.mem)
+            {
+                break pass;
+            }
+        };
         self.rx_wait = pass.wait;
-        if pass.used > 0 {
+        if used > 0
+            && active
+                .rx_queue
+                .needs_notification(&active.mem)
+                .unwrap_or(true)
+        {
             active.irq.trigger(INT_VRING);
             self.metrics.interrupts.fetch_add(1, Ordering::Relaxed);
         }
@@ -324,17 +363,37 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
             return;
         };
         let budget = usize::from(active.tx_queue.size());
-        let pass = tx::process_tx(
-            &mut active.tx_queue,
-            &active.mem,
-            &mut self.tap,
-            &mut self.tx,
-            &self.metrics,
-            &mut self.warn,
-            budget,
-        );
+        // No kicks while the device drains the ring; asked for again once it is empty,
+        // with one more look for chains added meanwhile.
+        let _ = active.tx_queue.disable_notification(&active.mem);
+        let mut used = 0;
+        let pass = loop {
+            let pass = tx::process_tx(
+                &mut active.tx_queue,
+                &active.mem,
+                &mut self.tap,
+                &mut self.tx,
+                &self.metrics,
+                &mut self.warn,
+                budget,
+            );
+            used += pass.used;
+            if pass.wait != TxWait::Guest
+                || !active
+                    .tx_queue
+                    .enable_notification(&active.mem)
+                    .unwrap_or(false)
+            {
+                break pass;
+            }
+        };
         self.tx_wait = pass.wait;
-        if pass.used > 0 {
+        if used > 0
+            && active
+                .tx_queue
+                .needs_notification(&active.mem)
+                .unwrap_or(true)
+        {
             active.irq.trigger(INT_VRING);
             self.metrics.interrupts.fetch_add(1, Ordering::Relaxed);
         }
@@ -434,12 +493,15 @@ impl<T: TapIo + AsRawFd + Send + 'static> VirtioDevice for Net<T> {
             }
         }
         let mut queues = queues.into_iter();
-        let (Some(rx_queue), Some(tx_queue)) = (queues.next(), queues.next()) else {
+        let (Some(mut rx_queue), Some(mut tx_queue)) = (queues.next(), queues.next()) else {
             return Err(ActivateError::QueueCount {
                 expected: NUM_QUEUES,
                 got: 0,
             });
         };
+        let event_idx = acked_features & (1u64 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        rx_queue.set_event_idx(event_idx);
+        tx_queue.set_event_idx(event_idx);
         self.active = Some(Active {
             mem,
             rx_queue,

@@ -23,7 +23,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::device::{Net, NetError, NetMetrics};
+pub use self::device::{feature_names, Net, NetError, NetMetrics};
 
 /// Length of `struct virtio_net_hdr_v1` in front of every frame, both ways.
 pub const VNET_HDR_LEN: usize = 12;

@@ -17,7 +17,7 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::device::{offered_features, tap_offloads, Net};
+use super::device::{ask_for_new_buffers, offered_features, tap_offloads, Net};
 use super::rx::{process_rx, RxState, RxWait};
 use super::tap::TapIo;
 use super::tx::{process_tx, TxState, TxWait, MAX_TX_LEN};
@@ -775,4 +775,41 @@ fn the_device_on_an_event_loop() {
     assert_eq!(metrics.rx_dropped.load(Ordering::Relaxed), 1);
     peer_write(&peer, &frame(50, 2)).unwrap();
     assert_eq!(ops.run_with_timeout(50).unwrap(), 0);
+}
+
+#[test]
+fn a_held_rx_frame_asks_for_a_kick_on_the_next_buffer_with_event_idx() {
+    // Two buffers made available, too small for the held frame: the device rewound
+    // next_avail to 0 (it takes them again with more), so the kick it asks for must be
+    // past index 2, where the guest adds next, not at 0, which the guest passed already.
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    add_chains(&vq, 0, &[&[(BUF, 64, W)], &[(BUF + 64, 64, W)]]);
+    let mut q: Queue = vq.create_queue().unwrap();
+    q.set_event_idx(true);
+    assert_eq!(q.next_avail(), 0);
+    // avail_event follows the used ring's 16 elements (`start()` is the ring's).
+    let avail_event = |m: &GuestMemoryMmap| {
+        m.read_obj::<u16>(GuestAddress(vq.used().start().0 + 8 * 16))
+            .unwrap()
+    };
+    assert!(
+        !ask_for_new_buffers(&mut q, &m),
+        "no buffer was added meanwhile"
+    );
+    assert_eq!(avail_event(&m), 2);
+    assert_eq!(q.next_avail(), 0, "the collected chains stay available");
+    // The guest adds a third, still not enough: the next request is past it.
+    add_chains(&vq, 2, &[&[(BUF + 128, 64, W)]]);
+    assert!(!ask_for_new_buffers(&mut q, &m));
+    assert_eq!(avail_event(&m), 3);
+    assert_eq!(q.next_avail(), 0);
+}
+
+#[test]
+fn event_idx_is_offered() {
+    assert_ne!(
+        offered_features(None) & (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX),
+        0
+    );
 }
