@@ -16,7 +16,7 @@ DESTDIR    ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 DIST    := build/dist/husk-$(VERSION)-x86_64
 
-.PHONY: deps kernel agent initramfs image vmm bins lint unit integration test demo bench bench-devices bench-agent bench-shim bench-net test-shim test-net fuzz clean release stage install uninstall dist check test-install test-install-vm
+.PHONY: deps kernel agent initramfs image vmm bins lint unit integration test demo demo-pod bench bench-devices bench-agent bench-shim bench-net test-shim test-net test-cri fuzz clean release stage install uninstall dist check test-install test-install-vm
 
 deps:
 	scripts/install-deps.sh
@@ -49,12 +49,14 @@ lint:
 unit: deps vmm
 	HUSK_REQUIRE_VIRTIOFSD=1 $(CARGO) test --workspace
 
-# Loops are short here (10 shim run/remove cycles, 3 network teardown cycles); the long
-# versions are `make test-shim` (50) and `make test-net` (20).
+# Loops and transfers are short here (5 shim run/remove cycles, 3 network teardown
+# cycles, 16 MiB each way through a pod's network, 1 CRI pod cycle); the long versions
+# are `make test-shim` (50 cycles), `make test-net` (20 cycles, 64 MiB) and `make
+# test-cri` (20 pod cycles).
 integration: image vmm
-	HUSK_SHIM_CYCLES=$${HUSK_SHIM_CYCLES:-10} HUSK_NET_CYCLES=$${HUSK_NET_CYCLES:-3} scripts/integration.sh
+	HUSK_SHIM_CYCLES=$${HUSK_SHIM_CYCLES:-5} HUSK_NET_CYCLES=$${HUSK_NET_CYCLES:-3} HUSK_NET_TEST_MIB=$${HUSK_NET_TEST_MIB:-16} HUSK_CRI_CYCLES=$${HUSK_CRI_CYCLES:-1} scripts/integration.sh
 
-# Only the containerd shim's end-to-end tests (also part of `make test`, with 10 cycles),
+# Only the containerd shim's end-to-end tests (also part of `make test`, with 5 cycles),
 # with 50 run/remove cycles unless HUSK_SHIM_CYCLES says otherwise.
 test-shim: image vmm
 	HUSK_INTEGRATION_ONLY=shim HUSK_SHIM_CYCLES=$${HUSK_SHIM_CYCLES:-50} HUSK_INTEGRATION_IDLE=$${HUSK_INTEGRATION_IDLE:-600} scripts/integration.sh
@@ -62,7 +64,12 @@ test-shim: image vmm
 # Only the pod-network tests (also part of `make test`, with 3 teardown cycles), under runc
 # and husk, with 20 run/remove cycles unless HUSK_NET_CYCLES says otherwise.
 test-net: image vmm
-	HUSK_INTEGRATION_ONLY=network HUSK_NET_CYCLES=$${HUSK_NET_CYCLES:-20} scripts/integration.sh
+	HUSK_INTEGRATION_ONLY=network HUSK_NET_CYCLES=$${HUSK_NET_CYCLES:-20} HUSK_NET_TEST_MIB=$${HUSK_NET_TEST_MIB:-64} scripts/integration.sh
+
+# Only the CRI tests (also part of `make test`, with 1 pod cycle), under runc and husk,
+# with 20 pod cycles in the lifecycle test unless HUSK_CRI_CYCLES says otherwise.
+test-cri: image vmm
+	HUSK_INTEGRATION_ONLY=cri HUSK_CRI_CYCLES=$${HUSK_CRI_CYCLES:-20} scripts/integration.sh
 
 test: deps lint unit fuzz test-install integration test-install-vm
 
@@ -100,6 +107,11 @@ test-install-vm: dist
 
 demo: image vmm bins
 	scripts/demo.sh
+
+# A two-container pod under husk through containerd's CRI (RuntimeClass handler husk), its
+# page fetched from the node by pod IP (in the test host where needed).
+demo-pod: image vmm bins
+	scripts/in-kvm.sh --timeout 1800 -- target/release/husk-demo-pod
 
 bench: image vmm bins
 	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-boot --runs $${RUNS:-10}

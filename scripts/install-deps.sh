@@ -16,8 +16,8 @@ packages=(
     # script(1) for `ctr task exec -t`
     containerd runc bsdutils
     # pod networking tests and benchmark: CNI plugins (bridge, host-local, loopback in
-    # /usr/lib/cni), ip netns / tuntap and tc
-    containernetworking-plugins iproute2
+    # /usr/lib/cni; portmap needs iptables), ip netns / tuntap and tc
+    containernetworking-plugins iptables iproute2
     # the CRI tests' client (crate husk-cri): k8s-cri compiles the CRI protos with protoc
     protobuf-compiler
 )

@@ -237,6 +237,53 @@ impl Cri {
         .map(drop)
     }
 
+    /// UpdateContainerResources: the container's new Linux resources.
+    pub fn update_container_resources(
+        &self,
+        id: &str,
+        linux: api::LinuxContainerResources,
+    ) -> Result<()> {
+        let mut c = self.runtime.clone();
+        let req = api::UpdateContainerResourcesRequest {
+            container_id: id.into(),
+            linux: Some(linux),
+            ..Default::default()
+        };
+        self.call("UpdateContainerResources", self.timeout, async move {
+            c.update_container_resources(req).await
+        })
+        .map(drop)
+    }
+
+    /// ContainerStats: the container's CPU and memory figures.
+    pub fn container_stats(&self, id: &str) -> Result<api::ContainerStats> {
+        let mut c = self.runtime.clone();
+        let req = api::ContainerStatsRequest {
+            container_id: id.into(),
+        };
+        self.call("ContainerStats", self.timeout, async move {
+            c.container_stats(req).await
+        })?
+        .stats
+        .ok_or(CriError::Missing {
+            call: "ContainerStats",
+            field: "stats",
+        })
+    }
+
+    /// ReopenContainerLog: the runtime closes the container's log file and opens it
+    /// again at its path (after a log rotation moved it).
+    pub fn reopen_container_log(&self, id: &str) -> Result<()> {
+        let mut c = self.runtime.clone();
+        let req = api::ReopenContainerLogRequest {
+            container_id: id.into(),
+        };
+        self.call("ReopenContainerLog", self.timeout, async move {
+            c.reopen_container_log(req).await
+        })
+        .map(drop)
+    }
+
     pub fn container_status(&self, id: &str) -> Result<api::ContainerStatus> {
         let mut c = self.runtime.clone();
         let req = api::ContainerStatusRequest {

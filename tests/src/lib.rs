@@ -35,6 +35,7 @@ macro_rules! under_runc_and_husk {
 pub mod busybox_bundle;
 pub mod cni;
 pub mod containerd;
+pub mod cri_node;
 pub mod guest;
 pub mod oci_image;
 

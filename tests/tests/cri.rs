@@ -6,142 +6,22 @@
 //! test runs under handler `runc` (the reference: a test that fails there is a test bug)
 //! and handler `husk`.
 //!
-//! The CNI bridge is made by containerd's CRI plugin in the node's (the test host's)
-//! root network namespace, as on a Kubernetes node: a private name (`hcri<N>`) and
-//! /24 of 10.89.0.0/16 with no uplink or masquerade, deleted after the test.
+//! The node (containerd, its CNI bridge, the images) is `husk_tests::cri_node`.
 //!
 //! All are `#[ignore]`d for a plain `cargo test` (they need root, containerd and the CNI
 //! plugins; husk's boot guests): `make test` runs them (in the test host where needed).
-//! `HUSK_CRI_CYCLES` (default 2) pod cycles in the lifecycle test.
+//! `HUSK_CRI_CYCLES` (default 2; 1 in `make test`) pod cycles in the lifecycle test.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-use husk_cri::{api, container_config, pod_config, Cri};
-use husk_tests::boot_timeout;
-use husk_tests::containerd::{build_pause_archive, Containerd, HuskToml, BUSYBOX_IMAGE};
+use husk_cri::{api, container_config, pod_config};
+use husk_tests::containerd::BUSYBOX_IMAGE;
+use husk_tests::cri_node::{http_get, wait_for, Node};
 use husk_tests::guest::TempDir;
 
 const RUNC: &str = "runc";
 const HUSK: &str = "husk";
-
-/// A node: containerd with the CRI plugin, its CNI network and images.
-struct Node {
-    containerd: Containerd,
-    cri: Cri,
-    bridge: String,
-    /// The pod subnet's first three octets.
-    prefix: String,
-    logs: TempDir,
-    _cni: TempDir,
-}
-
-impl Node {
-    fn start() -> Node {
-        husk_tests::cni::check_tools().unwrap();
-        let n = std::process::id() % 250 + 1;
-        let bridge = format!("hcri{n}");
-        let prefix = format!("10.89.{n}");
-        let cni = TempDir::new("cri-cni").unwrap();
-        let conflist = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": format!("husk-cri-{n}"),
-            "plugins": [
-                {
-                    "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
-                    "hairpinMode": true,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": format!("{prefix}.0/24")}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                        "dataDir": cni.path().join("ipam"),
-                    },
-                },
-                {"type": "portmap", "capabilities": {"portMappings": true}},
-            ],
-        });
-        std::fs::write(
-            cni.path().join("10-husk-cri.conflist"),
-            serde_json::to_vec_pretty(&conflist).unwrap(),
-        )
-        .unwrap();
-        let containerd = Containerd::start_cri(&HuskToml::default(), cni.path()).unwrap();
-        containerd.import_busybox().unwrap();
-        let pause = build_pause_archive(containerd.dir.path()).unwrap();
-        let o = containerd
-            .ctr(&["images", "import", pause.to_str().unwrap()])
-            .unwrap();
-        assert_eq!(o.code(), Some(0), "import pause: {}{}", o.stdout, o.stderr);
-        let cri = Cri::connect(
-            containerd.cri_socket(),
-            boot_timeout() + Duration::from_secs(120),
-        )
-        .unwrap();
-        let v = cri
-            .version()
-            .unwrap_or_else(|e| panic!("CRI Version: {e}\n{}", containerd.log()));
-        eprintln!("CRI: {} {}", v.runtime_name, v.runtime_version);
-        assert!(cri.image_present(BUSYBOX_IMAGE).unwrap());
-        Node {
-            containerd,
-            cri,
-            bridge,
-            prefix,
-            logs: TempDir::new("cri-logs").unwrap(),
-            _cni: cni,
-        }
-    }
-
-    /// What went wrong, for a failed assertion: containerd's log tail and the pods.
-    fn explain(&self) -> String {
-        let log = self.containerd.log();
-        let tail: String = log
-            .lines()
-            .rev()
-            .take(80)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        format!(
-            "--- containerd log tail ---\n{tail}\n--- pods ---\n{}",
-            self.containerd.pod_report()
-        )
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "{what}: not after {timeout:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// An HTTP GET from the node to `ip:port`; the response's body.
-fn http_get(ip: &str, port: u16, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(
-        &format!("{ip}:{port}").parse().expect("address"),
-        Duration::from_secs(10),
-    )?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    Ok(out
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_owned()))
-}
 
 /// One pod, as a kubelet runs it: sandbox READY with an IP of the CNI range, a busybox
 /// container serving HTTP on the pod IP, ExecSync (output, exit code, a timeout that
@@ -271,4 +151,731 @@ fn a_pod_from_scratch_images_and_a_clear_error(handler: &str) {
     assert!(left.is_empty(), "{handler} left:\n{left}");
 }
 
-husk_tests::under_runc_and_husk!(super::RUNC, super::HUSK;pod_lifecycle, a_pod_from_scratch_images_and_a_clear_error);
+/// Runs `args` in container `id` and returns its stdout, failing the test on a nonzero
+/// exit (with stderr).
+fn run_in(node: &Node, id: &str, args: &[&str]) -> String {
+    let r = node
+        .cri
+        .exec_sync(id, args, 0)
+        .unwrap_or_else(|e| panic!("ExecSync {args:?} in {id}: {e}"));
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{args:?} in {id}: exit {}\nstdout: {}\nstderr: {}",
+        r.exit_code,
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
+/// Runs each `(key, shell command)` in container `id` in one ExecSync and returns each
+/// command's output (stdout and stderr) by key. Each marker line starts a line of its own
+/// (an output without a final newline, /proc/1/cmdline's, cannot swallow it), so an
+/// output may end with an empty line: compare trimmed.
+fn facts(node: &Node, id: &str, checks: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let script: String = checks
+        .iter()
+        .map(|(k, cmd)| format!("echo; echo '@@{k}'; ( {cmd} ) 2>&1; "))
+        .collect();
+    let out = run_in(node, id, &["sh", "-c", &script]);
+    let mut map = BTreeMap::new();
+    let mut key: Option<String> = None;
+    for line in out.lines() {
+        if let Some(k) = line.strip_prefix("@@") {
+            key = Some(k.to_owned());
+            map.insert(k.to_owned(), String::new());
+        } else if let Some(k) = &key {
+            let v = map.get_mut(k).expect("inserted");
+            v.push_str(line);
+            v.push('\n');
+        }
+    }
+    for (k, _) in checks {
+        assert!(map.contains_key(*k), "no answer for {k} in {id}:\n{out}");
+    }
+    map
+}
+
+fn host_mount(container: &str, host: &std::path::Path, readonly: bool) -> api::Mount {
+    api::Mount {
+        container_path: container.into(),
+        host_path: host.display().to_string(),
+        readonly,
+        ..Default::default()
+    }
+}
+
+fn pid_namespace(config: &mut api::ContainerConfig, mode: api::NamespaceMode) {
+    let linux = config.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    sc.namespace_options
+        .get_or_insert_with(Default::default)
+        .pid = mode as i32;
+}
+
+/// A pod of three containers, as a Deployment with sidecars runs: `web` and `logger`
+/// share the pod's PID namespace (`shareProcessNamespace`), `solo` has its own; all share the pod's
+/// IPC, UTS and network namespaces, its DNS config and sysctls, and an emptyDir. `web`
+/// has hostPath volumes: read-write, read-only, and one whose host path is a symlink.
+/// HTTP from one container to the other over localhost, and from the node to the pod IP
+/// and to a hostPort on 127.0.0.1; container logs (10,000 lines, a rotation with
+/// ReopenContainerLog).
+fn a_pod_of_three_containers(handler: &str) {
+    let node = Node::start();
+    let vols = TempDir::new("cri-vols").unwrap();
+    let dir = |n: &str| {
+        let d = vols.path().join(n);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let (rw, ro, target, empty) = (dir("rw"), dir("ro"), dir("target"), dir("empty"));
+    std::fs::write(rw.join("from-host"), "host-rw\n").unwrap();
+    std::fs::write(ro.join("ro-file"), "host-ro\n").unwrap();
+    std::fs::write(target.join("through-link"), "via-symlink\n").unwrap();
+    let link = vols.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+
+    let log_dir = node.logs.path().join("duo");
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let mut pod_cfg = pod_config("duo", "uid-duo", &log_dir);
+    // hostPort on the node's loopback (CNI portmap), a port of this run's own.
+    let host_port = 18000 + (std::process::id() % 1000) as i32;
+    pod_cfg.port_mappings = vec![api::PortMapping {
+        protocol: api::Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port,
+        host_ip: "127.0.0.1".into(),
+    }];
+    pod_cfg.dns_config = Some(api::DnsConfig {
+        servers: vec!["10.89.0.53".into()],
+        searches: vec!["husk.test".into()],
+        options: vec!["ndots:3".into()],
+    });
+    {
+        let linux = pod_cfg.linux.as_mut().unwrap();
+        linux.sysctls = [
+            ("net.ipv4.ip_local_port_range", "33000 34000"),
+            ("kernel.shm_rmid_forced", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let ns = linux
+            .security_context
+            .as_mut()
+            .unwrap()
+            .namespace_options
+            .as_mut()
+            .unwrap();
+        ns.pid = api::NamespaceMode::Pod as i32;
+    }
+    let pod = node
+        .cri
+        .run_pod_sandbox(&pod_cfg, handler)
+        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", node.explain()));
+
+    let mut web = container_config(
+        "web",
+        BUSYBOX_IMAGE,
+        &["sh", "-c", "echo web-started; echo from-web > /shared/note; mkdir -p /www && echo web-page > /www/index.html && exec httpd -f -p 8080 -h /www"],
+    );
+    pid_namespace(&mut web, api::NamespaceMode::Pod);
+    web.mounts = vec![
+        host_mount("/data/rw", &rw, false),
+        host_mount("/data/ro", &ro, true),
+        host_mount("/data/link", &link, false),
+        host_mount("/shared", &empty, false),
+    ];
+    let mut solo = container_config("solo", BUSYBOX_IMAGE, &["sleep", "3600"]);
+    pid_namespace(&mut solo, api::NamespaceMode::Container);
+    solo.mounts = vec![host_mount("/shared", &empty, false)];
+    let mut logger = container_config(
+        "logger",
+        BUSYBOX_IMAGE,
+        &["sh", "-c", "seq 1 10000; while [ ! -e /tmp/rotated ]; do sleep 0.2; done; echo after-reopen; exec sleep 3600"],
+    );
+    pid_namespace(&mut logger, api::NamespaceMode::Pod);
+    let mut ids = Vec::new();
+    for c in [&web, &solo, &logger] {
+        let id = node
+            .cri
+            .create_container(&pod, c, &pod_cfg)
+            .unwrap_or_else(|e| panic!("CreateContainer ({handler}): {e}\n{}", node.explain()));
+        node.cri
+            .start_container(&id)
+            .unwrap_or_else(|e| panic!("StartContainer ({handler}): {e}\n{}", node.explain()));
+        ids.push(id);
+    }
+    let (web_id, solo_id, logger_id) = (ids[0].as_str(), ids[1].as_str(), ids[2].as_str());
+    wait_for("web's start-up", Duration::from_secs(60), || {
+        empty.join("note").exists()
+    });
+
+    // What each container sees, one ExecSync each (every ExecSync is a process built in
+    // the pod; batching keeps the test short under emulation).
+    let common: &[(&str, &str)] = &[
+        ("init", "tr '\\0' ' ' < /proc/1/cmdline"),
+        ("ps", "ps -o args"),
+        ("ipc", "readlink /proc/self/ns/ipc"),
+        ("uts", "readlink /proc/self/ns/uts"),
+        ("hostname", "hostname"),
+        ("resolv", "cat /etc/resolv.conf"),
+        ("port_range", "cat /proc/sys/net/ipv4/ip_local_port_range"),
+        ("shm_rmid_forced", "cat /proc/sys/kernel/shm_rmid_forced"),
+    ];
+    let web_only: &[(&str, &str)] = &[
+        ("rw_read", "cat /data/rw/from-host"),
+        (
+            "rw_write",
+            "echo from-pod > /data/rw/from-pod && echo written",
+        ),
+        ("ro_read", "cat /data/ro/ro-file"),
+        ("ro_write", "touch /data/ro/new; echo rc=$?"),
+        ("link", "cat /data/link/through-link"),
+    ];
+    let solo_only: &[(&str, &str)] = &[
+        ("http", "wget -q -O - http://127.0.0.1:8080/index.html"),
+        (
+            "empty_dir",
+            "cat /shared/note && echo from-solo > /shared/reply",
+        ),
+    ];
+    let web = facts(&node, web_id, &[common, web_only].concat());
+    let solo = facts(&node, solo_id, &[common, solo_only].concat());
+    let f = |m: &BTreeMap<String, String>, k: &str| m.get(k).cloned().unwrap_or_default();
+
+    // PID namespaces: the shared one has the pause process as its PID 1, and `logger`
+    // is in it too (POD, also the CRI's default): `web` sees its shell. The private one
+    // has the container's own command as PID 1 and sees nothing of the others, and
+    // they do not see its `sleep 3600`.
+    assert_eq!(
+        f(&web, "init").trim(),
+        "/pause",
+        "PID 1 of the pod-shared namespace"
+    );
+    assert_eq!(
+        f(&solo, "init").trim(),
+        "sleep 3600",
+        "PID 1 of a private namespace"
+    );
+    let (web_ps, solo_ps) = (f(&web, "ps"), f(&solo, "ps"));
+    for (who, seen, sees, what) in [
+        ("web", &web_ps, true, "httpd"),
+        ("web", &web_ps, true, "sh -c seq 1 10000"),
+        ("web", &web_ps, false, "sleep 3600"),
+        ("solo", &solo_ps, false, "httpd"),
+        ("solo", &solo_ps, false, "/pause"),
+        ("solo", &solo_ps, false, "sh -c seq 1 10000"),
+    ] {
+        assert_eq!(
+            seen.contains(what),
+            sees,
+            "{who} should {}see {what:?} in ps:\n{seen}",
+            if sees { "" } else { "not " }
+        );
+    }
+
+    // IPC and UTS are the pod's: the same namespaces, the pod's hostname; the pod's DNS
+    // config and sysctls.
+    for k in ["ipc", "uts"] {
+        assert_eq!(
+            f(&web, k),
+            f(&solo, k),
+            "the {k} namespace differs between containers"
+        );
+    }
+    for m in [&web, &solo] {
+        assert_eq!(f(m, "hostname").trim(), "duo");
+        let resolv = f(m, "resolv");
+        for want in [
+            "nameserver 10.89.0.53",
+            "search husk.test",
+            "options ndots:3",
+        ] {
+            assert!(
+                resolv.contains(want),
+                "/etc/resolv.conf lacks {want:?}:\n{resolv}"
+            );
+        }
+        assert_eq!(
+            f(m, "port_range").split_whitespace().collect::<Vec<_>>(),
+            ["33000", "34000"],
+            "net.ipv4.ip_local_port_range"
+        );
+        assert_eq!(
+            f(m, "shm_rmid_forced").trim(),
+            "1",
+            "kernel.shm_rmid_forced"
+        );
+    }
+
+    // HTTP between the containers over the pod's loopback.
+    assert_eq!(f(&solo, "http").trim(), "web-page");
+
+    // From the node: the pod IP, and the hostPort on 127.0.0.1 (portmap's DNAT).
+    let ip = node
+        .cri
+        .pod_sandbox_status(&pod)
+        .unwrap()
+        .network
+        .map(|n| n.ip)
+        .unwrap_or_default();
+    for (addr, port) in [(ip.as_str(), 8080), ("127.0.0.1", host_port as u16)] {
+        let mut body = String::new();
+        wait_for(
+            &format!("HTTP from the node to {addr}:{port}"),
+            Duration::from_secs(60),
+            || match http_get(addr, port, "/index.html") {
+                Ok(b) => {
+                    body = b;
+                    true
+                }
+                Err(_) => false,
+            },
+        );
+        assert_eq!(body.trim(), "web-page", "from {addr}:{port}");
+    }
+
+    // Volumes: hostPath read-write both ways, read-only refused (and nothing reaches the
+    // host), a symlinked host path followed on the host, an emptyDir both containers use.
+    assert_eq!(f(&web, "rw_read").trim(), "host-rw");
+    assert_eq!(f(&web, "rw_write").trim(), "written");
+    assert_eq!(
+        std::fs::read_to_string(rw.join("from-pod")).unwrap().trim(),
+        "from-pod"
+    );
+    assert_eq!(f(&web, "ro_read").trim(), "host-ro");
+    let ro_write = f(&web, "ro_write");
+    assert!(
+        ro_write.contains("Read-only") && !ro_write.contains("rc=0"),
+        "touch on a read-only volume: {ro_write}"
+    );
+    assert!(
+        !ro.join("new").exists(),
+        "the read-only volume was written on the host"
+    );
+    assert_eq!(f(&web, "link").trim(), "via-symlink");
+    assert_eq!(f(&solo, "empty_dir").trim(), "from-web");
+    assert_eq!(
+        std::fs::read_to_string(empty.join("reply")).unwrap().trim(),
+        "from-solo"
+    );
+
+    // The container's stdout in its CRI log file (CRI format: time stream tag line).
+    let log = std::fs::read_to_string(log_dir.join("web.log")).unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l.ends_with(" stdout F web-started")),
+        "web.log:\n{log}"
+    );
+
+    // 10,000 lines of stdout, every one in the CRI log in order; after a rotation
+    // (the file moved away, ReopenContainerLog) new output goes to a new file.
+    let log_path = log_dir.join("logger.log");
+    let stdout_lines = |path: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(" stdout F ").map(|(_, m)| m.to_owned()))
+            .collect()
+    };
+    wait_for(
+        "10,000 lines in logger.log",
+        Duration::from_secs(120),
+        || stdout_lines(&log_path).len() >= 10_000,
+    );
+    let want: Vec<String> = (1..=10_000).map(|n| n.to_string()).collect();
+    assert_eq!(
+        stdout_lines(&log_path),
+        want,
+        "logger.log is not 1..=10000 in order"
+    );
+    let rotated = log_dir.join("logger.log.1");
+    std::fs::rename(&log_path, &rotated).unwrap();
+    node.cri
+        .reopen_container_log(logger_id)
+        .unwrap_or_else(|e| panic!("ReopenContainerLog ({handler}): {e}"));
+    run_in(&node, logger_id, &["touch", "/tmp/rotated"]);
+    wait_for(
+        "output after ReopenContainerLog",
+        Duration::from_secs(60),
+        || stdout_lines(&log_path) == ["after-reopen"],
+    );
+    assert_eq!(stdout_lines(&rotated), want, "the rotated log changed");
+
+    for id in &ids {
+        node.cri.stop_container(id, 5).unwrap();
+        node.cri.remove_container(id).unwrap();
+    }
+    node.cri.stop_pod_sandbox(&pod).unwrap();
+    node.cri.remove_pod_sandbox(&pod).unwrap();
+
+    // A pod that asks for the node's own network, PID or IPC namespace: runc shares it;
+    // a husk pod is a VM and cannot, so it must say so (never a silent pod of its own).
+    for (what, set) in [
+        (
+            "network",
+            (|ns: &mut api::NamespaceOption| ns.network = api::NamespaceMode::Node as i32)
+                as fn(&mut api::NamespaceOption),
+        ),
+        ("pid", |ns| ns.pid = api::NamespaceMode::Node as i32),
+        ("ipc", |ns| ns.ipc = api::NamespaceMode::Node as i32),
+    ] {
+        let mut cfg = pod_config(&format!("host-{what}"), &format!("uid-h{what}"), &log_dir);
+        set(cfg
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+            .unwrap());
+        match (node.cri.run_pod_sandbox(&cfg, handler), handler) {
+            (Ok(pod), RUNC) => {
+                node.cri.stop_pod_sandbox(&pod).unwrap();
+                node.cri.remove_pod_sandbox(&pod).unwrap();
+            }
+            (Err(e), RUNC) => panic!("runc: a pod in the node's {what} namespace: {e}"),
+            (Ok(_), _) => panic!("husk ran a pod in the node's {what} namespace"),
+            (Err(e), _) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("host's") && msg.contains(what),
+                    "husk's refusal of the node's {what} namespace is not clear: {msg}"
+                );
+            }
+        }
+    }
+    let left = node.containerd.wait_clean(Duration::from_secs(30));
+    assert!(left.is_empty(), "{handler} left:\n{left}");
+}
+
+/// Resources and status: ContainerStats has real CPU and memory figures for a busy
+/// container; UpdateContainerResources reaches the container's cgroup (seen from inside);
+/// a container past its memory limit ends `OOMKilled` with exit code 137; an exit code
+/// and `finishedAt` are exact.
+fn resources_and_status(handler: &str) {
+    let node = Node::start();
+    let log_dir = node.logs.path().join("res");
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let pod_cfg = pod_config("res", "uid-res", &log_dir);
+    let pod = node
+        .cri
+        .run_pod_sandbox(&pod_cfg, handler)
+        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", node.explain()));
+    let busy = container_config("busy", BUSYBOX_IMAGE, &["sh", "-c", "while :; do :; done"]);
+    let mut hog = container_config("hog", BUSYBOX_IMAGE, &["tail", "/dev/zero"]);
+    hog.linux.get_or_insert_with(Default::default).resources = Some(api::LinuxContainerResources {
+        memory_limit_in_bytes: 32 << 20,
+        ..Default::default()
+    });
+    let exit7 = container_config("exit7", BUSYBOX_IMAGE, &["sh", "-c", "sleep 2; exit 7"]);
+    let mut ids = Vec::new();
+    for c in [&busy, &hog, &exit7] {
+        let id = node
+            .cri
+            .create_container(&pod, c, &pod_cfg)
+            .unwrap_or_else(|e| panic!("CreateContainer ({handler}): {e}\n{}", node.explain()));
+        node.cri
+            .start_container(&id)
+            .unwrap_or_else(|e| panic!("StartContainer ({handler}): {e}\n{}", node.explain()));
+        ids.push(id);
+    }
+    let (busy_id, hog_id, exit7_id) = (ids[0].as_str(), ids[1].as_str(), ids[2].as_str());
+
+    // Stats under load: CPU time grows, memory is in use.
+    let cpu = |id: &str| {
+        let s = node.cri.container_stats(id).unwrap();
+        let cpu = s
+            .cpu
+            .and_then(|c| c.usage_core_nano_seconds)
+            .map_or(0, |v| v.value);
+        let mem = s
+            .memory
+            .and_then(|m| m.working_set_bytes)
+            .map_or(0, |v| v.value);
+        (cpu, mem)
+    };
+    let (cpu0, mem0) = cpu(busy_id);
+    let mut last = (cpu0, mem0);
+    wait_for("busy's CPU time to grow", Duration::from_secs(60), || {
+        last = cpu(busy_id);
+        last.0 > cpu0 + 100_000_000
+    });
+    assert!(last.1 > 0, "busy's working set is 0: {last:?}");
+
+    // UpdateContainerResources: memory and CPU limits, seen in the container's cgroup.
+    node.cri
+        .update_container_resources(
+            busy_id,
+            api::LinuxContainerResources {
+                memory_limit_in_bytes: 96 << 20,
+                cpu_period: 100_000,
+                cpu_quota: 50_000,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("UpdateContainerResources ({handler}): {e}"));
+    let max = run_in(
+        &node,
+        busy_id,
+        &["cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/cpu.max"],
+    );
+    assert_eq!(
+        max.lines().collect::<Vec<_>>(),
+        [(96u64 << 20).to_string().as_str(), "50000 100000"],
+        "the container's cgroup after UpdateContainerResources"
+    );
+
+    // OOM: killed by the kernel in its cgroup, and said so.
+    let status = |id: &str| node.cri.container_status(id).unwrap();
+    wait_for("hog to be OOM-killed", Duration::from_secs(120), || {
+        status(hog_id).state == api::ContainerState::ContainerExited as i32
+    });
+    let s = status(hog_id);
+    assert_eq!(
+        (s.reason.as_str(), s.exit_code),
+        ("OOMKilled", 137),
+        "hog: {s:?}"
+    );
+
+    // An exit code, and its time.
+    wait_for("exit7 to exit", Duration::from_secs(60), || {
+        status(exit7_id).state == api::ContainerState::ContainerExited as i32
+    });
+    let s = status(exit7_id);
+    assert_eq!(
+        (s.exit_code, s.reason.as_str()),
+        (7, "Error"),
+        "exit7: {s:?}"
+    );
+    assert!(
+        s.finished_at >= s.started_at + 1_000_000_000,
+        "exit7 ran `sleep 2` but finished {} ns after it started",
+        s.finished_at - s.started_at
+    );
+
+    for id in &ids {
+        node.cri.stop_container(id, 2).unwrap();
+        node.cri.remove_container(id).unwrap();
+    }
+    node.cri.stop_pod_sandbox(&pod).unwrap();
+    node.cri.remove_pod_sandbox(&pod).unwrap();
+    let left = node.containerd.wait_clean(Duration::from_secs(30));
+    assert!(left.is_empty(), "{handler} left:\n{left}");
+}
+
+fn security(config: &mut api::ContainerConfig) -> &mut api::LinuxContainerSecurityContext {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+fn seccomp(kind: api::security_profile::ProfileType, path: &str) -> Option<api::SecurityProfile> {
+    Some(api::SecurityProfile {
+        profile_type: kind as i32,
+        localhost_ref: path.into(),
+    })
+}
+
+/// The `CapEff` mask of /proc/self/status in `status`.
+fn cap_eff(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no CapEff in:\n{status}"))
+}
+
+/// The security context inside the pod, each field as the CRI sets it: a non-root user
+/// with its group and a supplemental group, a read-only rootfs, no_new_privs,
+/// RuntimeDefault seccomp and the default masked and read-only paths; capabilities
+/// dropped (ALL) and one added, under a Localhost seccomp profile that refuses mkdir;
+/// privileged: every capability (of the guest, under husk) and a bridge it can create.
+fn security_context(handler: &str) {
+    use api::security_profile::ProfileType;
+    let node = Node::start();
+    let log_dir = node.logs.path().join("sec");
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let profile = node.logs.path().join("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let mut pod_cfg = pod_config("sec", "uid-sec", &log_dir);
+    // A privileged container needs a privileged pod (containerd refuses it otherwise).
+    pod_cfg
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .unwrap()
+        .privileged = true;
+    let pod = node
+        .cri
+        .run_pod_sandbox(&pod_cfg, handler)
+        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", node.explain()));
+
+    let mut user = container_config("user", BUSYBOX_IMAGE, &["sleep", "3600"]);
+    {
+        let sc = security(&mut user);
+        sc.run_as_user = Some(api::Int64Value { value: 1234 });
+        sc.run_as_group = Some(api::Int64Value { value: 2345 });
+        sc.supplemental_groups = vec![3456];
+        sc.readonly_rootfs = true;
+        sc.no_new_privs = true;
+        sc.seccomp = seccomp(ProfileType::RuntimeDefault, "");
+    }
+    let mut caps = container_config("caps", BUSYBOX_IMAGE, &["sleep", "3600"]);
+    {
+        let sc = security(&mut caps);
+        sc.capabilities = Some(api::Capability {
+            add_capabilities: vec!["NET_ADMIN".into()],
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        });
+        sc.seccomp = seccomp(ProfileType::Localhost, &profile.display().to_string());
+    }
+    let mut privileged = container_config("priv", BUSYBOX_IMAGE, &["sleep", "3600"]);
+    security(&mut privileged).privileged = true;
+
+    let mut ids = Vec::new();
+    for c in [&user, &caps, &privileged] {
+        let id = node
+            .cri
+            .create_container(&pod, c, &pod_cfg)
+            .unwrap_or_else(|e| panic!("CreateContainer ({handler}): {e}\n{}", node.explain()));
+        node.cri
+            .start_container(&id)
+            .unwrap_or_else(|e| panic!("StartContainer ({handler}): {e}\n{}", node.explain()));
+        ids.push(id);
+    }
+    let f = |m: &BTreeMap<String, String>, k: &str| m.get(k).cloned().unwrap_or_default();
+    let status = ("status", "cat /proc/self/status");
+
+    let u = facts(
+        &node,
+        &ids[0],
+        &[
+            ("ids", "id -u; id -g; id -G"),
+            ("tun", "test -c /dev/net/tun && echo tun-ok || echo no-tun"),
+            status,
+            ("rootfs_write", "touch /rootfs-write; echo rc=$?"),
+            (
+                "masked",
+                "grep -E ' /proc/timer_list | /sys/firmware ' /proc/self/mountinfo | wc -l",
+            ),
+        ],
+    );
+    let ids_out = f(&u, "ids");
+    let lines: Vec<&str> = ids_out.lines().collect();
+    assert_eq!(lines.first().copied(), Some("1234"), "uid: {ids_out}");
+    assert_eq!(lines.get(1).copied(), Some("2345"), "gid: {ids_out}");
+    assert!(
+        lines
+            .get(2)
+            .is_some_and(|g| g.split_whitespace().any(|g| g == "3456")),
+        "supplemental group 3456 missing: {ids_out}"
+    );
+    assert_eq!(
+        f(&u, "tun").trim(),
+        "no-tun",
+        "an unprivileged container has /dev/net/tun"
+    );
+    let st = f(&u, "status");
+    assert!(st.contains("NoNewPrivs:\t1"), "no_new_privs:\n{st}");
+    assert!(st.contains("Seccomp:\t2"), "RuntimeDefault seccomp:\n{st}");
+    assert_eq!(
+        cap_eff(&st),
+        0,
+        "a non-root user has no effective capabilities"
+    );
+    let w = f(&u, "rootfs_write");
+    assert!(
+        w.contains("Read-only") && !w.contains("rc=0"),
+        "read-only rootfs: {w}"
+    );
+    assert_eq!(
+        f(&u, "masked").trim(),
+        "2",
+        "masked paths /proc/timer_list, /sys/firmware"
+    );
+
+    // Root without CAP_SYS_ADMIN: /proc/sys is a read-only path (a default one).
+    let c = facts(
+        &node,
+        &ids[1],
+        &[
+            status,
+            ("mkdir", "mkdir /tmp/x; echo rc=$?"),
+            (
+                "proc_sys_write",
+                "echo 1 > /proc/sys/kernel/printk_ratelimit; echo rc=$?",
+            ),
+        ],
+    );
+    let w = f(&c, "proc_sys_write");
+    assert!(
+        w.contains("Read-only") && !w.contains("rc=0"),
+        "/proc/sys write: {w}"
+    );
+    let st = f(&c, "status");
+    assert_eq!(
+        cap_eff(&st),
+        1 << 12,
+        "drop ALL, add NET_ADMIN (bit 12):\n{st}"
+    );
+    assert!(st.contains("Seccomp:\t2"), "Localhost seccomp:\n{st}");
+    let m = f(&c, "mkdir");
+    assert!(
+        m.contains("Operation not permitted") && !m.contains("rc=0"),
+        "mkdir under the profile: {m}"
+    );
+
+    let p = facts(
+        &node,
+        &ids[2],
+        &[
+            status,
+            ("last_cap", "cat /proc/sys/kernel/cap_last_cap"),
+            ("tun", "test -c /dev/net/tun && echo tun-ok"),
+            (
+                "bridge",
+                "brctl addbr hbr0 && ip link show hbr0 && brctl delbr hbr0 && echo bridge-ok",
+            ),
+        ],
+    );
+    let st = f(&p, "status");
+    let last: u32 = f(&p, "last_cap").trim().parse().unwrap();
+    assert_eq!(
+        cap_eff(&st),
+        (1u64 << (last + 1)) - 1,
+        "privileged: every capability:\n{st}"
+    );
+    assert!(
+        st.contains("Seccomp:\t0"),
+        "privileged runs unconfined:\n{st}"
+    );
+    assert_eq!(
+        f(&p, "tun").trim(),
+        "tun-ok",
+        "privileged: the (guest's) /dev/net/tun"
+    );
+    assert!(
+        f(&p, "bridge").contains("bridge-ok"),
+        "privileged bridge: {}",
+        f(&p, "bridge")
+    );
+
+    for id in &ids {
+        node.cri.stop_container(id, 2).unwrap();
+        node.cri.remove_container(id).unwrap();
+    }
+    node.cri.stop_pod_sandbox(&pod).unwrap();
+    node.cri.remove_pod_sandbox(&pod).unwrap();
+    let left = node.containerd.wait_clean(Duration::from_secs(30));
+    assert!(left.is_empty(), "{handler} left:\n{left}");
+}
+
+husk_tests::under_runc_and_husk!(super::RUNC, super::HUSK;pod_lifecycle, a_pod_of_three_containers, resources_and_status, security_context, a_pod_from_scratch_images_and_a_clear_error);

@@ -101,12 +101,53 @@ fn main() -> Result<()> {
             p99_us: Vec::new(),
         });
     }
+    // The offloads the guest's virtio-net driver negotiated (sysfs `features`: one
+    // character per feature bit), read in the husk pod.
+    let husk_id = sides.iter().find(|s| s.runtime == RUNTIME).map(|s| s.id);
+    let in_husk = |exec_id: &str, script: &str| -> Option<String> {
+        let id = husk_id?;
+        match c.ctr(&["task", "exec", "--exec-id", exec_id, id, "sh", "-c", script]) {
+            Ok(o) if o.code() == Some(0) => Some(o.stdout),
+            Ok(o) => {
+                println!("  husk pod: {script}: {}{}", o.stdout, o.stderr);
+                None
+            }
+            Err(e) => {
+                println!("  husk pod: {script}: {e:#}");
+                None
+            }
+        }
+    };
+    // The guest's own view of its TCP and eth0 (retransmissions, drops), for the end.
+    let guest_stats = || {
+        in_husk(
+            "stats",
+            "grep -A1 '^Tcp:' /proc/net/snmp | awk '{print $11, $12, $13, $14}'; grep eth0 /proc/net/dev",
+        )
+    };
+    let mut offloads = String::from("-");
+    {
+        let script = "for d in /sys/bus/virtio/devices/*; do \
+                      [ \"$(cat $d/device)\" = 0x0001 ] && cat $d/features; done";
+        if let Some(out) = in_husk("features", script) {
+            {
+                let bits = out.lines().next().unwrap_or("").trim();
+                let features = bits
+                    .bytes()
+                    .enumerate()
+                    .filter(|&(i, b)| b == b'1' && i < 64)
+                    .fold(0u64, |f, (i, _)| f | 1 << i);
+                offloads = husk_vmm::devices::virtio::net::feature_names(features);
+            }
+        }
+    }
     let bytes = (mib << 20).to_string();
     let wait = husk_tests::boot_timeout().as_secs().to_string();
     let timeout = Duration::from_secs(1800);
     println!(
         "husk-bench-net: {mib} MiB per transfer, {pings} round trips, {rounds} rounds, \
-         runc and husk interleaved (host side: the bridge's namespace)"
+         runc and husk interleaved (host side: the bridge's namespace)\n\
+         husk's virtio-net features (as the guest negotiated them): {offloads}"
     );
     let mut failed = 0;
     for r in 0..rounds {
@@ -168,6 +209,9 @@ fn main() -> Result<()> {
             _ => "-".into(),
         };
         println!("{what:<36} {:>12} {:>12} {ratio:>12}", show(a), show(b));
+    }
+    if let Some(stats) = guest_stats() {
+        println!("\nhusk guest after the run (TCP InSegs OutSegs RetransSegs InErrs; /proc/net/dev eth0):\n{stats}");
     }
     for s in &sides {
         for a in [

@@ -1,0 +1,137 @@
+//! A Kubernetes node as the CRI tests and `make demo-pod` use it: containerd with its
+//! CRI plugin (`Containerd::start_cri`), a CNI network of its own and the project's
+//! images (busybox, the pause image) imported into `k8s.io`, and a CRI client on it.
+//!
+//! The CNI bridge is made by containerd's CRI plugin in the node's root network
+//! namespace (the test host's), as on a Kubernetes node: a private name (`hcri<N>`) and
+//! /24 of 10.89.0.0/16 with no uplink or masquerade, deleted when the node is dropped.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use husk_cri::Cri;
+
+use crate::boot_timeout;
+use crate::containerd::{build_pause_archive, Containerd, HuskToml, BUSYBOX_IMAGE};
+use crate::guest::TempDir;
+
+/// A node: containerd with the CRI plugin, its CNI network and images.
+pub struct Node {
+    pub containerd: Containerd,
+    pub cri: Cri,
+    pub bridge: String,
+    /// The pod subnet's first three octets.
+    pub prefix: String,
+    /// Where the pods' log directories go.
+    pub logs: TempDir,
+    _cni: TempDir,
+}
+
+impl Node {
+    /// Starts the node; panics (with containerd's log) if it cannot.
+    pub fn start() -> Node {
+        crate::cni::check_tools().unwrap();
+        let n = std::process::id() % 250 + 1;
+        let bridge = format!("hcri{n}");
+        let prefix = format!("10.89.{n}");
+        let cni = TempDir::new("cri-cni").unwrap();
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("husk-cri-{n}"),
+            "plugins": [
+                {
+                    "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                    "hairpinMode": true,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": format!("{prefix}.0/24")}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": cni.path().join("ipam"),
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": true}},
+            ],
+        });
+        std::fs::write(
+            cni.path().join("10-husk-cri.conflist"),
+            serde_json::to_vec_pretty(&conflist).unwrap(),
+        )
+        .unwrap();
+        let containerd = Containerd::start_cri(&HuskToml::default(), cni.path()).unwrap();
+        containerd.import_busybox().unwrap();
+        let pause = build_pause_archive(containerd.dir.path()).unwrap();
+        let o = containerd
+            .ctr(&["images", "import", pause.to_str().unwrap()])
+            .unwrap();
+        assert_eq!(o.code(), Some(0), "import pause: {}{}", o.stdout, o.stderr);
+        let cri = Cri::connect(
+            containerd.cri_socket(),
+            boot_timeout() + Duration::from_secs(120),
+        )
+        .unwrap();
+        let v = cri
+            .version()
+            .unwrap_or_else(|e| panic!("CRI Version: {e}\n{}", containerd.log()));
+        eprintln!("CRI: {} {}", v.runtime_name, v.runtime_version);
+        assert!(cri.image_present(BUSYBOX_IMAGE).unwrap());
+        Node {
+            containerd,
+            cri,
+            bridge,
+            prefix,
+            logs: TempDir::new("cri-logs").unwrap(),
+            _cni: cni,
+        }
+    }
+
+    /// What went wrong, for a failed assertion: containerd's log tail and the pods.
+    pub fn explain(&self) -> String {
+        let log = self.containerd.log();
+        let tail: String = log
+            .lines()
+            .rev()
+            .take(80)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!(
+            "--- containerd log tail ---\n{tail}\n--- pods ---\n{}",
+            self.containerd.pod_report()
+        )
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+/// Polls `done` every 200 ms; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "{what}: not after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// An HTTP GET from the node to `ip:port`; the response's body.
+pub fn http_get(ip: &str, port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(
+        &format!("{ip}:{port}").parse().expect("address"),
+        Duration::from_secs(10),
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned()))
+}
