@@ -16,7 +16,7 @@ DESTDIR    ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 DIST    := build/dist/husk-$(VERSION)-x86_64
 
-.PHONY: deps kernel agent initramfs image vmm bins lint unit integration test demo demo-pod bench bench-devices bench-agent bench-shim bench-net test-shim test-net test-cri fuzz clean release stage install uninstall dist check test-install test-install-vm
+.PHONY: deps kernel agent initramfs image vmm bins lint unit integration test demo demo-pod bench bench-devices bench-agent bench-shim bench-net bench-pod test-shim test-net test-cri fuzz clean release stage install uninstall dist check test-install test-install-vm
 
 deps:
 	scripts/install-deps.sh
@@ -120,6 +120,11 @@ bench: image vmm bins
 # an idle husk pod, through a private containerd (in the test host where needed).
 bench-shim: image vmm bins
 	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-shim --runs $${RUNS:-10}
+
+# Pod start (RunPodSandbox + CreateContainer + StartContainer) and teardown through
+# containerd's CRI, handler runc against husk, interleaved (in the test host where needed).
+bench-pod: image vmm bins
+	scripts/in-kvm.sh --timeout 3600 -- target/release/husk-bench-pod --runs $${RUNS:-10}
 
 # TCP throughput both ways and 1-byte round-trip latency, a runc pod beside a husk pod on
 # one CNI bridge, interleaved (in the test host where needed).

@@ -18,6 +18,8 @@ use api::image_service_client::ImageServiceClient;
 use api::runtime_service_client::RuntimeServiceClient;
 pub use k8s_cri::v1 as api;
 
+pub mod stream;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CriError {
     #[error("Cannot start the CRI client's runtime")]
@@ -269,6 +271,36 @@ impl Cri {
             call: "ContainerStats",
             field: "stats",
         })
+    }
+
+    /// Exec (streaming): the URL of a session running `cmd` in the container, for
+    /// [`stream::session`].
+    pub fn exec(&self, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> Result<String> {
+        let mut c = self.runtime.clone();
+        let req = api::ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty,
+            stdin,
+            stdout: true,
+            stderr: !tty,
+        };
+        self.call("Exec", self.timeout, async move { c.exec(req).await })
+            .map(|r| r.url)
+    }
+
+    /// Attach: the URL of a session on the container's own stdio.
+    pub fn attach(&self, id: &str, tty: bool, stdin: bool) -> Result<String> {
+        let mut c = self.runtime.clone();
+        let req = api::AttachRequest {
+            container_id: id.into(),
+            stdin,
+            tty,
+            stdout: true,
+            stderr: !tty,
+        };
+        self.call("Attach", self.timeout, async move { c.attach(req).await })
+            .map(|r| r.url)
     }
 
     /// ReopenContainerLog: the runtime closes the container's log file and opens it

@@ -25,7 +25,7 @@ const HUSK: &str = "husk";
 
 /// One pod, as a kubelet runs it: sandbox READY with an IP of the CNI range, a busybox
 /// container serving HTTP on the pod IP, ExecSync (output, exit code, a timeout that
-/// fires), the hostname and /etc/hosts the pod asked for; then stop and remove, with
+/// fires), streaming exec and attach (see `streams`), the hostname and /etc/hosts the pod asked for; then stop and remove, with
 /// nothing left behind. `HUSK_CRI_CYCLES` times.
 fn pod_lifecycle(handler: &str) {
     let node = Node::start();
@@ -92,6 +92,8 @@ fn pod_lifecycle(handler: &str) {
         let s = node.cri.container_status(&id).unwrap();
         assert_eq!(s.state, api::ContainerState::ContainerRunning as i32);
 
+        streams(&node, &pod, &pod_cfg, &id, handler);
+
         // The node reaches the pod by its IP.
         let mut body = String::new();
         wait_for(
@@ -121,6 +123,67 @@ fn pod_lifecycle(handler: &str) {
         let left = node.containerd.wait_clean(Duration::from_secs(30));
         assert!(left.is_empty(), "cycle {i} ({handler}) left:\n{left}");
     }
+}
+
+/// Streaming exec and attach, as `kubectl exec -it` and `kubectl attach -it` use them
+/// (the CRI streaming server's WebSocket protocol): an exec with a TTY, stdin and a
+/// resize; one without a TTY, stdin in and stdout and stderr apart; an attach to a
+/// container started with stdin and a TTY, whose exit code is then its status.
+fn streams(node: &Node, pod: &str, pod_cfg: &api::PodSandboxConfig, app: &str, handler: &str) {
+    use husk_cri::stream::session;
+    let t = Duration::from_secs(120);
+    let url = node.cri.exec(app, &["sh"], true, true).unwrap();
+    let script = b"for i in 1 2 3 4 5 6 7 8 9 10; do [ \"$(stty size)\" = '30 100' ] && break; \
+                   sleep 1; done; echo size=$(stty size); echo exec-$((6*7)); exit 5\n";
+    let s = session(&url, Some((100, 30)), script, t)
+        .unwrap_or_else(|e| panic!("exec -it ({handler}): {e}"));
+    let out = String::from_utf8_lossy(&s.stdout);
+    // (The TTY echoes what was typed: the checks look for what only the output has.)
+    assert!(
+        out.contains("size=30 100"),
+        "the resize did not reach the TTY:\n{out}"
+    );
+    assert!(out.contains("exec-42"), "exec -it output:\n{out}");
+    assert!(
+        s.status.contains("NonZeroExitCode") && s.status.contains("\"5\""),
+        "exec -it status: {}",
+        s.status
+    );
+
+    let url = node
+        .cri
+        .exec(
+            app,
+            &["sh", "-c", "read x; echo got-$x; echo to-err >&2"],
+            false,
+            true,
+        )
+        .unwrap();
+    let s = session(&url, None, b"hello\n", t).unwrap_or_else(|e| panic!("exec -i: {e}"));
+    assert_eq!(String::from_utf8_lossy(&s.stdout), "got-hello\n");
+    assert_eq!(String::from_utf8_lossy(&s.stderr), "to-err\n");
+    assert!(s.status.contains("Success"), "exec -i status: {}", s.status);
+
+    let mut console = container_config("console", BUSYBOX_IMAGE, &["sh"]);
+    console.stdin = true;
+    console.tty = true;
+    let id = node.cri.create_container(pod, &console, pod_cfg).unwrap();
+    node.cri.start_container(&id).unwrap();
+    let url = node.cri.attach(&id, true, true).unwrap();
+    let s = session(&url, None, b"echo attached-$((2+3))\nexit 3\n", t)
+        .unwrap_or_else(|e| panic!("attach ({handler}): {e}"));
+    let out = String::from_utf8_lossy(&s.stdout);
+    assert!(out.contains("attached-5"), "attach output:\n{out}");
+    wait_for(
+        "the attached shell to exit",
+        Duration::from_secs(60),
+        || {
+            node.cri.container_status(&id).unwrap().state
+                == api::ContainerState::ContainerExited as i32
+        },
+    );
+    assert_eq!(node.cri.container_status(&id).unwrap().exit_code, 3);
+    node.cri.remove_container(&id).unwrap();
 }
 
 /// A pause image whose config has no `Env` starts (runc needs PATH only for a bare
