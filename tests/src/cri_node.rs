@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use husk_cri::Cri;
+use husk_cri::{api, Cri};
 
 use crate::boot_timeout;
 use crate::containerd::{build_pause_archive, Containerd, HuskToml, BUSYBOX_IMAGE};
@@ -83,6 +83,52 @@ impl Node {
             logs: TempDir::new("cri-logs").unwrap(),
             _cni: cni,
         }
+    }
+
+    /// RunPodSandbox with `handler`; panics with the error and containerd's log.
+    pub fn run_pod(&self, config: &api::PodSandboxConfig, handler: &str) -> String {
+        self.cri
+            .run_pod_sandbox(config, handler)
+            .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", self.explain()))
+    }
+
+    /// CreateContainer and StartContainer of each of `containers` in `pod`, in order;
+    /// their ids. Panics with the error and containerd's log.
+    pub fn start_containers(
+        &self,
+        pod: &str,
+        pod_config: &api::PodSandboxConfig,
+        containers: &[&api::ContainerConfig],
+        handler: &str,
+    ) -> Vec<String> {
+        containers
+            .iter()
+            .map(|c| {
+                let id = self
+                    .cri
+                    .create_container(pod, c, pod_config)
+                    .unwrap_or_else(|e| {
+                        panic!("CreateContainer ({handler}): {e}\n{}", self.explain())
+                    });
+                self.cri.start_container(&id).unwrap_or_else(|e| {
+                    panic!("StartContainer ({handler}): {e}\n{}", self.explain())
+                });
+                id
+            })
+            .collect()
+    }
+
+    /// Stops and removes `containers` (SIGKILL after `grace_secs`) and then `pod`, and
+    /// checks that nothing of it is left (processes, mounts, state).
+    pub fn remove_pod(&self, pod: &str, containers: &[String], grace_secs: i64, handler: &str) {
+        for id in containers {
+            self.cri.stop_container(id, grace_secs).unwrap();
+            self.cri.remove_container(id).unwrap();
+        }
+        self.cri.stop_pod_sandbox(pod).unwrap();
+        self.cri.remove_pod_sandbox(pod).unwrap();
+        let left = self.containerd.wait_clean(Duration::from_secs(30));
+        assert!(left.is_empty(), "{handler} left:\n{left}");
     }
 
     /// What went wrong, for a failed assertion: containerd's log tail and the pods.

@@ -38,10 +38,7 @@ fn pod_lifecycle(handler: &str) {
         let log_dir = node.logs.path().join(&name);
         std::fs::create_dir_all(&log_dir).unwrap();
         let pod_cfg = pod_config(&name, &format!("uid-{i}"), &log_dir);
-        let pod = node
-            .cri
-            .run_pod_sandbox(&pod_cfg, handler)
-            .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", node.explain()));
+        let pod = node.run_pod(&pod_cfg, handler);
         let status = node.cri.pod_sandbox_status(&pod).unwrap();
         assert_eq!(status.state, api::PodSandboxState::SandboxReady as i32);
         let ip = status
@@ -194,10 +191,7 @@ fn a_pod_from_scratch_images_and_a_clear_error(handler: &str) {
     let log_dir = node.logs.path().join("scratch");
     std::fs::create_dir_all(&log_dir).unwrap();
     let pod_cfg = pod_config("scratch", "uid-s", &log_dir);
-    let pod = node
-        .cri
-        .run_pod_sandbox(&pod_cfg, handler)
-        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", node.explain()));
+    let pod = node.run_pod(&pod_cfg, handler);
     let bad = container_config("bad", BUSYBOX_IMAGE, &["/bin/no-such-program"]);
     let err = node
         .cri
@@ -210,6 +204,41 @@ fn a_pod_from_scratch_images_and_a_clear_error(handler: &str) {
     );
     node.cri.stop_pod_sandbox(&pod).unwrap();
     node.cri.remove_pod_sandbox(&pod).unwrap();
+
+    // A pod that asks for the node's own network, PID or IPC namespace: runc shares it;
+    // a husk pod is a VM and cannot, so it must say so (never a silent pod of its own).
+    for (what, set) in [
+        (
+            "network",
+            (|ns: &mut api::NamespaceOption| ns.network = api::NamespaceMode::Node as i32)
+                as fn(&mut api::NamespaceOption),
+        ),
+        ("pid", |ns| ns.pid = api::NamespaceMode::Node as i32),
+        ("ipc", |ns| ns.ipc = api::NamespaceMode::Node as i32),
+    ] {
+        let mut cfg = pod_config(&format!("host-{what}"), &format!("uid-h{what}"), &log_dir);
+        set(cfg
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+            .unwrap());
+        match (node.cri.run_pod_sandbox(&cfg, handler), handler) {
+            (Ok(pod), RUNC) => {
+                node.cri.stop_pod_sandbox(&pod).unwrap();
+                node.cri.remove_pod_sandbox(&pod).unwrap();
+            }
+            (Err(e), RUNC) => panic!("runc: a pod in the node's {what} namespace: {e}"),
+            (Ok(_), _) => panic!("husk ran a pod in the node's {what} namespace"),
+            (Err(e), _) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("host's") && msg.contains(what),
+                    "husk's refusal of the node's {what} namespace is not clear: {msg}"
+                );
+            }
+        }
+    }
     let left = node.containerd.wait_clean(Duration::from_secs(30));
     assert!(left.is_empty(), "{handler} left:\n{left}");
 }
@@ -333,10 +362,7 @@ fn a_pod_of_three_containers(handler: &str) {
             .unwrap();
         ns.pid = api::NamespaceMode::Pod as i32;
     }
-    let pod = node
-        .cri
-        .run_pod_sandbox(&pod_cfg, handler)
-        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", node.explain()));
+    let pod = node.run_pod(&pod_cfg, handler);
 
     let mut web = container_config(
         "web",
@@ -359,17 +385,7 @@ fn a_pod_of_three_containers(handler: &str) {
         &["sh", "-c", "seq 1 10000; while [ ! -e /tmp/rotated ]; do sleep 0.2; done; echo after-reopen; exec sleep 3600"],
     );
     pid_namespace(&mut logger, api::NamespaceMode::Pod);
-    let mut ids = Vec::new();
-    for c in [&web, &solo, &logger] {
-        let id = node
-            .cri
-            .create_container(&pod, c, &pod_cfg)
-            .unwrap_or_else(|e| panic!("CreateContainer ({handler}): {e}\n{}", node.explain()));
-        node.cri
-            .start_container(&id)
-            .unwrap_or_else(|e| panic!("StartContainer ({handler}): {e}\n{}", node.explain()));
-        ids.push(id);
-    }
+    let ids = node.start_containers(&pod, &pod_cfg, &[&web, &solo, &logger], handler);
     let (web_id, solo_id, logger_id) = (ids[0].as_str(), ids[1].as_str(), ids[2].as_str());
     wait_for("web's start-up", Duration::from_secs(60), || {
         empty.join("note").exists()
@@ -566,49 +582,7 @@ fn a_pod_of_three_containers(handler: &str) {
     );
     assert_eq!(stdout_lines(&rotated), want, "the rotated log changed");
 
-    for id in &ids {
-        node.cri.stop_container(id, 5).unwrap();
-        node.cri.remove_container(id).unwrap();
-    }
-    node.cri.stop_pod_sandbox(&pod).unwrap();
-    node.cri.remove_pod_sandbox(&pod).unwrap();
-
-    // A pod that asks for the node's own network, PID or IPC namespace: runc shares it;
-    // a husk pod is a VM and cannot, so it must say so (never a silent pod of its own).
-    for (what, set) in [
-        (
-            "network",
-            (|ns: &mut api::NamespaceOption| ns.network = api::NamespaceMode::Node as i32)
-                as fn(&mut api::NamespaceOption),
-        ),
-        ("pid", |ns| ns.pid = api::NamespaceMode::Node as i32),
-        ("ipc", |ns| ns.ipc = api::NamespaceMode::Node as i32),
-    ] {
-        let mut cfg = pod_config(&format!("host-{what}"), &format!("uid-h{what}"), &log_dir);
-        set(cfg
-            .linux
-            .as_mut()
-            .and_then(|l| l.security_context.as_mut())
-            .and_then(|s| s.namespace_options.as_mut())
-            .unwrap());
-        match (node.cri.run_pod_sandbox(&cfg, handler), handler) {
-            (Ok(pod), RUNC) => {
-                node.cri.stop_pod_sandbox(&pod).unwrap();
-                node.cri.remove_pod_sandbox(&pod).unwrap();
-            }
-            (Err(e), RUNC) => panic!("runc: a pod in the node's {what} namespace: {e}"),
-            (Ok(_), _) => panic!("husk ran a pod in the node's {what} namespace"),
-            (Err(e), _) => {
-                let msg = e.to_string();
-                assert!(
-                    msg.contains("host's") && msg.contains(what),
-                    "husk's refusal of the node's {what} namespace is not clear: {msg}"
-                );
-            }
-        }
-    }
-    let left = node.containerd.wait_clean(Duration::from_secs(30));
-    assert!(left.is_empty(), "{handler} left:\n{left}");
+    node.remove_pod(&pod, &ids, 5, handler);
 }
 
 /// Resources and status: ContainerStats has real CPU and memory figures for a busy
@@ -620,10 +594,7 @@ fn resources_and_status(handler: &str) {
     let log_dir = node.logs.path().join("res");
     std::fs::create_dir_all(&log_dir).unwrap();
     let pod_cfg = pod_config("res", "uid-res", &log_dir);
-    let pod = node
-        .cri
-        .run_pod_sandbox(&pod_cfg, handler)
-        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", node.explain()));
+    let pod = node.run_pod(&pod_cfg, handler);
     let busy = container_config("busy", BUSYBOX_IMAGE, &["sh", "-c", "while :; do :; done"]);
     let mut hog = container_config("hog", BUSYBOX_IMAGE, &["tail", "/dev/zero"]);
     hog.linux.get_or_insert_with(Default::default).resources = Some(api::LinuxContainerResources {
@@ -631,17 +602,7 @@ fn resources_and_status(handler: &str) {
         ..Default::default()
     });
     let exit7 = container_config("exit7", BUSYBOX_IMAGE, &["sh", "-c", "sleep 2; exit 7"]);
-    let mut ids = Vec::new();
-    for c in [&busy, &hog, &exit7] {
-        let id = node
-            .cri
-            .create_container(&pod, c, &pod_cfg)
-            .unwrap_or_else(|e| panic!("CreateContainer ({handler}): {e}\n{}", node.explain()));
-        node.cri
-            .start_container(&id)
-            .unwrap_or_else(|e| panic!("StartContainer ({handler}): {e}\n{}", node.explain()));
-        ids.push(id);
-    }
+    let ids = node.start_containers(&pod, &pod_cfg, &[&busy, &hog, &exit7], handler);
     let (busy_id, hog_id, exit7_id) = (ids[0].as_str(), ids[1].as_str(), ids[2].as_str());
 
     // Stats under load: CPU time grows, memory is in use.
@@ -716,14 +677,7 @@ fn resources_and_status(handler: &str) {
         s.finished_at - s.started_at
     );
 
-    for id in &ids {
-        node.cri.stop_container(id, 2).unwrap();
-        node.cri.remove_container(id).unwrap();
-    }
-    node.cri.stop_pod_sandbox(&pod).unwrap();
-    node.cri.remove_pod_sandbox(&pod).unwrap();
-    let left = node.containerd.wait_clean(Duration::from_secs(30));
-    assert!(left.is_empty(), "{handler} left:\n{left}");
+    node.remove_pod(&pod, &ids, 2, handler);
 }
 
 fn security(config: &mut api::ContainerConfig) -> &mut api::LinuxContainerSecurityContext {
@@ -775,10 +729,7 @@ fn security_context(handler: &str) {
         .and_then(|l| l.security_context.as_mut())
         .unwrap()
         .privileged = true;
-    let pod = node
-        .cri
-        .run_pod_sandbox(&pod_cfg, handler)
-        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", node.explain()));
+    let pod = node.run_pod(&pod_cfg, handler);
 
     let mut user = container_config("user", BUSYBOX_IMAGE, &["sleep", "3600"]);
     {
@@ -803,17 +754,7 @@ fn security_context(handler: &str) {
     let mut privileged = container_config("priv", BUSYBOX_IMAGE, &["sleep", "3600"]);
     security(&mut privileged).privileged = true;
 
-    let mut ids = Vec::new();
-    for c in [&user, &caps, &privileged] {
-        let id = node
-            .cri
-            .create_container(&pod, c, &pod_cfg)
-            .unwrap_or_else(|e| panic!("CreateContainer ({handler}): {e}\n{}", node.explain()));
-        node.cri
-            .start_container(&id)
-            .unwrap_or_else(|e| panic!("StartContainer ({handler}): {e}\n{}", node.explain()));
-        ids.push(id);
-    }
+    let ids = node.start_containers(&pod, &pod_cfg, &[&user, &caps, &privileged], handler);
     let f = |m: &BTreeMap<String, String>, k: &str| m.get(k).cloned().unwrap_or_default();
     let status = ("status", "cat /proc/self/status");
 
@@ -931,14 +872,7 @@ fn security_context(handler: &str) {
         f(&p, "bridge")
     );
 
-    for id in &ids {
-        node.cri.stop_container(id, 2).unwrap();
-        node.cri.remove_container(id).unwrap();
-    }
-    node.cri.stop_pod_sandbox(&pod).unwrap();
-    node.cri.remove_pod_sandbox(&pod).unwrap();
-    let left = node.containerd.wait_clean(Duration::from_secs(30));
-    assert!(left.is_empty(), "{handler} left:\n{left}");
+    node.remove_pod(&pod, &ids, 2, handler);
 }
 
 husk_tests::under_runc_and_husk!(super::RUNC, super::HUSK;pod_lifecycle, a_pod_of_three_containers, resources_and_status, security_context, a_pod_from_scratch_images_and_a_clear_error);
