@@ -19,7 +19,7 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::rx::{self, RxState, RxWait};
@@ -96,6 +96,31 @@ pub fn offered_features(mtu: Option<u16>) -> u64 {
         f |= 1 << VIRTIO_NET_F_MTU;
     }
     f
+}
+
+/// Whether the driver wants an interrupt for the used entries added since the used index
+/// was `before`: always without EVENT_IDX (as before it), else when its `used_event` lies
+/// in the range just published (the virtio spec's `vring_need_event`). Computed here, not
+/// by the queue's `needs_notification`, which counts only entries added through
+/// `add_used` (the rx path writes its batch of used entries itself).
+pub(super) fn wants_interrupt(queue: &Queue, mem: &GuestMemoryMmap, before: u16) -> bool {
+    if !queue.event_idx_enabled() {
+        return true;
+    }
+    let new = queue.next_used();
+    // used_event follows the available ring: flags, idx, then `size` entries of 2 bytes.
+    let addr = queue
+        .avail_ring()
+        .checked_add(4 + 2 * u64::from(queue.size()))
+        .map(vm_memory::GuestAddress);
+    let Some(Ok(event)) = addr.map(|a| {
+        mem.load::<u16>(a, std::sync::atomic::Ordering::Acquire)
+            .map(u16::from_le)
+    }) else {
+        // Unreadable: interrupt, the safe side.
+        return true;
+    };
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(before)
 }
 
 /// Asks the guest to kick `queue` when it adds a buffer past those it has made available
@@ -323,6 +348,7 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
         // for only when the device runs out (and then the ring is looked at once more,
         // for buffers added before the guest saw the request).
         let _ = active.rx_queue.disable_notification(&active.mem);
+        let used_before = active.rx_queue.next_used();
         let mut used = 0;
         let pass = loop {
             let pass = rx::process_rx(
@@ -342,12 +368,7 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
             }
         };
         self.rx_wait = pass.wait;
-        if used > 0
-            && active
-                .rx_queue
-                .needs_notification(&active.mem)
-                .unwrap_or(true)
-        {
+        if used > 0 && wants_interrupt(&active.rx_queue, &active.mem, used_before) {
             active.irq.trigger(INT_VRING);
             self.metrics.interrupts.fetch_add(1, Ordering::Relaxed);
         }
@@ -366,6 +387,7 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
         // No kicks while the device drains the ring; asked for again once it is empty,
         // with one more look for chains added meanwhile.
         let _ = active.tx_queue.disable_notification(&active.mem);
+        let used_before = active.tx_queue.next_used();
         let mut used = 0;
         let pass = loop {
             let pass = tx::process_tx(
@@ -388,12 +410,7 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
             }
         };
         self.tx_wait = pass.wait;
-        if used > 0
-            && active
-                .tx_queue
-                .needs_notification(&active.mem)
-                .unwrap_or(true)
-        {
+        if used > 0 && wants_interrupt(&active.tx_queue, &active.mem, used_before) {
             active.irq.trigger(INT_VRING);
             self.metrics.interrupts.fetch_add(1, Ordering::Relaxed);
         }

@@ -17,7 +17,7 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::device::{ask_for_new_buffers, offered_features, tap_offloads, Net};
+use super::device::{ask_for_new_buffers, offered_features, tap_offloads, wants_interrupt, Net};
 use super::rx::{process_rx, RxState, RxWait};
 use super::tap::TapIo;
 use super::tx::{process_tx, TxState, TxWait, MAX_TX_LEN};
@@ -812,4 +812,27 @@ fn event_idx_is_offered() {
         offered_features(None) & (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX),
         0
     );
+}
+
+#[test]
+fn interrupts_follow_used_event_for_entries_published_in_a_batch() {
+    // The rx path writes its used entries itself, so the rule must not depend on the
+    // queue's own count of add_used calls: entries 0..3 published at once.
+    let m = mem();
+    let vq = MockSplitQueue::new(&m, 16);
+    let mut q: Queue = vq.create_queue().unwrap();
+    q.set_next_used(3);
+    // Without EVENT_IDX: always.
+    assert!(wants_interrupt(&q, &m, 0));
+    q.set_event_idx(true);
+    // used_event sits after the available ring's 16 entries (`start()` is the ring's).
+    let used_event = GuestAddress(vq.avail().start().0 + 2 * 16);
+    for (event, want) in [(0u16, true), (1, true), (2, true), (3, false), (9, false)] {
+        m.write_obj(event, used_event).unwrap();
+        assert_eq!(wants_interrupt(&q, &m, 0), want, "used_event {event}");
+    }
+    // Across the wrap of the 16-bit index.
+    q.set_next_used(2);
+    m.write_obj(65535u16, used_event).unwrap();
+    assert!(wants_interrupt(&q, &m, 65534));
 }
