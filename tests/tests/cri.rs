@@ -376,7 +376,7 @@ fn a_pod_of_three_containers(handler: &str) {
         host_mount("/data/link", &link, false),
         host_mount("/shared", &empty, false),
     ];
-    let mut solo = container_config("solo", BUSYBOX_IMAGE, &["sleep", "3600"]);
+    let mut solo = container_config("solo", BUSYBOX_IMAGE, &["sleep", "7200"]);
     pid_namespace(&mut solo, api::NamespaceMode::Container);
     solo.mounts = vec![host_mount("/shared", &empty, false)];
     let mut logger = container_config(
@@ -427,7 +427,7 @@ fn a_pod_of_three_containers(handler: &str) {
     // PID namespaces: the shared one has the pause process as its PID 1, and `logger`
     // is in it too (POD, also the CRI's default): `web` sees its shell. The private one
     // has the container's own command as PID 1 and sees nothing of the others, and
-    // they do not see its `sleep 3600`.
+    // they do not see its `sleep 7200`.
     assert_eq!(
         f(&web, "init").trim(),
         "/pause",
@@ -435,14 +435,14 @@ fn a_pod_of_three_containers(handler: &str) {
     );
     assert_eq!(
         f(&solo, "init").trim(),
-        "sleep 3600",
+        "sleep 7200",
         "PID 1 of a private namespace"
     );
     let (web_ps, solo_ps) = (f(&web, "ps"), f(&solo, "ps"));
     for (who, seen, sees, what) in [
         ("web", &web_ps, true, "httpd"),
         ("web", &web_ps, true, "sh -c seq 1 10000"),
-        ("web", &web_ps, false, "sleep 3600"),
+        ("web", &web_ps, false, "sleep 7200"),
         ("solo", &solo_ps, false, "httpd"),
         ("solo", &solo_ps, false, "/pause"),
         ("solo", &solo_ps, false, "sh -c seq 1 10000"),
