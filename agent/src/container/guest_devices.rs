@@ -4,9 +4,12 @@
 //! --privileged`) by allowing every device in its device cgroup and listing the host's
 //! device nodes in `linux.devices`. Under husk the host's nodes never reach the guest
 //! (the shim drops `linux.devices`: they name host devices), so the agent lists the
-//! guest's own instead: every character and block device under the guest's /dev, as
-//! runc would give the host's. A privileged container of a husk pod can so use what the
-//! VM has (tun, loop, the virtio consoles), never a host device.
+//! guest's own instead: the guest's devices a privileged workload uses (tun, fuse, loop
+//! devices and their control node, kmsg, the VM's disks, the hardware RNG), found under
+//! the guest's /dev. Terminals are left out (the guest has hundreds: virtual consoles,
+//! serial ports and legacy BSD ptys; making 600 nodes took the build past the shim's
+//! timeout), as are the nodes of the VM's own plumbing (its vsock, memory, ports). A
+//! privileged container of a husk pod can so use what the VM has, never a host device.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -36,8 +39,36 @@ pub fn allows_all_devices(spec: &Spec) -> bool {
     all
 }
 
-/// Every character and block device node under `dev` (not following symlinks; not
-/// /dev/pts, /dev/shm or /dev/mqueue, which the container gets mounts of), sorted.
+/// Whether a guest device (its path relative to /dev) is one a privileged container
+/// gets: see the module's comment.
+pub fn wanted(rel: &Path) -> bool {
+    let name = rel.to_string_lossy();
+    if matches!(
+        name.as_ref(),
+        "net/tun"
+            | "fuse"
+            | "loop-control"
+            | "kmsg"
+            | "hwrng"
+            | "full"
+            | "zero"
+            | "null"
+            | "random"
+            | "urandom"
+    ) {
+        return true;
+    }
+    // Loop devices and disks: loop0, vda, vdb1, sda, nvme0n1.
+    !name.contains('/')
+        && ["loop", "vd", "sd", "nvme"].iter().any(|p| {
+            name.strip_prefix(p)
+                .and_then(|r| r.chars().next())
+                .is_some_and(|c| c.is_ascii_digit() || (c.is_ascii_lowercase() && *p != "loop"))
+        })
+}
+
+/// The character and block device nodes under `dev` that [`wanted`] takes (not
+/// following symlinks), sorted by path.
 pub fn device_nodes(dev: &Path) -> Vec<LinuxDevice> {
     let mut out = Vec::new();
     let mut dirs = vec![dev.to_path_buf()];
@@ -67,9 +98,13 @@ pub fn device_nodes(dev: &Path) -> Vec<LinuxDevice> {
             } else {
                 continue;
             };
+            let rel = path.strip_prefix(dev).unwrap_or(&path);
+            if !wanted(rel) {
+                continue;
+            }
             let rdev = meta.rdev();
             // The container sees it at the same path.
-            let at = PathBuf::from("/dev").join(path.strip_prefix(dev).unwrap_or(&path));
+            let at = PathBuf::from("/dev").join(rel);
             if let Ok(d) = LinuxDeviceBuilder::default()
                 .path(at)
                 .typ(typ)
@@ -175,6 +210,28 @@ mod tests {
     }
 
     #[test]
+    fn terminals_and_the_vms_plumbing_are_not_given() {
+        for yes in [
+            "net/tun",
+            "fuse",
+            "loop0",
+            "loop-control",
+            "vda",
+            "vdb1",
+            "kmsg",
+            "hwrng",
+        ] {
+            assert!(wanted(Path::new(yes)), "{yes}");
+        }
+        for no in [
+            "tty0", "ttyS0", "ptyp0", "ttyp0", "console", "vsock", "mem", "port", "vcs1", "ptmx",
+            "loopx", "net/x",
+        ] {
+            assert!(!wanted(Path::new(no)), "{no}");
+        }
+    }
+
+    #[test]
     fn the_guests_nodes_are_added_to_a_privileged_spec_only() {
         // The machine's /dev has /dev/null at least.
         let nodes = device_nodes(Path::new("/dev"));
@@ -187,6 +244,9 @@ mod tests {
             (LinuxDeviceType::C, 1, 3)
         );
         assert!(nodes.iter().all(|d| !d.path().starts_with("/dev/pts")));
+        assert!(nodes
+            .iter()
+            .all(|d| !d.path().to_string_lossy().contains("tty")));
 
         let mut plain = with_rules(vec![(false, None, None)]);
         assert_eq!(add_guest_devices(&mut plain, Path::new("/dev")), 0);
