@@ -693,6 +693,34 @@ fn security(config: &mut api::ContainerConfig) -> &mut api::LinuxContainerSecuri
         .get_or_insert_with(Default::default)
 }
 
+/// The masked and read-only paths a kubelet sends for an unprivileged container
+/// (Kubernetes' defaults; containerd's CRI applies exactly what it is sent).
+fn kubelet_default_paths(sc: &mut api::LinuxContainerSecurityContext) {
+    sc.masked_paths = [
+        "/proc/asound",
+        "/proc/acpi",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
+    ]
+    .map(String::from)
+    .to_vec();
+    sc.readonly_paths = [
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+    ]
+    .map(String::from)
+    .to_vec();
+}
+
 fn seccomp(kind: api::security_profile::ProfileType, path: &str) -> Option<api::SecurityProfile> {
     Some(api::SecurityProfile {
         profile_type: kind as i32,
@@ -745,6 +773,7 @@ fn security_context(handler: &str) {
         sc.readonly_rootfs = true;
         sc.no_new_privs = true;
         sc.seccomp = seccomp(ProfileType::RuntimeDefault, "");
+        kubelet_default_paths(sc);
     }
     let mut caps = container_config("caps", BUSYBOX_IMAGE, &["sleep", "3600"]);
     {
@@ -755,6 +784,7 @@ fn security_context(handler: &str) {
             ..Default::default()
         });
         sc.seccomp = seccomp(ProfileType::Localhost, &profile.display().to_string());
+        kubelet_default_paths(sc);
     }
     let mut privileged = container_config("priv", BUSYBOX_IMAGE, &["sleep", "3600"]);
     security(&mut privileged).privileged = true;
