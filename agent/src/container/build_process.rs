@@ -254,8 +254,8 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let r = build_in_child(move || {
-                // SAFETY: a plain fork; the grandchild only calls read, close
-                // and _exit.
+                // The grandchild only calls read, close and _exit.
+                // SAFETY: a plain fork, in the one-thread build child.
                 let pid = unsafe { libc::fork() };
                 if pid == 0 {
                     let mut b = 0u8;
