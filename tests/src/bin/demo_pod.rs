@@ -78,7 +78,8 @@ fn main() -> Result<()> {
             "the page from the pod IP",
             Duration::from_secs(120),
             || match http_get(&ip, 8080, "/index.html") {
-                Ok(b) if !b.trim().is_empty() && !pages.contains(&b) => {
+                // The sidecar's page (not httpd's 404 before its first write), a new one.
+                Ok(b) if b.starts_with("hello from pod") && !pages.contains(&b) => {
                     body = b;
                     true
                 }
