@@ -105,7 +105,8 @@ impl HostOps for RealHost {
             return Err(err(std::io::Error::last_os_error()));
         }
         if readonly {
-            // SAFETY: as above; a remount of the bind just made, with no data.
+            // A remount of the bind just made: no source, fs type or data.
+            // SAFETY: `dst` is a NUL-terminated path that outlives the call.
             let rc = unsafe {
                 libc::mount(
                     std::ptr::null(),

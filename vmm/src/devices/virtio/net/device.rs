@@ -99,15 +99,20 @@ pub fn offered_features(mtu: Option<u16>) -> u64 {
 }
 
 /// Whether the driver wants an interrupt for the used entries added since the used index
-/// was `before`: always without EVENT_IDX (as before it), else when its `used_event` lies
-/// in the range just published (the virtio spec's `vring_need_event`). Computed here, not
-/// by the queue's `needs_notification`, which counts only entries added through
-/// `add_used` (the rx path writes its batch of used entries itself).
+/// was `before`: none if nothing was added; always without EVENT_IDX (as before it), else
+/// when its `used_event` lies in the range just published (the virtio spec's
+/// `vring_need_event`). Computed here, not by the queue's `needs_notification`, which
+/// counts only entries added through `add_used`: the rx path writes its batch of used
+/// entries itself, with one index update, so that the driver never sees a merged frame's
+/// first buffers without the rest.
 pub(super) fn wants_interrupt(queue: &Queue, mem: &GuestMemoryMmap, before: u16) -> bool {
+    let new = queue.next_used();
+    if new == before {
+        return false;
+    }
     if !queue.event_idx_enabled() {
         return true;
     }
-    let new = queue.next_used();
     // used_event follows the available ring: flags, idx, then `size` entries of 2 bytes.
     let addr = queue
         .avail_ring()
@@ -349,7 +354,6 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
         // for buffers added before the guest saw the request).
         let _ = active.rx_queue.disable_notification(&active.mem);
         let used_before = active.rx_queue.next_used();
-        let mut used = 0;
         let pass = loop {
             let pass = rx::process_rx(
                 &mut active.rx_queue,
@@ -361,14 +365,13 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
                 &mut self.warn,
                 budget,
             );
-            used += pass.used;
             if pass.wait != RxWait::Guest || !ask_for_new_buffers(&mut active.rx_queue, &active.mem)
             {
                 break pass;
             }
         };
         self.rx_wait = pass.wait;
-        if used > 0 && wants_interrupt(&active.rx_queue, &active.mem, used_before) {
+        if wants_interrupt(&active.rx_queue, &active.mem, used_before) {
             active.irq.trigger(INT_VRING);
             self.metrics.interrupts.fetch_add(1, Ordering::Relaxed);
         }
@@ -388,7 +391,6 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
         // with one more look for chains added meanwhile.
         let _ = active.tx_queue.disable_notification(&active.mem);
         let used_before = active.tx_queue.next_used();
-        let mut used = 0;
         let pass = loop {
             let pass = tx::process_tx(
                 &mut active.tx_queue,
@@ -399,7 +401,6 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
                 &mut self.warn,
                 budget,
             );
-            used += pass.used;
             if pass.wait != TxWait::Guest
                 || !active
                     .tx_queue
@@ -410,7 +411,7 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
             }
         };
         self.tx_wait = pass.wait;
-        if used > 0 && wants_interrupt(&active.tx_queue, &active.mem, used_before) {
+        if wants_interrupt(&active.tx_queue, &active.mem, used_before) {
             active.irq.trigger(INT_VRING);
             self.metrics.interrupts.fetch_add(1, Ordering::Relaxed);
         }

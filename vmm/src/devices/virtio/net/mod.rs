@@ -11,6 +11,8 @@
 //! and the tap unchanged: checksum and segmentation offloads cost nothing here.
 
 pub mod device;
+#[cfg(test)]
+mod device_tests;
 mod event_handler;
 pub mod rx;
 pub mod tap;
