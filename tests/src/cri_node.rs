@@ -6,6 +6,7 @@
 //! namespace (the test host's), as on a Kubernetes node: a private name (`hcri<N>`) and
 //! /24 of 10.89.0.0/16 with no uplink or masquerade, deleted when the node is dropped.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -83,6 +84,14 @@ impl Node {
             logs: TempDir::new("cri-logs").unwrap(),
             _cni: cni,
         }
+    }
+
+    /// A pod config as a kubelet sends it (see `husk_cri::pod_config`), its log
+    /// directory made under the node's.
+    pub fn pod_config(&self, name: &str) -> api::PodSandboxConfig {
+        let log_dir = self.logs.path().join(name);
+        std::fs::create_dir_all(&log_dir).expect("the pod's log directory");
+        husk_cri::pod_config(name, &format!("uid-{name}"), &log_dir)
     }
 
     /// RunPodSandbox with `handler`; panics with the error and containerd's log.
@@ -180,4 +189,134 @@ pub fn http_get(ip: &str, port: u16, path: &str) -> std::io::Result<String> {
     Ok(out
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_owned()))
+}
+
+// What the CRI tests ask of containers and configure in them.
+
+/// Runs `args` in container `id` and returns its stdout, failing the test on a nonzero
+/// exit (with stderr).
+pub fn run_in(node: &Node, id: &str, args: &[&str]) -> String {
+    let r = node
+        .cri
+        .exec_sync(id, args, 0)
+        .unwrap_or_else(|e| panic!("ExecSync {args:?} in {id}: {e}"));
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{args:?} in {id}: exit {}\nstdout: {}\nstderr: {}",
+        r.exit_code,
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
+/// Runs each `(key, shell command)` in container `id` in one ExecSync and returns each
+/// command's output (stdout and stderr) by key. Each marker line starts a line of its own
+/// (an output without a final newline, /proc/1/cmdline's, cannot swallow it), so an
+/// output may end with an empty line: compare trimmed.
+pub fn facts(node: &Node, id: &str, checks: &[(&str, &str)]) -> Facts {
+    let script: String = checks
+        .iter()
+        .map(|(k, cmd)| format!("echo; echo '@@{k}'; ( {cmd} ) 2>&1; "))
+        .collect();
+    let out = run_in(node, id, &["sh", "-c", &script]);
+    let mut map = BTreeMap::new();
+    let mut key: Option<String> = None;
+    for line in out.lines() {
+        if let Some(k) = line.strip_prefix("@@") {
+            key = Some(k.to_owned());
+            map.insert(k.to_owned(), String::new());
+        } else if let Some(k) = &key {
+            let v = map.get_mut(k).expect("inserted");
+            v.push_str(line);
+            v.push('\n');
+        }
+    }
+    for (k, _) in checks {
+        assert!(map.contains_key(*k), "no answer for {k} in {id}:\n{out}");
+    }
+    Facts(map)
+}
+
+/// What [`facts`] found, by key.
+pub struct Facts(BTreeMap<String, String>);
+
+impl Facts {
+    /// The output of the command run as `key` (empty if none ran).
+    pub fn get(&self, key: &str) -> &str {
+        self.0.get(key).map_or("", String::as_str)
+    }
+}
+
+pub fn host_mount(container: &str, host: &std::path::Path, readonly: bool) -> api::Mount {
+    api::Mount {
+        container_path: container.into(),
+        host_path: host.display().to_string(),
+        readonly,
+        ..Default::default()
+    }
+}
+
+pub fn pid_namespace(config: &mut api::ContainerConfig, mode: api::NamespaceMode) {
+    let linux = config.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    sc.namespace_options
+        .get_or_insert_with(Default::default)
+        .pid = mode as i32;
+}
+
+pub fn security(config: &mut api::ContainerConfig) -> &mut api::LinuxContainerSecurityContext {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+/// The masked and read-only paths a kubelet sends for an unprivileged container
+/// (Kubernetes' defaults; containerd's CRI applies exactly what it is sent).
+pub fn kubelet_default_paths(sc: &mut api::LinuxContainerSecurityContext) {
+    sc.masked_paths = [
+        "/proc/asound",
+        "/proc/acpi",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
+    ]
+    .map(String::from)
+    .to_vec();
+    sc.readonly_paths = [
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+    ]
+    .map(String::from)
+    .to_vec();
+}
+
+pub fn seccomp(
+    kind: api::security_profile::ProfileType,
+    path: &str,
+) -> Option<api::SecurityProfile> {
+    Some(api::SecurityProfile {
+        profile_type: kind as i32,
+        localhost_ref: path.into(),
+    })
+}
+
+/// The `CapEff` mask of /proc/self/status in `status`.
+pub fn cap_eff(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no CapEff in:\n{status}"))
 }

@@ -12,12 +12,14 @@
 //! plugins; husk's boot guests): `make test` runs them (in the test host where needed).
 //! `HUSK_CRI_CYCLES` (default 2; 1 in `make test`) pod cycles in the lifecycle test.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use husk_cri::{api, container_config, pod_config};
+use husk_cri::{api, container_config};
 use husk_tests::containerd::BUSYBOX_IMAGE;
-use husk_tests::cri_node::{http_get, wait_for, Node};
+use husk_tests::cri_node::{
+    cap_eff, facts, host_mount, http_get, kubelet_default_paths, pid_namespace, run_in, seccomp,
+    security, wait_for, Node,
+};
 use husk_tests::guest::TempDir;
 
 const RUNC: &str = "runc";
@@ -35,9 +37,7 @@ fn pod_lifecycle(handler: &str) {
         .unwrap_or(2);
     for i in 0..cycles {
         let name = format!("web{i}");
-        let log_dir = node.logs.path().join(&name);
-        std::fs::create_dir_all(&log_dir).unwrap();
-        let pod_cfg = pod_config(&name, &format!("uid-{i}"), &log_dir);
+        let pod_cfg = node.pod_config(&name);
         let pod = node.run_pod(&pod_cfg, handler);
         let status = node.cri.pod_sandbox_status(&pod).unwrap();
         assert_eq!(status.state, api::PodSandboxState::SandboxReady as i32);
@@ -188,9 +188,7 @@ fn streams(node: &Node, pod: &str, pod_cfg: &api::PodSandboxConfig, app: &str, h
 /// naming it that reaches the CRI caller.
 fn a_pod_from_scratch_images_and_a_clear_error(handler: &str) {
     let node = Node::start();
-    let log_dir = node.logs.path().join("scratch");
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let pod_cfg = pod_config("scratch", "uid-s", &log_dir);
+    let pod_cfg = node.pod_config("scratch");
     let pod = node.run_pod(&pod_cfg, handler);
     let bad = container_config("bad", BUSYBOX_IMAGE, &["/bin/no-such-program"]);
     let err = node
@@ -216,7 +214,7 @@ fn a_pod_from_scratch_images_and_a_clear_error(handler: &str) {
         ("pid", |ns| ns.pid = api::NamespaceMode::Node as i32),
         ("ipc", |ns| ns.ipc = api::NamespaceMode::Node as i32),
     ] {
-        let mut cfg = pod_config(&format!("host-{what}"), &format!("uid-h{what}"), &log_dir);
+        let mut cfg = node.pod_config(&format!("host-{what}"));
         if what == "network" {
             // A kubelet sets no hostname for a hostNetwork pod: it has the node's (runc
             // refuses a hostname without a UTS namespace of the pod's own).
@@ -248,69 +246,6 @@ fn a_pod_from_scratch_images_and_a_clear_error(handler: &str) {
     assert!(left.is_empty(), "{handler} left:\n{left}");
 }
 
-/// Runs `args` in container `id` and returns its stdout, failing the test on a nonzero
-/// exit (with stderr).
-fn run_in(node: &Node, id: &str, args: &[&str]) -> String {
-    let r = node
-        .cri
-        .exec_sync(id, args, 0)
-        .unwrap_or_else(|e| panic!("ExecSync {args:?} in {id}: {e}"));
-    assert_eq!(
-        r.exit_code,
-        0,
-        "{args:?} in {id}: exit {}\nstdout: {}\nstderr: {}",
-        r.exit_code,
-        String::from_utf8_lossy(&r.stdout),
-        String::from_utf8_lossy(&r.stderr)
-    );
-    String::from_utf8_lossy(&r.stdout).into_owned()
-}
-
-/// Runs each `(key, shell command)` in container `id` in one ExecSync and returns each
-/// command's output (stdout and stderr) by key. Each marker line starts a line of its own
-/// (an output without a final newline, /proc/1/cmdline's, cannot swallow it), so an
-/// output may end with an empty line: compare trimmed.
-fn facts(node: &Node, id: &str, checks: &[(&str, &str)]) -> BTreeMap<String, String> {
-    let script: String = checks
-        .iter()
-        .map(|(k, cmd)| format!("echo; echo '@@{k}'; ( {cmd} ) 2>&1; "))
-        .collect();
-    let out = run_in(node, id, &["sh", "-c", &script]);
-    let mut map = BTreeMap::new();
-    let mut key: Option<String> = None;
-    for line in out.lines() {
-        if let Some(k) = line.strip_prefix("@@") {
-            key = Some(k.to_owned());
-            map.insert(k.to_owned(), String::new());
-        } else if let Some(k) = &key {
-            let v = map.get_mut(k).expect("inserted");
-            v.push_str(line);
-            v.push('\n');
-        }
-    }
-    for (k, _) in checks {
-        assert!(map.contains_key(*k), "no answer for {k} in {id}:\n{out}");
-    }
-    map
-}
-
-fn host_mount(container: &str, host: &std::path::Path, readonly: bool) -> api::Mount {
-    api::Mount {
-        container_path: container.into(),
-        host_path: host.display().to_string(),
-        readonly,
-        ..Default::default()
-    }
-}
-
-fn pid_namespace(config: &mut api::ContainerConfig, mode: api::NamespaceMode) {
-    let linux = config.linux.get_or_insert_with(Default::default);
-    let sc = linux.security_context.get_or_insert_with(Default::default);
-    sc.namespace_options
-        .get_or_insert_with(Default::default)
-        .pid = mode as i32;
-}
-
 /// A pod of three containers, as a Deployment with sidecars runs: `web` and `logger`
 /// share the pod's PID namespace (`shareProcessNamespace`), `solo` has its own; all share the pod's
 /// IPC, UTS and network namespaces, its DNS config and sysctls, and an emptyDir. `web`
@@ -333,9 +268,8 @@ fn a_pod_of_three_containers(handler: &str) {
     let link = vols.path().join("link");
     std::os::unix::fs::symlink(&target, &link).unwrap();
 
-    let log_dir = node.logs.path().join("duo");
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let mut pod_cfg = pod_config("duo", "uid-duo", &log_dir);
+    let mut pod_cfg = node.pod_config("duo");
+    let log_dir = std::path::PathBuf::from(&pod_cfg.log_directory);
     // hostPort on the node's loopback (CNI portmap), a port of this run's own.
     let host_port = 18000 + (std::process::id() % 1000) as i32;
     pod_cfg.port_mappings = vec![api::PortMapping {
@@ -427,23 +361,22 @@ fn a_pod_of_three_containers(handler: &str) {
     ];
     let web = facts(&node, web_id, &[common, web_only].concat());
     let solo = facts(&node, solo_id, &[common, solo_only].concat());
-    let f = |m: &BTreeMap<String, String>, k: &str| m.get(k).cloned().unwrap_or_default();
 
     // PID namespaces: the shared one has the pause process as its PID 1, and `logger`
     // is in it too (POD, also the CRI's default): `web` sees its shell. The private one
     // has the container's own command as PID 1 and sees nothing of the others, and
     // they do not see its `sleep 7200`.
     assert_eq!(
-        f(&web, "init").trim(),
+        web.get("init").trim(),
         "/pause",
         "PID 1 of the pod-shared namespace"
     );
     assert_eq!(
-        f(&solo, "init").trim(),
+        solo.get("init").trim(),
         "sleep 7200",
         "PID 1 of a private namespace"
     );
-    let (web_ps, solo_ps) = (f(&web, "ps"), f(&solo, "ps"));
+    let (web_ps, solo_ps) = (web.get("ps"), solo.get("ps"));
     for (who, seen, sees, what) in [
         ("web", &web_ps, true, "httpd"),
         ("web", &web_ps, true, "sh -c seq 1 10000"),
@@ -464,14 +397,14 @@ fn a_pod_of_three_containers(handler: &str) {
     // config and sysctls.
     for k in ["ipc", "uts"] {
         assert_eq!(
-            f(&web, k),
-            f(&solo, k),
+            web.get(k),
+            solo.get(k),
             "the {k} namespace differs between containers"
         );
     }
     for m in [&web, &solo] {
-        assert_eq!(f(m, "hostname").trim(), "duo");
-        let resolv = f(m, "resolv");
+        assert_eq!(m.get("hostname").trim(), "duo");
+        let resolv = m.get("resolv");
         for want in [
             "nameserver 10.89.0.53",
             "search husk.test",
@@ -483,19 +416,19 @@ fn a_pod_of_three_containers(handler: &str) {
             );
         }
         assert_eq!(
-            f(m, "port_range").split_whitespace().collect::<Vec<_>>(),
+            m.get("port_range").split_whitespace().collect::<Vec<_>>(),
             ["33000", "34000"],
             "net.ipv4.ip_local_port_range"
         );
         assert_eq!(
-            f(m, "shm_rmid_forced").trim(),
+            m.get("shm_rmid_forced").trim(),
             "1",
             "kernel.shm_rmid_forced"
         );
     }
 
     // HTTP between the containers over the pod's loopback.
-    assert_eq!(f(&solo, "http").trim(), "web-page");
+    assert_eq!(solo.get("http").trim(), "web-page");
 
     // From the node: the pod IP, and the hostPort on 127.0.0.1 (portmap's DNAT).
     let ip = node
@@ -523,14 +456,14 @@ fn a_pod_of_three_containers(handler: &str) {
 
     // Volumes: hostPath read-write both ways, read-only refused (and nothing reaches the
     // host), a symlinked host path followed on the host, an emptyDir both containers use.
-    assert_eq!(f(&web, "rw_read").trim(), "host-rw");
-    assert_eq!(f(&web, "rw_write").trim(), "written");
+    assert_eq!(web.get("rw_read").trim(), "host-rw");
+    assert_eq!(web.get("rw_write").trim(), "written");
     assert_eq!(
         std::fs::read_to_string(rw.join("from-pod")).unwrap().trim(),
         "from-pod"
     );
-    assert_eq!(f(&web, "ro_read").trim(), "host-ro");
-    let ro_write = f(&web, "ro_write");
+    assert_eq!(web.get("ro_read").trim(), "host-ro");
+    let ro_write = web.get("ro_write");
     assert!(
         ro_write.contains("Read-only") && !ro_write.contains("rc=0"),
         "touch on a read-only volume: {ro_write}"
@@ -539,8 +472,8 @@ fn a_pod_of_three_containers(handler: &str) {
         !ro.join("new").exists(),
         "the read-only volume was written on the host"
     );
-    assert_eq!(f(&web, "link").trim(), "via-symlink");
-    assert_eq!(f(&solo, "empty_dir").trim(), "from-web");
+    assert_eq!(web.get("link").trim(), "via-symlink");
+    assert_eq!(solo.get("empty_dir").trim(), "from-web");
     assert_eq!(
         std::fs::read_to_string(empty.join("reply")).unwrap().trim(),
         "from-solo"
@@ -596,9 +529,7 @@ fn a_pod_of_three_containers(handler: &str) {
 /// and `finishedAt` are exact.
 fn resources_and_status(handler: &str) {
     let node = Node::start();
-    let log_dir = node.logs.path().join("res");
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let pod_cfg = pod_config("res", "uid-res", &log_dir);
+    let pod_cfg = node.pod_config("res");
     let pod = node.run_pod(&pod_cfg, handler);
     let busy = container_config("busy", BUSYBOX_IMAGE, &["sh", "-c", "while :; do :; done"]);
     let mut hog = container_config("hog", BUSYBOX_IMAGE, &["tail", "/dev/zero"]);
@@ -685,58 +616,6 @@ fn resources_and_status(handler: &str) {
     node.remove_pod(&pod, &ids, 2, handler);
 }
 
-fn security(config: &mut api::ContainerConfig) -> &mut api::LinuxContainerSecurityContext {
-    config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-}
-
-/// The masked and read-only paths a kubelet sends for an unprivileged container
-/// (Kubernetes' defaults; containerd's CRI applies exactly what it is sent).
-fn kubelet_default_paths(sc: &mut api::LinuxContainerSecurityContext) {
-    sc.masked_paths = [
-        "/proc/asound",
-        "/proc/acpi",
-        "/proc/kcore",
-        "/proc/keys",
-        "/proc/latency_stats",
-        "/proc/timer_list",
-        "/proc/timer_stats",
-        "/proc/sched_debug",
-        "/proc/scsi",
-        "/sys/firmware",
-    ]
-    .map(String::from)
-    .to_vec();
-    sc.readonly_paths = [
-        "/proc/bus",
-        "/proc/fs",
-        "/proc/irq",
-        "/proc/sys",
-        "/proc/sysrq-trigger",
-    ]
-    .map(String::from)
-    .to_vec();
-}
-
-fn seccomp(kind: api::security_profile::ProfileType, path: &str) -> Option<api::SecurityProfile> {
-    Some(api::SecurityProfile {
-        profile_type: kind as i32,
-        localhost_ref: path.into(),
-    })
-}
-
-/// The `CapEff` mask of /proc/self/status in `status`.
-fn cap_eff(status: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or_else(|| panic!("no CapEff in:\n{status}"))
-}
-
 /// The security context inside the pod, each field as the CRI sets it: a non-root user
 /// with its group and a supplemental group, a read-only rootfs, no_new_privs,
 /// RuntimeDefault seccomp and the default masked and read-only paths; capabilities
@@ -745,8 +624,6 @@ fn cap_eff(status: &str) -> u64 {
 fn security_context(handler: &str) {
     use api::security_profile::ProfileType;
     let node = Node::start();
-    let log_dir = node.logs.path().join("sec");
-    std::fs::create_dir_all(&log_dir).unwrap();
     let profile = node.logs.path().join("no-mkdir.json");
     std::fs::write(
         &profile,
@@ -754,7 +631,7 @@ fn security_context(handler: &str) {
             {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}"#,
     )
     .unwrap();
-    let mut pod_cfg = pod_config("sec", "uid-sec", &log_dir);
+    let mut pod_cfg = node.pod_config("sec");
     // A privileged container needs a privileged pod (containerd refuses it otherwise).
     pod_cfg
         .linux
@@ -790,7 +667,6 @@ fn security_context(handler: &str) {
     security(&mut privileged).privileged = true;
 
     let ids = node.start_containers(&pod, &pod_cfg, &[&user, &caps, &privileged], handler);
-    let f = |m: &BTreeMap<String, String>, k: &str| m.get(k).cloned().unwrap_or_default();
     let status = ("status", "cat /proc/self/status");
 
     let u = facts(
@@ -807,7 +683,7 @@ fn security_context(handler: &str) {
             ),
         ],
     );
-    let ids_out = f(&u, "ids");
+    let ids_out = u.get("ids");
     let lines: Vec<&str> = ids_out.lines().collect();
     assert_eq!(lines.first().copied(), Some("1234"), "uid: {ids_out}");
     assert_eq!(lines.get(1).copied(), Some("2345"), "gid: {ids_out}");
@@ -818,25 +694,25 @@ fn security_context(handler: &str) {
         "supplemental group 3456 missing: {ids_out}"
     );
     assert_eq!(
-        f(&u, "tun").trim(),
+        u.get("tun").trim(),
         "no-tun",
         "an unprivileged container has /dev/net/tun"
     );
-    let st = f(&u, "status");
+    let st = u.get("status");
     assert!(st.contains("NoNewPrivs:\t1"), "no_new_privs:\n{st}");
     assert!(st.contains("Seccomp:\t2"), "RuntimeDefault seccomp:\n{st}");
     assert_eq!(
-        cap_eff(&st),
+        cap_eff(st),
         0,
         "a non-root user has no effective capabilities"
     );
-    let w = f(&u, "rootfs_write");
+    let w = u.get("rootfs_write");
     assert!(
         w.contains("Read-only") && !w.contains("rc=0"),
         "read-only rootfs: {w}"
     );
     assert_eq!(
-        f(&u, "masked").trim(),
+        u.get("masked").trim(),
         "2",
         "masked paths /proc/timer_list, /sys/firmware"
     );
@@ -854,19 +730,19 @@ fn security_context(handler: &str) {
             ),
         ],
     );
-    let w = f(&c, "proc_sys_write");
+    let w = c.get("proc_sys_write");
     assert!(
         w.contains("Read-only") && !w.contains("rc=0"),
         "/proc/sys write: {w}"
     );
-    let st = f(&c, "status");
+    let st = c.get("status");
     assert_eq!(
-        cap_eff(&st),
+        cap_eff(st),
         1 << 12,
         "drop ALL, add NET_ADMIN (bit 12):\n{st}"
     );
     assert!(st.contains("Seccomp:\t2"), "Localhost seccomp:\n{st}");
-    let m = f(&c, "mkdir");
+    let m = c.get("mkdir");
     assert!(
         m.contains("Operation not permitted") && !m.contains("rc=0"),
         "mkdir under the profile: {m}"
@@ -885,10 +761,10 @@ fn security_context(handler: &str) {
             ),
         ],
     );
-    let st = f(&p, "status");
-    let last: u32 = f(&p, "last_cap").trim().parse().unwrap();
+    let st = p.get("status");
+    let last: u32 = p.get("last_cap").trim().parse().unwrap();
     assert_eq!(
-        cap_eff(&st),
+        cap_eff(st),
         (1u64 << (last + 1)) - 1,
         "privileged: every capability:\n{st}"
     );
@@ -897,14 +773,14 @@ fn security_context(handler: &str) {
         "privileged runs unconfined:\n{st}"
     );
     assert_eq!(
-        f(&p, "tun").trim(),
+        p.get("tun").trim(),
         "tun-ok",
         "privileged: the (guest's) /dev/net/tun"
     );
     assert!(
-        f(&p, "bridge").contains("bridge-ok"),
+        p.get("bridge").contains("bridge-ok"),
         "privileged bridge: {}",
-        f(&p, "bridge")
+        p.get("bridge")
     );
 
     node.remove_pod(&pod, &ids, 2, handler);

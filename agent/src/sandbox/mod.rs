@@ -7,6 +7,7 @@
 //! streams are behind `Arc`s of their own, so WaitProcess blocks holding
 //! no lock another RPC needs.
 
+mod pod_spec;
 pub mod resources;
 pub mod setup;
 
@@ -365,30 +366,10 @@ impl Sandbox {
         spec.set_process(Some(process));
 
         let _create = lock(&self.create_lock);
-        {
-            let containers = lock(&self.containers);
-            if containers.contains_key(id) {
-                return Err(SandboxError::ContainerExists(id.to_string()));
-            }
-            let running: Vec<i32> = containers
-                .values()
-                .filter(|e| e.init.exit.get().is_none())
-                .map(|e| e.init.pid)
-                .collect();
-            container::check_joined_namespaces(&spec, &running).map_err(container::Error::from)?;
+        if lock(&self.containers).contains_key(id) {
+            return Err(SandboxError::ContainerExists(id.to_string()));
         }
-        // The guest's network namespace is the pod's, where the spec's net.* sysctls
-        // belong (see `setup::take_net_sysctls`).
-        let net_sysctls = setup::take_net_sysctls(&mut spec);
-        setup::set_sysctls(&self.target, net_sysctls.iter())?;
-        // A privileged container gets the guest's devices (never the host's: on the host,
-        // `husk-agent serve` adds none).
-        if matches!(self.target, Target::Guest) {
-            let n = container::guest_devices::add_guest_devices(&mut spec, Path::new("/dev"));
-            if n > 0 {
-                info!("Container {id} is privileged: {n} guest devices added");
-            }
-        }
+        self.fit_to_pod(id, &mut spec)?;
         let (io, child) = if terminal {
             (None, container::ProcessStdio::default())
         } else {
@@ -696,140 +677,4 @@ impl AttachTarget for Sandbox {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A sandbox with no containers (no root needed: nothing is created).
-    fn sandbox() -> Sandbox {
-        let root = std::env::temp_dir().join(format!("husk-sandbox-unit-{}", std::process::id()));
-        Sandbox::new(
-            &root,
-            Arc::new(Reaper::new()),
-            Target::Host(root.join("sandbox")),
-        )
-        .unwrap()
-    }
-
-    fn kind<T: std::fmt::Debug>(r: Result<T>) -> ErrorKind {
-        r.unwrap_err().kind()
-    }
-
-    #[test]
-    fn ids_are_checked() {
-        assert!(check_id("container id", "abc-1_2.3").is_ok());
-        for bad in ["", "a/b", ".", "..", "a\0b", &"x".repeat(MAX_ID_LEN + 1)] {
-            assert!(check_id("container id", bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn unknown_ids_are_not_found() {
-        let sb = sandbox();
-        assert_eq!(kind(sb.process("nope", "")), ErrorKind::NotFound);
-        assert_eq!(kind(sb.process("nope", "e")), ErrorKind::NotFound);
-        assert_eq!(kind(sb.start_container("nope")), ErrorKind::NotFound);
-        assert_eq!(kind(sb.remove_container("nope", true)), ErrorKind::NotFound);
-        assert_eq!(
-            kind(sb.signal_process("nope", "", 9, false)),
-            ErrorKind::NotFound
-        );
-        assert_eq!(kind(sb.close_stdin("nope", "")), ErrorKind::NotFound);
-        assert_eq!(kind(sb.resize_tty("nope", "", 1, 1)), ErrorKind::NotFound);
-        let stdio = StdioSet::new();
-        assert_eq!(
-            kind(sb.exec_process(
-                "nope",
-                "e",
-                br#"{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}"#,
-                &stdio
-            )),
-            ErrorKind::NotFound
-        );
-        assert!(sb.lookup("nope", "").unwrap_err().contains("not found"));
-        assert_eq!(
-            kind(sb.with_container("nope", |c| c.pid())),
-            ErrorKind::NotFound
-        );
-    }
-
-    #[test]
-    fn bad_arguments_are_invalid_before_anything_is_created() {
-        let sb = sandbox();
-        let stdio = StdioSet::new();
-        let create = |id: &str, json: &[u8], rootfs: &str| {
-            kind(sb.create_container(id, json, rootfs, false, &stdio))
-        };
-        assert_eq!(create("c", b"{", "/x"), ErrorKind::InvalidArgument);
-        assert_eq!(create("", b"{}", "/x"), ErrorKind::InvalidArgument);
-        // No rootfs_path and no root.path.
-        let no_root =
-            br#"{"ociVersion":"1.0.2","process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#;
-        let err = sb
-            .create_container("c", no_root, "", false, &stdio)
-            .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
-        assert!(err.to_string().contains("No root"), "{err}");
-        assert_eq!(
-            create("c", no_root, "relative/rootfs"),
-            ErrorKind::InvalidArgument
-        );
-        assert_eq!(
-            kind(sb.exec_process("c", "", b"{}", &stdio)),
-            ErrorKind::InvalidArgument
-        );
-        assert_eq!(
-            kind(sb.exec_process("c", "e", b"not json", &stdio)),
-            ErrorKind::InvalidArgument
-        );
-        assert_eq!(
-            kind(sb.exec_process(
-                "c",
-                "e",
-                br#"{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}"#,
-                &stdio
-            )),
-            ErrorKind::InvalidArgument
-        );
-        assert_eq!(
-            kind(sb.signal_process("c", "", 0, false)),
-            ErrorKind::InvalidArgument
-        );
-        assert_eq!(
-            kind(sb.signal_process("c", "", 65, false)),
-            ErrorKind::InvalidArgument
-        );
-        assert_eq!(
-            kind(sb.write_stdin("c", "", &vec![0; MAX_STDIN_WRITE + 1])),
-            ErrorKind::InvalidArgument
-        );
-        assert_eq!(
-            kind(sb.resize_tty("c", "", 70_000, 1)),
-            ErrorKind::InvalidArgument
-        );
-        assert_eq!(
-            kind(sb.set_time(1, 1_000_000_000)),
-            ErrorKind::InvalidArgument
-        );
-        assert_eq!(kind(sb.set_time(-1, 0)), ErrorKind::InvalidArgument);
-        // On the host the clock is left alone, successfully.
-        sb.set_time(1, 0).unwrap();
-        assert!(sb.container_ids().is_empty());
-    }
-
-    #[test]
-    fn sandbox_setup_checks_everything_before_applying() {
-        let sb = sandbox();
-        let mut req = CreateSandboxRequest::new();
-        req.hostname = "ok-host".into();
-        let mut m = husk_protocol::agent::Mount::new();
-        m.destination = "/run/../etc".into();
-        req.shared_mounts = vec![m];
-        let err = sb.setup(&req).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
-        // The hostname was not written: the bad mount was found first.
-        let Target::Host(root) = &sb.target else {
-            panic!("host target")
-        };
-        assert!(!root.join("etc/hostname").exists());
-    }
-}
+mod tests;
