@@ -33,10 +33,10 @@ initramfs: agent
 
 image: kernel initramfs
 
-# The host binaries as shipped: static (musl) husk-vmm, containerd-shim-husk-v2 and
+# The host binaries as shipped: static (musl) husk-vmm, husk-jailer, containerd-shim-husk-v2 and
 # husk-check. Tests, demo, benchmarks and `make dist` all run these: one release build.
 vmm: deps
-	$(CARGO) build --release --target $(MUSL) -p husk-vmm -p containerd-shim-husk-v2 -p husk-check
+	$(CARGO) build --release --target $(MUSL) -p husk-vmm -p husk-jail -p containerd-shim-husk-v2 -p husk-check
 
 # The demo and benchmark programs (crate tests/, release).
 bins: deps

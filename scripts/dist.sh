@@ -7,7 +7,7 @@
 #                               SHA256SUMS (every other file's sha256)
 #   scripts/dist.sh tar DIR     pack DIR as DIR.tar.gz (one top-level dir, root-owned)
 #
-# Inputs: target/x86_64-unknown-linux-musl/release/{husk-vmm,containerd-shim-husk-v2,
+# Inputs: target/x86_64-unknown-linux-musl/release/{husk-vmm,husk-jailer,containerd-shim-husk-v2,
 # husk-check} (static), build/guest/{vmlinux,initramfs.cpio}, virtiofsd ($HUSK_VIRTIOFSD,
 # else ~/.cargo/bin, /usr/libexec, /usr/local/bin), config/, deploy/, scripts/install.sh.
 set -euo pipefail
@@ -28,7 +28,7 @@ find_virtiofsd() {
 
 stage() {
     local out="$1" musl="$root/target/x86_64-unknown-linux-musl/release" f
-    for f in "$musl/husk-vmm" "$musl/containerd-shim-husk-v2" "$musl/husk-check"; do
+    for f in "$musl/husk-vmm" "$musl/husk-jailer" "$musl/containerd-shim-husk-v2" "$musl/husk-check"; do
         [[ -x "$f" ]] || die "$f is missing: run make dist (it builds the static binaries)"
     done
     for f in "$root/build/guest/vmlinux" "$root/build/guest/initramfs.cpio"; do
@@ -40,7 +40,7 @@ stage() {
 
     rm -rf "$out"
     mkdir -p "$out"/{bin,libexec/husk,share/husk,etc/husk}
-    install -m 0755 "$musl/husk-vmm" "$musl/containerd-shim-husk-v2" "$musl/husk-check" "$out/bin/"
+    install -m 0755 "$musl/husk-vmm" "$musl/husk-jailer" "$musl/containerd-shim-husk-v2" "$musl/husk-check" "$out/bin/"
     install -m 0755 "$vfs" "$out/libexec/husk/virtiofsd"
     install -m 0644 "$root/build/guest/vmlinux" "$root/build/guest/initramfs.cpio" \
         "$root/deploy/containerd-husk.toml" "$root/deploy/runtimeclass.yaml" "$out/share/husk/"

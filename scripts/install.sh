@@ -4,7 +4,7 @@
 #
 # Usage: [PREFIX=/usr/local] [DESTDIR=] [SYSCONFDIR=/etc] ./install.sh [--uninstall]
 #
-#   $PREFIX/bin/               husk-vmm, containerd-shim-husk-v2, husk-check
+#   $PREFIX/bin/               husk-vmm, husk-jailer, containerd-shim-husk-v2, husk-check
 #   $PREFIX/libexec/husk/      virtiofsd (husk's own; a virtiofsd elsewhere is left alone)
 #   $PREFIX/share/husk/        vmlinux, initramfs.cpio (the guest), containerd-husk.toml,
 #                              runtimeclass.yaml, installed-files (what to uninstall)
@@ -82,7 +82,7 @@ put() {
     echo "$(sha "$DESTDIR$3")  $3" >>"$new_manifest"
 }
 
-for b in husk-vmm containerd-shim-husk-v2 husk-check; do
+for b in husk-vmm husk-jailer containerd-shim-husk-v2 husk-check; do
     put "$here/bin/$b" 0755 "$PREFIX/bin/$b"
 done
 put "$here/libexec/husk/virtiofsd" 0755 "$PREFIX/libexec/husk/virtiofsd"
@@ -101,6 +101,7 @@ put "$tmpfile" 0644 "$share/containerd-husk.toml"
     sed -e "s#^kernel = .*#kernel = \"$share/vmlinux\"#" \
         -e "s#^initramfs = .*#initramfs = \"$share/initramfs.cpio\"#" \
         -e "s#^vmm = .*#vmm = \"$PREFIX/bin/husk-vmm\"#" \
+        -e "s#^jailer = .*#jailer = \"$PREFIX/bin/husk-jailer\"#" \
         -e "s#^virtiofsd = .*#virtiofsd = \"$PREFIX/libexec/husk/virtiofsd\"#" \
         "$here/etc/husk/husk.toml"
 } >"$tmpfile"

@@ -54,7 +54,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 "$dist/bin/husk-check" >/dev/null 2>&1 && bad "husk-check passes before the install" ||
     ok "husk-check fails before the install"
 PREFIX=/usr/local "$dist/install.sh" || bad "install.sh exited $?"
-ls -l /usr/local/bin/husk-vmm /usr/local/bin/containerd-shim-husk-v2 /usr/local/bin/husk-check \
+ls -l /usr/local/bin/husk-vmm /usr/local/bin/husk-jailer /usr/local/bin/containerd-shim-husk-v2 /usr/local/bin/husk-check \
     /usr/local/libexec/husk/virtiofsd /usr/local/share/husk /etc/husk/husk.toml | sed 's/^/  /'
 
 # The test host's root is an overlay: containerd's root (overlay snapshots) needs a real
@@ -102,7 +102,7 @@ rm -rf "$work"
 # --- 3. uninstall ------------------------------------------------------------------
 PREFIX=/usr/local "$dist/install.sh" --uninstall || bad "uninstall exited $?"
 left=""
-for f in /usr/local/bin/husk-vmm /usr/local/bin/containerd-shim-husk-v2 /usr/local/bin/husk-check \
+for f in /usr/local/bin/husk-vmm /usr/local/bin/husk-jailer /usr/local/bin/containerd-shim-husk-v2 /usr/local/bin/husk-check \
     /usr/local/libexec/husk /usr/local/share/husk /etc/husk; do
     [[ -e "$f" ]] && left="$left $f"
 done

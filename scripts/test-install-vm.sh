@@ -40,10 +40,10 @@ git clone -q "$root" "$c"
 (cd "$root" && git ls-files -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -C "$c" -xf -
 mkdir -p "$c/target/release" "$c/build/guest" "$c/build/dist"
 # The demo runs the binaries the release ships (static, from the dist tree).
-cp "${HUSK_DEMO_BIN:-$root/target/release/husk-demo}" "$dist/bin/husk-vmm" "$dist/bin/containerd-shim-husk-v2" "$c/target/release/"
+cp "${HUSK_DEMO_BIN:-$root/target/release/husk-demo}" "$dist/bin/husk-vmm" "$dist/bin/husk-jailer" "$dist/bin/containerd-shim-husk-v2" "$c/target/release/"
 cp "$root/build/guest/vmlinux" "$root/build/guest/initramfs.cpio" "$c/build/guest/"
 cp -a "$dist" "$c/build/dist/$name"
-export HUSK_VMM="$c/target/release/husk-vmm" HUSK_SHIM="$c/target/release/containerd-shim-husk-v2"
+export HUSK_VMM="$c/target/release/husk-vmm" HUSK_JAILER="$c/target/release/husk-jailer" HUSK_SHIM="$c/target/release/containerd-shim-husk-v2"
 export HUSK_KERNEL="$c/build/guest/vmlinux" HUSK_INITRAMFS="$c/build/guest/initramfs.cpio"
 echo "test-install-vm: clone at $c; running scripts/test-install-system.sh from there ($mode)"
 cd "$c"

@@ -37,7 +37,7 @@ PREFIX=$P DESTDIR="$a" "$dist/install.sh" 2>"$tmp/install.log" || {
     cat "$tmp/install.log" >&2
     bad "install.sh into DESTDIR exits 0"
 }
-for f in bin/husk-vmm bin/containerd-shim-husk-v2 bin/husk-check libexec/husk/virtiofsd; do
+for f in bin/husk-vmm bin/husk-jailer bin/containerd-shim-husk-v2 bin/husk-check libexec/husk/virtiofsd; do
     check "$P/$f is installed and executable" test -x "$a$P/$f"
 done
 for f in vmlinux initramfs.cpio containerd-husk.toml runtimeclass.yaml installed-files; do
@@ -45,10 +45,10 @@ for f in vmlinux initramfs.cpio containerd-husk.toml runtimeclass.yaml installed
 done
 check "/etc/husk/husk.toml is installed" test -f "$a/etc/husk/husk.toml"
 for k in "kernel = \"$P/share/husk/vmlinux\"" "initramfs = \"$P/share/husk/initramfs.cpio\"" \
-    "vmm = \"$P/bin/husk-vmm\"" "virtiofsd = \"$P/libexec/husk/virtiofsd\""; do
+    "vmm = \"$P/bin/husk-vmm\"" "jailer = \"$P/bin/husk-jailer\"" "virtiofsd = \"$P/libexec/husk/virtiofsd\""; do
     check "husk.toml says $k" grep -qxF "$k" "$a/etc/husk/husk.toml"
 done
-for b in husk-vmm containerd-shim-husk-v2 husk-check; do
+for b in husk-vmm husk-jailer containerd-shim-husk-v2 husk-check; do
     out="$("$a$P/bin/$b" --version 2>&1 || true)"
     check "$b --version prints '$b $version' (got '$out')" test "$out" = "$b $version"
 done
@@ -94,7 +94,7 @@ check "SHA256SUMS lists every file of the tarball" cmp -s \
     <(awk '{print $2}' "$x/SHA256SUMS" | LC_ALL=C sort)
 PREFIX=$P DESTDIR="$tmp/c" "$x/install.sh" 2>/dev/null || bad "the tarball's install.sh exits 0"
 check "the tarball installs exactly what make install installs" cmp -s "$tmp/make-install.tree" <(tree "$tmp/c")
-for f in husk-vmm containerd-shim-husk-v2 husk-check; do
+for f in husk-vmm husk-jailer containerd-shim-husk-v2 husk-check; do
     if ldd "$x/bin/$f" 2>&1 | grep -q '=>'; then
         bad "$f in the tarball is static (ldd: $(ldd "$x/bin/$f" | tr '\n' ' '))"
     else

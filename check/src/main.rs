@@ -89,6 +89,14 @@ fn main() -> ExitCode {
         &host::version(&config.vmm),
         install,
     ));
+    if config.jail {
+        out.push(checks::program(
+            "husk-jailer",
+            &config.jailer,
+            &host::version(&config.jailer),
+            install,
+        ));
+    }
     out.push(checks::program(
         "virtiofsd",
         &config.virtiofsd,

@@ -50,6 +50,17 @@ pub struct Config {
     pub max_memory_mib: u64,
     /// Extra guest kernel command line (husk-vmm `--cmdline`). Default `"quiet"`.
     pub kernel_cmdline: String,
+    /// Whether husk-vmm runs in its jail (SECURITY.md): started by `jailer` in new
+    /// namespaces with a root holding only what the VM needs, as an unprivileged uid of
+    /// its own, with no capabilities. Default true; false only for debugging.
+    pub jail: bool,
+    /// The husk-jailer binary. Default `/usr/local/bin/husk-jailer`.
+    pub jailer: PathBuf,
+    /// The uids (and gids, the same numbers) of jailed VMMs: one per running pod, leased
+    /// from `jail_id_first .. jail_id_first + jail_id_count`. Default 1500000000 and 65536,
+    /// far from login users and from the subordinate ids of user namespaces.
+    pub jail_id_first: u32,
+    pub jail_id_count: u32,
     /// Extra virtiofsd arguments. Default `["--cache=never", "--sandbox=namespace",
     /// "--seccomp=kill", "--modcaps=-mknod:-setfcap"]`: virtiofsd in its own mount, PID and
     /// network namespaces with the shared dir as its root, under its seccomp filter.
@@ -74,6 +85,10 @@ impl Default for Config {
             initramfs: "/usr/share/husk/initramfs.cpio".into(),
             vmm: "/usr/local/bin/husk-vmm".into(),
             virtiofsd: "/usr/local/bin/virtiofsd".into(),
+            jail: true,
+            jailer: "/usr/local/bin/husk-jailer".into(),
+            jail_id_first: 1_500_000_000,
+            jail_id_count: 65_536,
             vcpus: 1,
             memory_mib: 256,
             max_vcpus: 8,
@@ -134,11 +149,23 @@ impl Config {
         if self.boot_timeout_secs == 0 || self.rpc_timeout_secs == 0 {
             return Err(invalid("timeouts must be at least 1 second".into()));
         }
+        if self.jail_id_first == 0
+            || self.jail_id_count == 0
+            || u64::from(self.jail_id_first) + u64::from(self.jail_id_count) > u64::from(u32::MAX)
+        {
+            return Err(invalid(format!(
+                "jail_id_first = {} and jail_id_count = {} must name ids from 1 to {} (never root's 0)",
+                self.jail_id_first,
+                self.jail_id_count,
+                u32::MAX - 1
+            )));
+        }
         for (key, p) in [
             ("kernel", &self.kernel),
             ("initramfs", &self.initramfs),
             ("vmm", &self.vmm),
             ("virtiofsd", &self.virtiofsd),
+            ("jailer", &self.jailer),
             ("state_dir", &self.state_dir),
         ] {
             if !p.is_absolute() {
@@ -173,12 +200,16 @@ impl Config {
     /// Checks that the files the VM needs exist, so a missing kernel is reported by name
     /// before anything is started.
     pub fn check_files(&self) -> Result<(), ConfigError> {
+        let jailer = self.jail.then_some(("jailer", &self.jailer));
         for (key, p) in [
             ("kernel", &self.kernel),
             ("initramfs", &self.initramfs),
             ("vmm", &self.vmm),
             ("virtiofsd", &self.virtiofsd),
-        ] {
+        ]
+        .into_iter()
+        .chain(jailer)
+        {
             if !p.is_file() {
                 return Err(ConfigError::Invalid {
                     path: p.clone(),
@@ -228,6 +259,10 @@ mod tests {
             max_memory_mib = 1024
             kernel_cmdline = ""
             virtiofsd_args = ["--cache=auto"]
+            jail = false
+            jailer = "/j"
+            jail_id_first = 5000
+            jail_id_count = 10
             state_dir = "/s"
             boot_timeout_secs = 600
             rpc_timeout_secs = 5
@@ -239,6 +274,9 @@ mod tests {
         assert_eq!(c.vcpus, 2);
         assert_eq!(c.memory_mib, 512);
         assert_eq!(c.virtiofsd_args, ["--cache=auto"]);
+        assert!(!c.jail);
+        assert_eq!(c.jailer, PathBuf::from("/j"));
+        assert_eq!((c.jail_id_first, c.jail_id_count), (5000, 10));
         assert_eq!(c.boot_timeout_secs, 600);
         assert_eq!(c.log_level, "debug");
     }
@@ -259,6 +297,10 @@ mod tests {
         assert!(parse("log_level = \"loud\"").is_err());
         assert!(parse("kernel = \"relative/vmlinux\"").is_err());
         assert!(parse("boot_timeout_secs = 0").is_err());
+        assert!(parse("jail_id_first = 0").is_err());
+        assert!(parse("jail_id_count = 0").is_err());
+        assert!(parse("jail_id_first = 4294967295").is_err());
+        assert!(parse("jailer = \"husk-jailer\"").is_err());
     }
 
     #[test]

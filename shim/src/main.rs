@@ -3,6 +3,7 @@
 //! … -id … start|delete` or to serve; see `shim.rs` for those entry points.
 
 mod config;
+mod jail;
 mod metrics;
 mod mounts;
 mod network;

@@ -4,9 +4,9 @@
 //! monitor (subscribed before spawning), never from `Child::wait`.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use husk_protocol::{hybrid_vsock, ttrpc, AGENT_VSOCK_PORT, API_VERSION};
 use log::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::jail::{self, JailError, JailState};
 use crate::mounts::{self, HostOps};
 use crate::network::{self, Attached, NetError, NetState};
 use crate::spec::{GUEST_SHARED_DIR, SHARED_FS_TAG};
@@ -75,13 +76,15 @@ pub enum SandboxError {
     Mount(#[from] mounts::MountError),
     #[error(transparent)]
     Network(#[from] NetError),
+    #[error(transparent)]
+    Jail(#[from] JailError),
 }
 
 /// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
 const SOCKET_PATH_MAX: usize = 107;
 
 /// A socket the pod binds fits in `sun_path`; CRI's 64-character sandbox ids make
-/// `<state_dir>/k8s.io/<id>/virtiofsd.sock` 95 bytes with the default `/run/husk`.
+/// `<state_dir>/k8s.io/<id>/vm/virtiofsd.sock` 98 bytes with the default `/run/husk`.
 fn check_socket_path(path: &Path) -> Result<(), SandboxError> {
     let len = path.as_os_str().len();
     if len > SOCKET_PATH_MAX {
@@ -184,6 +187,9 @@ pub struct Sandbox {
     rpc_timeout: Duration,
     /// The pod's network (taps and tc filters in its netns), torn down at stop.
     net: Option<NetState>,
+    /// The VMM's jail id and the pod's cgroups, undone at stop.
+    jail: JailState,
+    state_dir: PathBuf,
 }
 
 /// The pod's directory for containerd namespace `ns`.
@@ -200,28 +206,9 @@ pub struct PodRequest<'a> {
     pub memory_mib: u64,
     /// The pod's network namespace (the spec's), whose interfaces become guest NICs.
     pub netns: Option<&'a Path>,
-}
-
-fn spawn_logged(cmd: &mut Command, log: &Path, what: &'static str) -> Result<i32, SandboxError> {
-    let f = std::fs::File::create(log).map_err(|source| SandboxError::Dir {
-        path: log.to_owned(),
-        source,
-    })?;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(f.try_clone().map_err(|source| SandboxError::Dir {
-            path: log.to_owned(),
-            source,
-        })?)
-        .stderr(f)
-        .spawn()
-        .map_err(|source| SandboxError::Spawn {
-            what,
-            path: cmd.get_program().into(),
-            source,
-        })?;
-    // The reaper thread owns the wait; dropping the handle neither kills nor waits.
-    Ok(child.id() as i32)
+    /// The spec's `linux.cgroupsPath`: the pod's cgroup on the host, which husk-vmm and
+    /// virtiofsd join.
+    pub cgroups_path: Option<&'a str>,
 }
 
 fn tail(path: &Path, max: usize) -> String {
@@ -287,24 +274,37 @@ impl Sandbox {
             log: String::new(),
         })?;
         let dir = pod_dir(config, req.namespace, req.pod);
-        let vsock = dir.join("vsock.sock");
-        let fs_sock = dir.join("virtiofsd.sock");
+        let vm_dir = launch::vm_dir(&dir);
+        let vsock = vm_dir.join(launch::VSOCK_SOCKET);
+        let fs_sock = vm_dir.join(launch::FS_SOCKET);
         for sock in [&vsock, &fs_sock] {
             check_socket_path(sock)?;
         }
         let shared = dir.join("shared");
-        std::fs::create_dir_all(&shared).map_err(|source| SandboxError::Dir {
-            path: shared.clone(),
-            source,
-        })?;
+        for d in [&shared, &vm_dir] {
+            std::fs::create_dir_all(d).map_err(|source| SandboxError::Dir {
+                path: d.clone(),
+                source,
+            })?;
+        }
         let _ = std::fs::remove_file(&vsock);
         let _ = std::fs::remove_file(&fs_sock);
+        // The VMM's uid and the pod's cgroup, recorded before anything runs in them.
+        let jail_state = match launch::prepare_jail(config, &dir, &vm_dir, req.cgroups_path) {
+            Ok(j) => j,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                prune_empty_parent(&dir);
+                return Err(e);
+            }
+        };
 
         // The taps first: a bad netns fails the pod before anything runs.
         let attached = match req.netns {
             Some(ns) => match network::attach(ns, &dir.join(network::STATE_FILE)) {
                 Ok(a) => Some(a),
                 Err(e) => {
+                    let _ = jail_state.undo(&config.state_dir, &dir);
                     let _ = std::fs::remove_dir_all(&dir);
                     prune_empty_parent(&dir);
                     return Err(e.into());
@@ -314,6 +314,9 @@ impl Sandbox {
         };
         let net = attached.as_ref().map(|a| a.state.clone());
         let abandon = |e: SandboxError| {
+            if let Err(j) = jail_state.undo(&config.state_dir, &dir) {
+                warn!("pod {}: {}", req.pod, error_chain(&j));
+            }
             if let Some(n) = &net {
                 if let Err(d) = network::detach(n) {
                     warn!("pod {}: {}", req.pod, error_chain(&d));
@@ -336,8 +339,11 @@ impl Sandbox {
         let exits = Arc::new(Exits::default());
         let stopping = Arc::new(Mutex::new(false));
 
-        let virtiofsd_pid = spawn_logged(
-            Command::new(&config.virtiofsd)
+        let cgroup_procs = jail::open_procs(&jail_state.cgroups).map_err(|e| abandon(e.into()))?;
+        let mut virtiofsd = Command::new(&config.virtiofsd);
+        jail::join_cgroups_on_exec(&mut virtiofsd, cgroup_procs);
+        let virtiofsd_pid = launch::spawn_logged(
+            virtiofsd
                 .arg(format!("--socket-path={}", fs_sock.display()))
                 .arg(format!("--shared-dir={}", shared.display()))
                 // Each container's rootfs is a mount inside the shared dir. Announced as
@@ -366,6 +372,8 @@ impl Sandbox {
             stopping: Arc::clone(&stopping),
             rpc_timeout: Duration::from_secs(config.rpc_timeout_secs),
             net,
+            jail: jail_state.clone(),
+            state_dir: config.state_dir.clone(),
         };
         sb.write_pids();
 
@@ -418,6 +426,7 @@ impl Sandbox {
             Err(e) => {
                 sb.stop_processes();
                 sb.detach_network();
+                sb.undo_jail();
                 let _ = mounts::unmount_under(&mounts::RealHost, &sb.dir);
                 let _ = std::fs::remove_dir_all(&sb.dir);
                 prune_empty_parent(&sb.dir);
@@ -448,43 +457,37 @@ impl Sandbox {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let console = self.dir.join("console.log");
-        let mut cmd = Command::new(&config.vmm);
-        cmd.arg("--kernel")
-            .arg(&config.kernel)
-            .arg("--initramfs")
-            .arg(&config.initramfs)
-            .args(["--vcpus", &req.vcpus.to_string()])
-            .args(["--memory", &req.memory_mib.to_string()])
-            .arg("--console")
-            .arg(format!("file:{}", console.display()))
-            .arg("--vsock")
-            .arg(format!("cid=3,uds={}", self.vsock.display()))
-            .arg("--fs")
-            .arg(format!("tag={SHARED_FS_TAG},socket={}", fs_sock.display()))
-            .args(["--cmdline", &config.kernel_cmdline]);
         let (taps, update) = match attached {
-            Some(a) => {
-                for (i, nic) in a.nics.iter().enumerate() {
-                    let fd = network::tap::FIRST_CHILD_FD + i as i32;
-                    cmd.arg("--net").arg(network::plan::vmm_net_arg(fd, nic));
-                }
-                let raw: Vec<i32> = a.taps.iter().map(AsRawFd::as_raw_fd).collect();
-                network::tap::pass_fds(&mut cmd, &raw);
-                (a.taps, Some(a.request))
-            }
+            Some(a) => (a.taps, Some((a.nics, a.request))),
             None => (Vec::new(), None),
         };
+        let nics = update
+            .as_ref()
+            .map(|(n, _)| n.as_slice())
+            .unwrap_or_default();
+        let launch = launch::Launch {
+            config,
+            req,
+            pod_dir: &self.dir,
+            jail_id: self.jail.id,
+            cgroups: &self.jail.cgroups,
+            nics,
+            taps: &taps,
+        };
+        if let Some(id) = self.jail.id {
+            launch::hand_socket_to(fs_sock, id)?;
+        }
         {
             // Hold the slot while spawning so the watcher cannot miss the pid.
             let mut slot = vmm_slot.lock().unwrap_or_else(|e| e.into_inner());
-            let spawned = spawn_logged(&mut cmd, &self.dir.join("vmm.log"), "husk-vmm");
+            let spawned = launch.spawn();
             // husk-vmm holds the taps now: ours must close, so that a tap goes when the
             // VMM does.
             drop(taps);
             self.vmm_pid = spawned?;
             *slot = self.vmm_pid;
         }
+        let update = update.map(|(_, request)| request);
         self.write_pids();
         info!(
             "pod {}: husk-vmm pid {} ({} vCPUs, {} MiB), virtiofsd pid {}",
@@ -608,7 +611,10 @@ impl Sandbox {
             "{}\n{}\n{}",
             tail(&self.dir.join("vmm.log"), 2000),
             tail(&self.dir.join("virtiofsd.log"), 2000),
-            tail(&self.dir.join("console.log"), console_bytes)
+            tail(
+                &launch::vm_dir(&self.dir).join(launch::CONSOLE_LOG),
+                console_bytes
+            )
         )
     }
 
@@ -645,14 +651,22 @@ impl Sandbox {
 
     fn stop_processes(&self) {
         *self.stopping.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        for (pid, grace) in [
-            (self.vmm_pid, Duration::from_secs(5)),
-            (self.virtiofsd_pid, Duration::from_secs(5)),
+        // A jailed VMM is PID 1 of its PID namespace: a signal it has no handler for
+        // (SIGTERM) never reaches it from here, so it gets SIGKILL at once. (Unjailed,
+        // SIGTERM's default action ends it just the same: it has nothing to flush.)
+        let vmm_signal = if self.jail.id.is_some() {
+            libc::SIGKILL
+        } else {
+            libc::SIGTERM
+        };
+        for (pid, sig, grace) in [
+            (self.vmm_pid, vmm_signal, Duration::from_secs(5)),
+            (self.virtiofsd_pid, libc::SIGTERM, Duration::from_secs(5)),
         ] {
             if pid <= 0 || self.exits.get(pid).is_some() {
                 continue;
             }
-            kill(pid, libc::SIGTERM);
+            kill(pid, sig);
             if self.exits.wait(pid, grace).is_none() {
                 warn!("pid {pid} ignored SIGTERM; killing it");
                 kill(pid, libc::SIGKILL);
@@ -661,6 +675,15 @@ impl Sandbox {
                 }
             }
         }
+    }
+
+    /// Removes the pod's cgroups and releases the VMM's id (after both processes ended).
+    fn undo_jail(&self) -> Option<JailError> {
+        let r = self.jail.undo(&self.state_dir, &self.dir).err();
+        if let Some(e) = &r {
+            error!("pod {}: {}", self.id, error_chain(e));
+        }
+        r
     }
 
     /// Removes the pod's taps and tc filters (after husk-vmm ended); logs a failure.
@@ -689,6 +712,7 @@ impl Sandbox {
         }
         self.stop_processes();
         let net_err = self.detach_network();
+        let jail_err = self.undo_jail();
         // The guest's own account (agent log lines) survives the pod dir in the shim log.
         debug!("pod {}: at teardown:\n{}", self.id, self.logs_with(16_000));
         mounts::unmount_under(ops, &self.dir)?;
@@ -697,7 +721,10 @@ impl Sandbox {
             source,
         })?;
         prune_empty_parent(&self.dir);
-        net_err.map_or(Ok(()), |e| Err(e.into()))
+        if let Some(e) = net_err {
+            return Err(e.into());
+        }
+        jail_err.map_or(Ok(()), |e| Err(e.into()))
     }
 }
 
@@ -773,14 +800,24 @@ pub fn cleanup_dead_pod(
         info!("removing the dead shim's network in {}", n.netns.display());
         network::detach(&n).err()
     });
+    let jail_err = match JailState::read(dir) {
+        Ok(Some(j)) => j.undo(&config.state_dir, dir).err(),
+        Ok(None) => None,
+        Err(e) => Some(e),
+    };
     mounts::unmount_under(ops, dir)?;
     std::fs::remove_dir_all(dir).map_err(|source| SandboxError::Dir {
         path: dir.to_owned(),
         source,
     })?;
     prune_empty_parent(dir);
-    net_err.map_or(Ok(()), |e| Err(e.into()))
+    if let Some(e) = net_err {
+        return Err(e.into());
+    }
+    jail_err.map_or(Ok(()), |e| Err(e.into()))
 }
+
+mod launch;
 
 #[cfg(test)]
 mod tests;

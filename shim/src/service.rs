@@ -357,6 +357,9 @@ impl Inner {
                 vcpus,
                 memory_mib,
                 netns: netns.as_deref(),
+                cgroups_path: spec
+                    .pointer("/linux/cgroupsPath")
+                    .and_then(serde_json::Value::as_str),
             },
             hook,
         )

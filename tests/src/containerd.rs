@@ -15,7 +15,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::guest::TempDir;
 use crate::{
-    guest_initramfs, guest_kernel, kill_group, run_with_watchdog, vmm_bin, workspace_root, Outcome,
+    guest_initramfs, guest_kernel, jailer_bin, kill_group, run_with_watchdog, vmm_bin,
+    workspace_root, Outcome,
 };
 
 /// The image name the busybox archive is imported as.
@@ -196,7 +197,7 @@ impl Containerd {
     }
 
     fn start_with(husk: &HuskToml, cri: Option<(String, PathBuf)>) -> Result<Self> {
-        for f in [shim_bin(), vmm_bin()] {
+        for f in [shim_bin(), vmm_bin(), jailer_bin()] {
             anyhow::ensure!(f.is_file(), "{} is missing: run `make vmm`", f.display());
         }
         let containerd =
@@ -217,11 +218,12 @@ impl Containerd {
         std::fs::write(
             &husk_config,
             format!(
-                "kernel = {:?}\ninitramfs = {:?}\nvmm = {:?}\nvirtiofsd = {:?}\nstate_dir = {:?}\n\
+                "kernel = {:?}\ninitramfs = {:?}\nvmm = {:?}\njailer = {:?}\nvirtiofsd = {:?}\nstate_dir = {:?}\n\
                  boot_timeout_secs = {}\nlog_level = \"debug\"\n{}\n",
                 husk.kernel,
                 guest_initramfs(),
                 vmm_bin(),
+                jailer_bin(),
                 virtiofsd,
                 husk_state,
                 crate::boot_timeout().as_secs(),
@@ -384,6 +386,7 @@ state = "{state}"
     /// its vsock state (SIGUSR1), then returns the end of each live pod's guest console
     /// and VMM log (the test host's files are gone after the run).
     pub fn pod_report(&self) -> String {
+        // A jailed VMM's command line names its pod dir (`--id`), the rest are jail paths.
         for (pid, cmd) in processes_mentioning(self.dir.path()) {
             if cmd.contains("husk-vmm") {
                 if let Ok(pid) = i32::try_from(pid) {
@@ -513,6 +516,18 @@ state = "{state}"
         self.husk_state.join(NAMESPACE).join(id)
     }
 
+    /// The host cgroup the shim made for a pod run in the test namespace (ctr's
+    /// cgroupsPath is `/<namespace>/<id>`): the v2 directory, or v1's first hierarchy.
+    pub fn pod_cgroup(&self, id: &str) -> PathBuf {
+        use husk_jail::cgroup;
+        let root = Path::new(cgroup::ROOT);
+        let rel = cgroup::relative_path(&format!("/{NAMESPACE}/{id}")).expect("a plain path");
+        cgroup::directories(root, &rel)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| root.join(rel))
+    }
+
     /// A pid recorded in a pod's `pids` file (`shim`, `vmm`, `virtiofsd`).
     pub fn pod_pid(&self, id: &str, which: &str) -> Option<i32> {
         let text = std::fs::read_to_string(self.pod_dir(id).join("pids")).ok()?;
@@ -531,7 +546,7 @@ state = "{state}"
         let r = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
         format!(
             "--- console ---\n{}\n--- vmm ---\n{}",
-            r("console.log"),
+            r("vm/console.log"),
             r("vmm.log")
         )
     }

@@ -68,6 +68,11 @@ pub fn vmm_bin() -> PathBuf {
     path_from_env("HUSK_VMM", &format!("{RELEASE_DIR}/husk-vmm"))
 }
 
+/// The husk-jailer binary (`HUSK_JAILER`, default `RELEASE_DIR/husk-jailer`).
+pub fn jailer_bin() -> PathBuf {
+    path_from_env("HUSK_JAILER", &format!("{RELEASE_DIR}/husk-jailer"))
+}
+
 /// The guest kernel (`HUSK_KERNEL`, default `build/guest/vmlinux`).
 pub fn guest_kernel() -> PathBuf {
     path_from_env("HUSK_KERNEL", "build/guest/vmlinux")

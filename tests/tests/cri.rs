@@ -527,9 +527,33 @@ fn a_pod_of_three_containers(handler: &str) {
 /// container; UpdateContainerResources reaches the container's cgroup (seen from inside);
 /// a container past its memory limit ends `OOMKilled` with exit code 137; an exit code
 /// and `finishedAt` are exact.
+/// CPU time in µs a cgroup (and its children) used: v2's cpu.stat, or v1's cpuacct.
+fn cgroup_cpu_usec(path: &str) -> u64 {
+    let rel = path.trim_start_matches('/');
+    let v2 = std::fs::read_to_string(format!("/sys/fs/cgroup/{rel}/cpu.stat")).ok();
+    if let Some(stat) = v2.filter(|s| s.contains("usage_usec")) {
+        return stat
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+    }
+    std::fs::read_to_string(format!("/sys/fs/cgroup/cpuacct/{rel}/cpuacct.usage"))
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(0, |ns| ns / 1000)
+}
+
 fn resources_and_status(handler: &str) {
     let node = Node::start();
-    let pod_cfg = node.pod_config("res");
+    let mut pod_cfg = node.pod_config("res");
+    // The kubelet's pod cgroup (cgroupfs driver), which accounts what the pod uses: under
+    // runc its containers' cgroups, under husk the VM's (husk-vmm and virtiofsd).
+    let parent = format!("/kubepods/burstable/pod-{}", std::process::id());
+    pod_cfg
+        .linux
+        .get_or_insert_with(Default::default)
+        .cgroup_parent = parent.clone();
     let pod = node.run_pod(&pod_cfg, handler);
     let busy = container_config("busy", BUSYBOX_IMAGE, &["sh", "-c", "while :; do :; done"]);
     let mut hog = container_config("hog", BUSYBOX_IMAGE, &["tail", "/dev/zero"]);
@@ -561,6 +585,13 @@ fn resources_and_status(handler: &str) {
         last.0 > cpu0 + 100_000_000
     });
     assert!(last.1 > 0, "busy's working set is 0: {last:?}");
+    // The pod cgroup's CPU time grows with busy's loop.
+    let pod_cpu0 = cgroup_cpu_usec(&parent);
+    wait_for(
+        "the pod cgroup's CPU time to grow",
+        Duration::from_secs(60),
+        || cgroup_cpu_usec(&parent) > pod_cpu0 + 200_000,
+    );
 
     // UpdateContainerResources: memory and CPU limits, seen in the container's cgroup.
     node.cri

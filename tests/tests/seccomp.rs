@@ -1,7 +1,9 @@
 //! Confinement of a pod's processes, seen from the host: every husk-vmm thread runs under
-//! its seccomp filter (and a call outside it kills the VMM by SIGSYS), and virtiofsd runs
-//! in its own mount namespace under its own filter, yet still sees the rootfs mounts the
-//! shim makes after it started. Like the boot tests these need a KVM that can boot a
+//! its seccomp filter (and a call outside it kills the VMM by SIGSYS), husk-vmm runs in its
+//! jail (an unprivileged uid of the pod's, no capabilities, its own namespaces, a root
+//! holding only what the VM needs, the pod's cgroup), and virtiofsd runs in its own mount
+//! namespace under its own filter, yet still sees the rootfs mounts the shim makes after it
+//! started. Like the boot tests these need a KVM that can boot a
 //! standard guest: `#[ignore]`d for a plain `cargo test`, run by `make test`.
 
 use std::collections::BTreeMap;
@@ -224,7 +226,105 @@ fn a_pods_vmm_and_virtiofsd_run_confined() {
         "husk-vmm threads: {threads:?}"
     );
 
+    // The jail: the pod's own uid/gid from the configured range, nothing privileged.
+    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
+    let uid: u32 = status_field(&status, "Uid")
+        .split_whitespace()
+        .next()
+        .and_then(|u| u.parse().ok())
+        .unwrap();
+    assert!(
+        (1_500_000_000..1_500_065_536).contains(&uid),
+        "husk-vmm uid {uid}:\n{status}"
+    );
+    assert_eq!(
+        status_field(&status, "Uid"),
+        format!("{uid}\t{uid}\t{uid}\t{uid}")
+    );
+    assert_eq!(
+        status_field(&status, "Gid"),
+        format!("{uid}\t{uid}\t{uid}\t{uid}")
+    );
+    for cap in ["CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(&status, cap), "0000000000000000", "{cap}");
+    }
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+    // Its own namespaces, PID 1 of its PID namespace.
+    for kind in ["mnt", "pid", "ipc", "uts", "net"] {
+        let of = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/{kind}")).unwrap();
+        assert_ne!(of(&vmm.to_string()), of("self"), "{kind} namespace");
+    }
+    assert_eq!(
+        status_field(&status, "NSpid").split_whitespace().last(),
+        Some("1")
+    );
+    // `/` is the jail: the VMM, its kernel and initramfs, /dev/kvm, the pod's vm dir.
+    let mut root: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root/"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    root.sort();
+    assert_eq!(root, ["dev", "husk-vmm", "initramfs", "kernel", "run"]);
+    let dev: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root/dev"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dev, ["kvm"]);
+    let mut run: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root/run"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    run.sort();
+    // (virtiofsd keeps its pid file beside its socket: root's, the VMM can only read it.)
+    assert_eq!(
+        run,
+        [
+            "console.log",
+            "virtiofsd.sock",
+            "virtiofsd.sock.pid",
+            "vsock.sock"
+        ]
+    );
+    // Only stdio, KVM's fds, eventfds and sockets: no host file beyond the kernel/initramfs
+    // (which the VMM closed after loading them).
+    for fd in std::fs::read_dir(format!("/proc/{vmm}/fd")).unwrap() {
+        let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
+        let t = target.display().to_string();
+        assert!(
+            t.starts_with("anon_inode:")
+                || t.starts_with("socket:")
+                || t.starts_with("/dev/kvm")
+                || t.starts_with("/run/")
+                || t.starts_with("/dev/null")
+                || t.ends_with("vmm.log")
+                || t.starts_with("/memfd:"),
+            "husk-vmm fd -> {t}"
+        );
+    }
+    // The pod's cgroup (ctr's cgroupsPath /<namespace>/<id>) holds the VMM and virtiofsd.
+    let cgroup = c.pod_cgroup(id);
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    let in_cgroup: Vec<i32> = procs.lines().filter_map(|l| l.parse().ok()).collect();
+    assert!(
+        in_cgroup.contains(&vmm),
+        "{}: {in_cgroup:?}",
+        cgroup.display()
+    );
+
     let vfs = c.pod_pid(id, "virtiofsd").expect("virtiofsd pid");
+    assert!(
+        in_cgroup.contains(&vfs),
+        "{}: {in_cgroup:?}",
+        cgroup.display()
+    );
+    if let Ok(mem) = std::fs::read_to_string(cgroup.join("memory.current")) {
+        let bytes: u64 = mem.trim().parse().unwrap();
+        eprintln!("pod cgroup {}: memory.current {bytes}", cgroup.display());
+        assert!(
+            bytes > 16 << 20,
+            "the guest's memory is accounted to the pod: {bytes}"
+        );
+    }
     let host_ns = mnt_ns("self");
     assert_ne!(
         mnt_ns(&vfs.to_string()),
@@ -259,4 +359,5 @@ fn a_pods_vmm_and_virtiofsd_run_confined() {
     assert_eq!(o.code(), Some(0), "{o:?}");
     let left = c.wait_clean(Duration::from_secs(30));
     assert!(left.is_empty(), "left behind:\n{left}\n{}", c.log());
+    assert!(!cgroup.exists(), "{} outlived the pod", cgroup.display());
 }

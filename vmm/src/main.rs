@@ -66,6 +66,10 @@ struct Cli {
     /// then reaches every system call).
     #[arg(long)]
     no_seccomp: bool,
+    /// A name for this VM in `ps` and the log; the shim passes the pod's directory on the
+    /// host (a jailed VMM's paths are all inside its jail).
+    #[arg(long)]
+    id: Option<String>,
     /// Test hook: make a system call no filter allows once the filters are on, so that the
     /// VMM dies by SIGSYS (also `HUSK_SECCOMP_SELFTEST=1`, which reaches a shim's VMM).
     #[arg(long, hide = true)]
@@ -112,6 +116,9 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> anyhow::Result<VmExit> {
     let config = cli.vm_config()?;
+    if let Some(id) = &cli.id {
+        tracing::info!("husk-vmm for {id}");
+    }
     let seccomp = if cli.no_seccomp {
         tracing::warn!(
             "--no-seccomp: husk-vmm runs WITHOUT its seccomp filters; a guest that escapes \

@@ -137,16 +137,19 @@ fn clean_up(c: &Containerd, id: &str) -> bool {
 
 /// One `ctr run --rm <runtime> <image> <id> /bin/true`: its wall time, or the reason it
 /// failed (after cleaning up).
-fn run_true(c: &Containerd, runtime: &str, id: &str, timeout: Duration) -> Option<Duration> {
-    let args = [
-        "run",
-        "--rm",
-        "--runtime",
-        runtime,
-        BUSYBOX_IMAGE,
-        id,
-        "/bin/true",
-    ];
+fn run_true(
+    c: &Containerd,
+    runtime: &str,
+    config: Option<&Path>,
+    id: &str,
+    timeout: Duration,
+) -> Option<Duration> {
+    let config = config.map(|p| p.display().to_string());
+    let mut args = vec!["run", "--rm", "--runtime", runtime];
+    if let Some(p) = &config {
+        args.extend(["--runtime-config-path", p]);
+    }
+    args.extend([BUSYBOX_IMAGE, id, "/bin/true"]);
     let start = Instant::now();
     let err = match c.ctr_timeout(&args, timeout) {
         Ok(o) if o.code() == Some(0) => {
@@ -468,6 +471,16 @@ fn main() -> Result<()> {
     }
     let c = Containerd::start(&HuskToml::default())?;
     c.import_busybox()?;
+    // The same husk.toml with husk-vmm unjailed (`ctr run --runtime-config-path`), for
+    // the cost of the jail (SECURITY.md); the seccomp filters' cost is `make bench`'s.
+    let unjailed = c.dir.path().join("husk-unjailed.toml");
+    std::fs::write(
+        &unjailed,
+        format!(
+            "{}\njail = false\n",
+            std::fs::read_to_string(&c.husk_config).context("read husk.toml")?
+        ),
+    )?;
     println!(
         "husk-bench-shim: private containerd at {}; ctr run --rm {BUSYBOX_IMAGE} /bin/true, \
          {runs} runs each, interleaved, watchdog {} s per ctr",
@@ -477,23 +490,29 @@ fn main() -> Result<()> {
 
     let mut failed = 0usize;
     // One warm-up of each, not counted (page cache, first snapshot, first cgroup).
-    for (runtime, id) in [(RUNC, "rwarm"), (RUNTIME, "hwarm")] {
-        match run_true(&c, runtime, id, timeout) {
+    for (runtime, config, id) in [
+        (RUNC, None, "rwarm"),
+        (RUNTIME, None, "hwarm"),
+        (RUNTIME, Some(unjailed.as_path()), "uwarm"),
+    ] {
+        match run_true(&c, runtime, config, id, timeout) {
             Some(d) => println!("warm-up {runtime}: {:.1} ms (not counted)", ms(d)),
             None => failed += 1,
         }
     }
-    let (mut runc, mut husk) = (Vec::new(), Vec::new());
+    let (mut runc, mut husk, mut husk_unjailed) = (Vec::new(), Vec::new(), Vec::new());
     for i in 1..=runs {
-        let r = run_true(&c, RUNC, &format!("r{i}"), timeout);
-        let h = run_true(&c, RUNTIME, &format!("h{i}"), timeout);
+        let r = run_true(&c, RUNC, None, &format!("r{i}"), timeout);
+        let h = run_true(&c, RUNTIME, None, &format!("h{i}"), timeout);
+        let u = run_true(&c, RUNTIME, Some(&unjailed), &format!("u{i}"), timeout);
         let show = |d: Option<Duration>| d.map_or("FAILED".into(), |d| format!("{:.1} ms", ms(d)));
         println!(
-            "run {i:2}/{runs}: runc {:>12}  husk {:>12}",
+            "run {i:2}/{runs}: runc {:>12}  husk {:>12}  husk unjailed {:>12}",
             show(r),
-            show(h)
+            show(h),
+            show(u)
         );
-        for (d, v) in [(r, &mut runc), (h, &mut husk)] {
+        for (d, v) in [(r, &mut runc), (h, &mut husk), (u, &mut husk_unjailed)] {
             match d {
                 Some(d) => v.push(d),
                 None => failed += 1,
@@ -507,14 +526,19 @@ fn main() -> Result<()> {
     );
     print_stats("runc (io.containerd.runc.v2)", &runc, runs);
     print_stats("husk (io.containerd.husk.v2)", &husk, runs);
-    if runc.is_empty() || husk.is_empty() {
-        println!("  ratio husk/runc: n/a");
-    } else {
-        println!(
-            "  ratio husk/runc (medians): {:.2}",
-            median(&husk).as_secs_f64() / median(&runc).as_secs_f64()
-        );
-    }
+    print_stats("husk, jail = false", &husk_unjailed, runs);
+    let ratio = |a: &[Duration], b: &[Duration]| {
+        if a.is_empty() || b.is_empty() {
+            "n/a".to_owned()
+        } else {
+            format!("{:.2}", median(a).as_secs_f64() / median(b).as_secs_f64())
+        }
+    };
+    println!("  ratio husk/runc (medians): {}", ratio(&husk, &runc));
+    println!(
+        "  ratio husk jailed/unjailed (medians): {}",
+        ratio(&husk, &husk_unjailed)
+    );
 
     if !idle_memory(&c, timeout) {
         failed += 1;
