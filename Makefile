@@ -116,7 +116,7 @@ demo-pod: image vmm bins
 bench: image vmm bins
 	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-boot --runs $${RUNS:-10}
 
-# `ctr run --rm` of busybox true under runc and husk, interleaved, and the host memory of
+# `ctr run --rm` of busybox true under runc, husk and husk unjailed, interleaved, and the host memory of
 # an idle husk pod, through a private containerd (in the test host where needed).
 bench-shim: image vmm bins
 	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-shim --runs $${RUNS:-10}
