@@ -254,3 +254,61 @@ impl Launch<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_of(jailed: bool) -> Vec<String> {
+        let config = Config::default();
+        let req = PodRequest {
+            namespace: "default",
+            pod: "p",
+            hostname: "p",
+            vcpus: 2,
+            memory_mib: 512,
+            netns: None,
+            cgroups_path: None,
+        };
+        let launch = Launch {
+            config: &config,
+            req: &req,
+            pod_dir: Path::new("/run/husk/default/p"),
+            jail_id: jailed.then_some(1_500_000_000),
+            cgroups: &[],
+            nics: &[],
+            taps: &[],
+        };
+        launch
+            .vmm_args(jailed)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_jailed_vmm_is_given_the_jails_paths_and_an_unjailed_one_the_hosts() {
+        let j = args_of(true).join(" ");
+        assert!(
+            j.starts_with("--id /run/husk/default/p --kernel /kernel --initramfs /initramfs"),
+            "{j}"
+        );
+        for want in [
+            "--vcpus 2 --memory 512",
+            "--console file:/run/console.log",
+            "--vsock cid=3,uds=/run/vsock.sock",
+            "--fs tag=husk-shared,socket=/run/virtiofsd.sock",
+        ] {
+            assert!(j.contains(want), "{want}: {j}");
+        }
+        let h = args_of(false).join(" ");
+        for want in [
+            "--kernel /usr/share/husk/vmlinux",
+            "--console file:/run/husk/default/p/vm/console.log",
+            "--vsock cid=3,uds=/run/husk/default/p/vm/vsock.sock",
+            "socket=/run/husk/default/p/vm/virtiofsd.sock",
+        ] {
+            assert!(h.contains(want), "{want}: {h}");
+        }
+    }
+}
