@@ -65,13 +65,13 @@ pub fn session(
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     // The key only has to be 16 bytes, base64; the server's answer is not checked
     // beyond its status line.
-    write!(
-        s,
+    // One write: `write!` on the socket would send each piece of the format separately.
+    let request = format!(
         "GET /{path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: aHVzay1jcmktc3RyZWFtIQ==\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n"
-    )
-    .map_err(io)?;
+    );
+    s.write_all(request.as_bytes()).map_err(io)?;
     let mut r = BufReader::new(s.try_clone().map_err(io)?);
     let mut status = String::new();
     r.read_line(&mut status).map_err(io)?;
@@ -268,8 +268,16 @@ mod tests {
         let url = format!("http://{}/exec/x", l.local_addr().unwrap());
         let h = std::thread::spawn(move || {
             let (mut c, _) = l.accept().unwrap();
+            // The whole request first: closing on unread bytes would reset the
+            // connection, and the client could see the reset instead of the 404.
+            let mut req = Vec::new();
             let mut b = [0u8; 512];
-            let _ = c.read(&mut b);
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&b[..n]),
+                }
+            }
             c.write_all(b"HTTP/1.1 404 Not Found\r\n\r\n").unwrap();
         });
         let e = session(&url, None, b"", Duration::from_secs(5)).unwrap_err();
