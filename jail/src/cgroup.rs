@@ -119,21 +119,20 @@ pub fn directories(root: &Path, rel: &Path) -> Vec<PathBuf> {
     hierarchies.into_iter().map(|h| h.join(rel)).collect()
 }
 
-/// Creates the pod's cgroup directories. On v2, first enables [`V2_CONTROLLERS`] (those
-/// each level offers) in the `cgroup.subtree_control` of every ancestor, as runc does, so
-/// that the pod's cgroup accounts memory, CPU, pids and I/O.
+/// Creates the pod's cgroup directories, each level below `root` in turn. On v2, each
+/// level first enables [`V2_CONTROLLERS`] (those it offers) in its
+/// `cgroup.subtree_control`, as runc does, so that the pod's cgroup accounts memory, CPU,
+/// pids and I/O.
 pub fn create(root: &Path, dirs: &[PathBuf]) -> Result<(), CgroupError> {
+    let v2 = is_v2(root);
     for dir in dirs {
-        if is_v2(root) {
-            let mut level = root.to_owned();
-            let rel = dir.strip_prefix(root).unwrap_or(dir);
-            for c in rel.components() {
+        let mut level = root.to_owned();
+        for c in dir.strip_prefix(root).unwrap_or(dir).components() {
+            if v2 {
                 enable_controllers(&level);
-                level.push(c);
-                mkdir(&level)?;
             }
-        } else {
-            mkdir(dir)?;
+            level.push(c);
+            mkdir(&level)?;
         }
     }
     Ok(())
@@ -291,10 +290,7 @@ mod tests {
                 real.join("pids/default/p"),
             ]
         );
-        // v1 directories are made whole (create_dir_all is not used: parents first).
-        for d in &dirs {
-            std::fs::create_dir_all(d.parent().unwrap()).unwrap();
-        }
+        // Missing parents (`default`) are made too, as on a host where no pod ran yet.
         create(&root, &dirs).unwrap();
         assert!(dirs.iter().all(|d| d.is_dir()));
         remove(&dirs).unwrap();
@@ -328,6 +324,11 @@ mod tests {
             &[PathBuf::from("/nonexistent-cg/memory/x")],
         )
         .unwrap_err();
-        assert!(e.to_string().contains("/nonexistent-cg/memory/x"), "{e}");
+        // The first level that cannot be made is named, with its errno.
+        let text = crate::confine::crate_error_chain(&e);
+        assert!(
+            text.contains("cannot create the cgroup /nonexistent-cg/memory: No such file"),
+            "{text}"
+        );
     }
 }

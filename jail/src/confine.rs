@@ -105,15 +105,16 @@ pub fn run(jail: &Jail) -> Result<i32, ConfineError> {
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
     check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })
         .map_err(step("cannot create a pipe", ""))?;
-    // SAFETY: pipe2 just returned these two fds; each is owned once, here.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: pipe2 just returned this fd; it is owned once, here.
+    let read_end = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: as above, the pipe's other end.
+    let write_end = unsafe { OwnedFd::from_raw_fd(fds[1]) };
 
     // SAFETY: unshare with constant flags; it affects only this process and its children.
     check(unsafe { libc::unshare(NAMESPACES) })
         .map_err(step("cannot unshare the namespaces for", &jail.root))?;
-    // SAFETY: this process is single-threaded (the jailer starts no thread), so the child
-    // may do anything the parent could.
+    // The jailer starts no thread, so the forked child may do anything the parent could.
+    // SAFETY: fork(2) in a single-threaded process.
     let pid = unsafe { libc::fork() };
     if pid == -1 {
         return Err(step("cannot fork for", &jail.root)(
@@ -291,8 +292,8 @@ fn child_steps(
 
     std::env::set_current_dir(root).map_err(step("cannot enter", root))?;
     let dot = cstr(".")?;
-    // SAFETY: pivot_root(2) with two NUL-terminated paths: the jail becomes `/` and the old
-    // root is stacked on it, to be detached next.
+    // The jail becomes `/` and the old root is stacked on it, to be detached next.
+    // SAFETY: pivot_root(2) with two NUL-terminated paths that outlive the call.
     check(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } as i32)
         .map_err(step("cannot pivot_root into", root))?;
     // SAFETY: umount2(2) of a NUL-terminated path.
@@ -349,8 +350,8 @@ fn child_steps(
     argv_p.push(std::ptr::null());
     let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
     envp_p.push(std::ptr::null());
-    // SAFETY: NUL-terminated program path and null-terminated arrays of NUL-terminated
-    // strings, all alive for the call; it returns only on failure.
+    // execve returns only on failure.
+    // SAFETY: a NUL-terminated path and null-terminated arrays of live C strings.
     unsafe { libc::execve(prog.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
     Err(step("cannot exec", PathBuf::from(&exec_in_jail))(
         std::io::Error::last_os_error(),

@@ -74,9 +74,6 @@ fn a_jailed_process_sees_only_its_jail_as_an_unprivileged_uid_without_capabiliti
         "no cgroup hierarchy under {}",
         root.display()
     );
-    for d in &cgroups {
-        std::fs::create_dir_all(d.parent().unwrap()).unwrap();
-    }
     cgroup::create(root, &cgroups).unwrap();
 
     // What the jailed process reports, then it waits for /run/go to be removed.

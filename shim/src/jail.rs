@@ -199,9 +199,10 @@ pub fn join_cgroups_on_exec(cmd: &mut Command, procs: Vec<OwnedFd>) {
         return;
     }
     let raw: Vec<i32> = procs.iter().map(AsRawFd::as_raw_fd).collect();
-    // SAFETY: the closure runs in the forked child before exec and only calls write(2) on
-    // fds opened before the fork (kept alive by the closure owning `procs`); it allocates
+    // The closure runs in the forked child before exec and only calls write(2) on fds
+    // opened before the fork (kept alive by the closure owning `procs`); it allocates
     // nothing.
+    // SAFETY: only write(2), async-signal-safe, on fds the closure keeps open.
     unsafe {
         cmd.pre_exec(move || {
             let _keep = &procs;
