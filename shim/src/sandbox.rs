@@ -18,9 +18,13 @@ use log::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::jail::{self, JailError, JailState};
+
 use crate::mounts::{self, HostOps};
 use crate::network::{self, Attached, NetError, NetState};
 use crate::spec::{GUEST_SHARED_DIR, SHARED_FS_TAG};
+pub use cleanup::cleanup_dead_pod;
+#[cfg(test)]
+use cleanup::read_pids;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -475,7 +479,7 @@ impl Sandbox {
             taps: &taps,
         };
         if let Some(id) = self.jail.id {
-            launch::hand_socket_to(fs_sock, id)?;
+            launch::chown(fs_sock, id)?;
         }
         {
             // Hold the slot while spawning so the watcher cannot miss the pid.
@@ -735,88 +739,7 @@ fn prune_empty_parent(dir: &Path) {
     }
 }
 
-/// The pids a pod directory records (`shim`, `vmm`, `virtiofsd`).
-pub fn read_pids(text: &str) -> HashMap<String, i32> {
-    text.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            Some((k.to_owned(), v.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-fn process_is(pid: i32, name: &str) -> bool {
-    pid > 0
-        && std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| {
-                let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
-                Path::new(std::str::from_utf8(argv0).unwrap_or_default())
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy() == name)
-            })
-            .unwrap_or(false)
-}
-
-/// Cleans a pod directory after its shim died (`shim delete`): kills the husk-vmm and
-/// virtiofsd it recorded (checked by name, so a reused pid is left alone), removes the
-/// taps and tc filters it recorded in the pod's netns, unmounts everything below it and
-/// removes it. Does nothing if the pod's shim is still alive.
-pub fn cleanup_dead_pod(
-    ops: &dyn HostOps,
-    dir: &Path,
-    config: &Config,
-) -> Result<(), SandboxError> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    let pids = read_pids(&std::fs::read_to_string(dir.join("pids")).unwrap_or_default());
-    let me = std::process::id() as i32;
-    if let Some(&shim) = pids.get("shim") {
-        if shim != me && process_is(shim, "containerd-shim-husk-v2") {
-            info!("pod shim {shim} still runs; leaving {}", dir.display());
-            return Ok(());
-        }
-    }
-    let names = [
-        ("vmm", config.vmm.file_name()),
-        ("virtiofsd", config.virtiofsd.file_name()),
-    ];
-    for (key, name) in names {
-        if let (Some(&pid), Some(name)) = (pids.get(key), name) {
-            if process_is(pid, &name.to_string_lossy()) {
-                info!("killing the dead shim's {key} (pid {pid})");
-                kill(pid, libc::SIGKILL);
-                let start = Instant::now();
-                while Path::new(&format!("/proc/{pid}")).exists()
-                    && process_is(pid, &name.to_string_lossy())
-                    && start.elapsed() < Duration::from_secs(5)
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
-    }
-    let net_err = network::read_state(dir).and_then(|n| {
-        info!("removing the dead shim's network in {}", n.netns.display());
-        network::detach(&n).err()
-    });
-    let jail_err = match JailState::read(dir) {
-        Ok(Some(j)) => j.undo(&config.state_dir, dir).err(),
-        Ok(None) => None,
-        Err(e) => Some(e),
-    };
-    mounts::unmount_under(ops, dir)?;
-    std::fs::remove_dir_all(dir).map_err(|source| SandboxError::Dir {
-        path: dir.to_owned(),
-        source,
-    })?;
-    prune_empty_parent(dir);
-    if let Some(e) = net_err {
-        return Err(e.into());
-    }
-    jail_err.map_or(Ok(()), |e| Err(e.into()))
-}
-
+mod cleanup;
 mod launch;
 
 #[cfg(test)]

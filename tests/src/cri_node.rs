@@ -320,3 +320,20 @@ pub fn cap_eff(status: &str) -> u64 {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or_else(|| panic!("no CapEff in:\n{status}"))
 }
+
+/// CPU time in µs a cgroup (and its children) used: v2's cpu.stat, or v1's cpuacct.
+pub fn cgroup_cpu_usec(path: &str) -> u64 {
+    let rel = path.trim_start_matches('/');
+    let v2 = std::fs::read_to_string(format!("/sys/fs/cgroup/{rel}/cpu.stat")).ok();
+    if let Some(stat) = v2.filter(|s| s.contains("usage_usec")) {
+        return stat
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+    }
+    std::fs::read_to_string(format!("/sys/fs/cgroup/cpuacct/{rel}/cpuacct.usage"))
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(0, |ns| ns / 1000)
+}

@@ -80,17 +80,13 @@ pub fn prepare_jail(
     Ok(state)
 }
 
-fn chown(path: &Path, id: u32) -> Result<(), SandboxError> {
+/// Hands `path` to the VMM's uid and gid (the `vm` dir; virtiofsd's socket, which root
+/// created and the jailed VMM must connect to).
+pub fn chown(path: &Path, id: u32) -> Result<(), SandboxError> {
     std::os::unix::fs::chown(path, Some(id), Some(id)).map_err(|source| SandboxError::Dir {
         path: path.to_owned(),
         source,
     })
-}
-
-/// virtiofsd (root) created its socket; the jailed VMM (its own uid) must be able to
-/// connect to it.
-pub fn hand_socket_to(socket: &Path, id: u32) -> Result<(), SandboxError> {
-    chown(socket, id)
 }
 
 /// Spawns `cmd` with its output appended to `log`; returns the pid. The reaper thread owns

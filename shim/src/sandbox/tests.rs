@@ -1,6 +1,7 @@
 //! The shim sandbox's pure parts: socket path limits, pid files, exit descriptions and
 //! waits, process-name checks, clean-up of a pod that is gone.
 
+use super::cleanup::process_is;
 use super::*;
 
 #[test]
