@@ -2,7 +2,12 @@
 //! sources, and unmounting everything under a directory at teardown. The syscalls sit
 //! behind [`HostOps`], so the logic is unit-tested with a recording double, without root.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+
+pub mod beneath;
+
+use beneath::{Anchored, Kind};
 
 /// One mount as containerd's Create request gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +59,7 @@ pub trait HostOps: Send + Sync {
     ) -> Result<(), MountError>;
     /// Bind-mounts `source` (recursively) on `target`; `readonly` remounts the bind
     /// read-only (its own mount; submounts keep their flags, as runc's `ro` bind).
-    fn bind(&self, source: &Path, target: &Path, readonly: bool) -> Result<(), MountError>;
+    fn bind(&self, source: &Path, target: &Anchored, readonly: bool) -> Result<(), MountError>;
     /// Detaches the mount on `target`.
     fn unmount(&self, target: &Path) -> Result<(), MountError>;
     /// The text of /proc/self/mountinfo.
@@ -82,14 +87,14 @@ impl HostOps for RealHost {
         )
     }
 
-    fn bind(&self, source: &Path, target: &Path, readonly: bool) -> Result<(), MountError> {
+    fn bind(&self, source: &Path, target: &Anchored, readonly: bool) -> Result<(), MountError> {
         let err = |source_err| MountError::Bind {
             source_path: source.to_owned(),
-            target: target.to_owned(),
+            target: target.path.clone(),
             source: source_err,
         };
         let src = cstring(source).map_err(err)?;
-        let dst = cstring(target).map_err(err)?;
+        let dst = cstring(&target.proc_path()).map_err(err)?;
         // SAFETY: both paths are NUL-terminated C strings that outlive the call; a bind
         // mount reads no fs type or data.
         let rc = unsafe {
@@ -104,24 +109,37 @@ impl HostOps for RealHost {
         if rc != 0 {
             return Err(err(std::io::Error::last_os_error()));
         }
+        // Remount the bind just made nosuid and nodev on the host (a setuid file or a
+        // device node the guest leaves in the share gives no host process anything),
+        // keeping the flags it has (noexec, atime) and adding ro if asked.
+        let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
         if readonly {
-            // A remount of the bind just made: no source, fs type or data.
-            // SAFETY: `dst` is a NUL-terminated path that outlives the call.
-            let rc = unsafe {
+            flags |= libc::MS_RDONLY;
+        }
+        // Should the guest have swapped the name so that the mount's root cannot be
+        // opened, the bind stays where it is (in the share) until the pod's teardown
+        // unmounts everything under the pod dir.
+        let root = target.mounted().map_err(err)?;
+        let at = cstring(Path::new(&format!("/proc/self/fd/{}", root.as_raw_fd()))).map_err(err)?;
+        let rc = match kept_flags(&at) {
+            // A remount: no source, fs type or data.
+            // SAFETY: `at` is a NUL-terminated path that outlives the call.
+            Ok(kept) => unsafe {
                 libc::mount(
                     std::ptr::null(),
-                    dst.as_ptr(),
+                    at.as_ptr(),
                     std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    flags | kept,
                     std::ptr::null(),
                 )
-            };
-            if rc != 0 {
-                let e = std::io::Error::last_os_error();
-                // SAFETY: `dst` is a NUL-terminated path that outlives the call.
-                unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
-                return Err(err(e));
-            }
+            },
+            Err(_) => -1,
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            // SAFETY: `at` is a NUL-terminated path that outlives the call.
+            unsafe { libc::umount2(at.as_ptr(), libc::MNT_DETACH) };
+            return Err(err(e));
         }
         Ok(())
     }
@@ -132,8 +150,10 @@ impl HostOps for RealHost {
             source,
         };
         let t = cstring(target).map_err(err)?;
+        // UMOUNT_NOFOLLOW: a last component the guest swapped for a symlink is not
+        // followed out of the share.
         // SAFETY: `t` is a NUL-terminated path that outlives the call.
-        let rc = unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+        let rc = unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
         if rc != 0 {
             return Err(err(std::io::Error::last_os_error()));
         }
@@ -148,37 +168,63 @@ impl HostOps for RealHost {
     }
 }
 
+/// The per-mount flags of the mount at `path` a bind remount must repeat to keep them.
+fn kept_flags(path: &std::ffi::CStr) -> std::io::Result<libc::c_ulong> {
+    // SAFETY: statvfs is plain data; all-zero is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and outlives the call; `st` is a valid out pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut kept = 0;
+    for (st_flag, ms_flag) in [
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            kept |= ms_flag;
+        }
+    }
+    Ok(kept)
+}
+
 fn cstring(p: &Path) -> std::io::Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(p.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))
 }
 
-fn create_dir(path: &Path) -> Result<(), MountError> {
-    std::fs::create_dir_all(path).map_err(|source| MountError::Io {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Mounts a container's rootfs on `target`: containerd's mounts in order, or, when it
-/// gave none (`ctr run --rootfs`, or a bundle that holds its rootfs), a bind of the
-/// spec's `root.path` (relative to the bundle).
+/// Mounts a container's rootfs on `share_root/rel`: containerd's mounts in order (with
+/// `nosuid` and `nodev` added: on the host, nothing in a guest-written rootfs gives
+/// privileges), or, when it gave none (`ctr run --rootfs`, or a bundle that holds its
+/// rootfs), a bind of the spec's `root.path` (relative to the bundle). The target is made
+/// and mounted on without following a symlink below `share_root` ([`beneath`]).
 pub fn mount_rootfs(
     ops: &dyn HostOps,
     mounts: &[RootfsMount],
     root_path: &Path,
-    target: &Path,
+    share_root: &Path,
+    rel: &Path,
 ) -> Result<(), MountError> {
-    create_dir(target)?;
+    let target = beneath::anchor(share_root, rel, Kind::Dir)?;
+    let on = target.proc_path();
     if mounts.is_empty() {
-        return ops.bind(root_path, target, false);
+        return ops.bind(root_path, &target, false);
     }
     for (i, m) in mounts.iter().enumerate() {
-        if let Err(e) = ops.mount(&m.fs_type, &m.source, &m.options, target) {
+        let mut options = m.options.clone();
+        for extra in ["nosuid", "nodev"] {
+            if !options.iter().any(|o| o == extra) {
+                options.push(extra.into());
+            }
+        }
+        if let Err(e) = ops.mount(&m.fs_type, &m.source, &options, &on) {
             // Undo what this call mounted, so a failed Create leaves nothing behind.
             for _ in 0..i {
-                let _ = ops.unmount(target);
+                let _ = ops.unmount(&target.path);
             }
             return Err(e);
         }
@@ -186,36 +232,24 @@ pub fn mount_rootfs(
     Ok(())
 }
 
-/// Makes `source` appear at `target` (in the share): a file bind for a file, a
-/// directory bind otherwise; read-only on the host when the container mounts it so.
-/// A symlinked `source` is followed on the host (as runc does, and the CRI asks).
+/// Makes `source` appear at `share_root/rel`: a file bind for a file, a directory bind
+/// otherwise; read-only on the host when the container mounts it so. A symlinked `source`
+/// is followed on the host (as runc does, and the CRI asks); a symlink below `share_root`
+/// is not ([`beneath`]).
 pub fn share_path(
     ops: &dyn HostOps,
     source: &Path,
-    target: &Path,
+    share_root: &Path,
+    rel: &Path,
     readonly: bool,
 ) -> Result<(), MountError> {
     let meta = std::fs::metadata(source).map_err(|e| MountError::Io {
         path: source.to_owned(),
         source: e,
     })?;
-    if meta.is_dir() {
-        create_dir(target)?;
-    } else {
-        if let Some(parent) = target.parent() {
-            create_dir(parent)?;
-        }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(target)
-            .map_err(|e| MountError::Io {
-                path: target.to_owned(),
-                source: e,
-            })?;
-    }
-    ops.bind(source, target, readonly)
+    let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
+    let target = beneath::anchor(share_root, rel, kind)?;
+    ops.bind(source, &target, readonly)
 }
 
 /// Decodes the octal escapes (`\040`) mountinfo uses in paths.
@@ -304,6 +338,15 @@ pub mod tests {
         pub fail_mount: Option<String>,
     }
 
+    /// What a `/proc/self/fd/N` target ([`beneath::Anchored`]) stands for.
+    fn resolved(target: &Path) -> PathBuf {
+        if target.starts_with("/proc/self/fd") {
+            std::fs::read_link(target).unwrap()
+        } else {
+            target.to_owned()
+        }
+    }
+
     impl HostOps for FakeHost {
         fn mount(
             &self,
@@ -312,6 +355,7 @@ pub mod tests {
             options: &[String],
             target: &Path,
         ) -> Result<(), MountError> {
+            let target = &resolved(target);
             self.calls.lock().unwrap().push(format!(
                 "mount {fs_type} {source} {} {}",
                 options.join(","),
@@ -328,7 +372,8 @@ pub mod tests {
             self.table.lock().unwrap().push(target.to_owned());
             Ok(())
         }
-        fn bind(&self, source: &Path, target: &Path, readonly: bool) -> Result<(), MountError> {
+        fn bind(&self, source: &Path, target: &Anchored, readonly: bool) -> Result<(), MountError> {
+            let target = &resolved(&target.proc_path());
             self.calls.lock().unwrap().push(format!(
                 "bind {} {}{}",
                 source.display(),
@@ -409,20 +454,15 @@ pub mod tests {
             source: "overlay".into(),
             options: vec!["lowerdir=/a:/b".into(), "upperdir=/u".into()],
         };
-        mount_rootfs(
-            &host,
-            &[overlay],
-            Path::new("/bundle/rootfs"),
-            &d.join("r1"),
-        )
-        .unwrap();
-        mount_rootfs(&host, &[], Path::new("/bundle/rootfs"), &d.join("r2")).unwrap();
+        let b = Path::new("/bundle/rootfs");
+        mount_rootfs(&host, &[overlay], b, &d, Path::new("r1")).unwrap();
+        mount_rootfs(&host, &[], b, &d, Path::new("r2")).unwrap();
         let calls = host.calls.lock().unwrap().clone();
         assert_eq!(
             calls,
             vec![
                 format!(
-                    "mount overlay overlay lowerdir=/a:/b,upperdir=/u {}",
+                    "mount overlay overlay lowerdir=/a:/b,upperdir=/u,nosuid,nodev {}",
                     d.join("r1").display()
                 ),
                 format!("bind /bundle/rootfs {}", d.join("r2").display()),
@@ -444,9 +484,15 @@ pub mod tests {
             source: s.into(),
             options: vec![],
         };
-        let e = mount_rootfs(&host, &[m("first"), m("second")], Path::new("/b"), &d)
-            .unwrap_err()
-            .to_string();
+        let e = mount_rootfs(
+            &host,
+            &[m("first"), m("second")],
+            Path::new("/b"),
+            &d,
+            Path::new("r"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("second"), "{e}");
         assert!(host.table.lock().unwrap().is_empty());
         std::fs::remove_dir_all(&d).unwrap();
@@ -458,20 +504,42 @@ pub mod tests {
         std::fs::write(d.join("hosts"), "127.0.0.1 x\n").unwrap();
         std::fs::create_dir(d.join("vol")).unwrap();
         let host = FakeHost::default();
+        let s = d.join("s");
+        std::fs::create_dir(&s).unwrap();
         share_path(
             &host,
             &d.join("hosts"),
-            &d.join("s/c1/mounts/1-hosts"),
+            &s,
+            Path::new("c1/mounts/1-hosts"),
             true,
         )
         .unwrap();
-        share_path(&host, &d.join("vol"), &d.join("s/c1/mounts/2-vol"), false).unwrap();
+        share_path(
+            &host,
+            &d.join("vol"),
+            &s,
+            Path::new("c1/mounts/2-vol"),
+            false,
+        )
+        .unwrap();
         assert!(d.join("s/c1/mounts/1-hosts").is_file());
         assert!(d.join("s/c1/mounts/2-vol").is_dir());
         let calls = host.calls.lock().unwrap().clone();
         assert!(calls[0].ends_with("1-hosts ro"), "{calls:?}");
         assert!(calls[1].ends_with("2-vol"), "{calls:?}");
-        assert!(share_path(&host, &d.join("missing"), &d.join("s/x"), false).is_err());
+        assert!(share_path(&host, &d.join("missing"), &s, Path::new("x"), false).is_err());
+        // A symlink the guest planted in the share is not followed out of it.
+        std::os::unix::fs::symlink(&d, s.join("c2")).unwrap();
+        assert!(share_path(
+            &host,
+            &d.join("vol"),
+            &s,
+            Path::new("c2/mounts/1-vol"),
+            false
+        )
+        .is_err());
+        assert!(!d.join("mounts").exists());
+        assert_eq!(host.calls.lock().unwrap().len(), 2);
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -488,5 +556,61 @@ pub mod tests {
         }
         unmount_under(&host, Path::new("/run/husk/p")).unwrap();
         assert_eq!(*host.table.lock().unwrap(), vec![PathBuf::from("/other")]);
+    }
+    fn mount_flags(path: &Path) -> u64 {
+        let c = cstring(path).unwrap();
+        // SAFETY: statvfs is plain data; all-zero is a valid value to be overwritten.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is NUL-terminated and outlives the call; `st` is a valid out pointer.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st.f_flag
+    }
+
+    /// Real binds (root only: `make test` runs the unit tests as root).
+    #[test]
+    fn real_binds_land_nosuid_nodev_and_read_only_when_asked() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to mount");
+            return;
+        }
+        let d = tmp("real");
+        let share = d.join("share");
+        std::fs::create_dir_all(d.join("vol")).unwrap();
+        std::fs::create_dir_all(&share).unwrap();
+        std::fs::write(d.join("vol/data"), "x").unwrap();
+        std::fs::write(d.join("hosts"), "h").unwrap();
+        let host = RealHost;
+        share_path(
+            &host,
+            &d.join("vol"),
+            &share,
+            Path::new("c1/mounts/1-vol"),
+            true,
+        )
+        .unwrap();
+        share_path(
+            &host,
+            &d.join("hosts"),
+            &share,
+            Path::new("c1/mounts/2-hosts"),
+            false,
+        )
+        .unwrap();
+        let vol = share.join("c1/mounts/1-vol");
+        let hosts = share.join("c1/mounts/2-hosts");
+        assert_eq!(std::fs::read_to_string(vol.join("data")).unwrap(), "x");
+        assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "h");
+        let want = libc::ST_NOSUID | libc::ST_NODEV;
+        assert_eq!(
+            mount_flags(&vol) & (want | libc::ST_RDONLY),
+            want | libc::ST_RDONLY
+        );
+        assert_eq!(mount_flags(&hosts) & (want | libc::ST_RDONLY), want);
+        let mounted = mounts_under(&host.mountinfo().unwrap(), &share);
+        assert_eq!(mounted.len(), 2, "{mounted:?}");
+        unmount_under(&host, &share).unwrap();
+        assert!(!vol.join("data").exists());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

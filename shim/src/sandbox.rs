@@ -224,8 +224,8 @@ fn tail(path: &Path, max: usize) -> String {
     format!("--- {} ---\n{}", path.display(), &s[start..])
 }
 
-/// Binds `dir` onto itself, in a peer group of its own (private first, so that it does not
-/// join its parent's), with shared propagation. Unmounted with the pod dir's other mounts.
+/// Binds `dir` onto itself, nosuid and nodev, in a peer group of its own (private first,
+/// so that it does not join its parent's), with shared propagation. Unmounted with the pod dir's other mounts.
 fn make_shared_mount(dir: &Path) -> Result<(), SandboxError> {
     use std::os::unix::ffi::OsStrExt;
     let err = |source| SandboxError::SharedMount {
@@ -234,7 +234,10 @@ fn make_shared_mount(dir: &Path) -> Result<(), SandboxError> {
     };
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| err(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
-    for flags in [libc::MS_BIND, libc::MS_PRIVATE, libc::MS_SHARED] {
+    // nosuid,nodev: a setuid file or device node the guest writes into the share gives a
+    // host process nothing (rootfs and volume mounts below get the same, mounts.rs).
+    let remount = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
+    for flags in [libc::MS_BIND, remount, libc::MS_PRIVATE, libc::MS_SHARED] {
         let src = if flags == libc::MS_BIND {
             c.as_ptr()
         } else {

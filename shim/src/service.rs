@@ -443,7 +443,7 @@ impl Inner {
         let sb = self.ensure_sandbox(&config, &pod, &spec_value)?;
 
         let share_dir = sb.shared.join(id);
-        let result = self.create_in_guest(&sb, req, &spec_value, &share_dir, &guest);
+        let result = self.create_in_guest(&sb, req, &spec_value, &guest);
         match result {
             Ok(process) => {
                 let pid = process.pid;
@@ -480,7 +480,6 @@ impl Inner {
         sb: &Sandbox,
         req: &api::CreateTaskRequest,
         spec_value: &serde_json::Value,
-        share_dir: &Path,
         guest: &GuestSpec,
     ) -> Result<Process, shim_ttrpc::Error> {
         let GuestSpec {
@@ -502,14 +501,16 @@ impl Inner {
             self.ops.as_ref(),
             &rootfs,
             &spec::host_root_path(Path::new(&req.bundle), spec_value),
-            &share_dir.join("rootfs"),
+            &sb.shared,
+            &Path::new(&req.id).join("rootfs"),
         )
         .map_err(mount_err)?;
         for b in binds {
             mounts::share_path(
                 self.ops.as_ref(),
                 &b.host_source,
-                &sb.shared.join(&b.share_rel),
+                &sb.shared,
+                &b.share_rel,
                 b.readonly,
             )
             .map_err(mount_err)?;
