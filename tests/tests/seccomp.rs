@@ -162,25 +162,6 @@ fn a_forbidden_call_kills_the_vmm_by_sigsys() {
     assert!(o.stderr.contains("no filter stopped it"), "{}", o.stderr);
 }
 
-/// The pid of a direct child of `pid` (virtiofsd's sandbox forks the process that serves).
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
-        if ppid == Some(pid) {
-            out.push(p);
-        }
-    }
-    out
-}
-
 fn mnt_ns(pid: &str) -> String {
     std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
         .map(|p| p.display().to_string())
@@ -331,7 +312,7 @@ fn a_pods_vmm_and_virtiofsd_run_confined() {
         host_ns,
         "virtiofsd shares the host's mount namespace"
     );
-    let served = children(vfs);
+    let served = husk_tests::child_pids(vfs);
     assert_eq!(served.len(), 1, "virtiofsd's sandboxed child: {served:?}");
     let child = served[0];
     assert_ne!(mnt_ns(&child.to_string()), host_ns);
