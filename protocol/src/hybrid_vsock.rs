@@ -44,39 +44,79 @@ pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, C
     s.set_write_timeout(Some(timeout)).map_err(io)?;
     (&s).write_all(format!("CONNECT {port}\n").as_bytes())
         .map_err(io)?;
-    let line = read_reply_line(&s, port)?;
-    if !line.starts_with("OK ") {
-        return Err(ConnectError::BadReply { port, reply: line });
-    }
+    read_reply_line(&s, port)?;
     s.set_read_timeout(None).map_err(io)?;
     s.set_write_timeout(None).map_err(io)?;
     Ok(s)
 }
 
-/// Reads the reply line byte by byte: whatever follows the newline is the guest's.
-fn read_reply_line(mut s: &UnixStream, port: u32) -> Result<String, ConnectError> {
-    let mut line = Vec::new();
+/// Reads the reply line byte by byte (whatever follows the newline is the guest's) and
+/// returns the host port it names.
+fn read_reply_line(mut s: &UnixStream, port: u32) -> Result<u32, ConnectError> {
+    let mut line = ReplyLine::default();
     let mut b = [0u8; 1];
     loop {
         match s.read(&mut b) {
             Ok(0) => return Err(ConnectError::Refused { port }),
-            Ok(_) if b[0] == b'\n' => return Ok(String::from_utf8_lossy(&line).into_owned()),
-            Ok(_) => {
-                line.push(b[0]);
-                if line.len() > MAX_REPLY_LINE {
-                    return Err(ConnectError::BadReply {
-                        port,
-                        reply: String::from_utf8_lossy(&line).into_owned(),
-                    });
-                }
-            }
+            Ok(_) => match line.push(b[0]) {
+                ReplyStep::More => {}
+                ReplyStep::Accepted(host_port) => return Ok(host_port),
+                ReplyStep::Bad(reply) => return Err(ConnectError::BadReply { port, reply }),
+            },
             // A reset instead of a close also means nobody accepted.
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                 return Err(ConnectError::Refused { port })
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(source) => return Err(ConnectError::Io { port, source }),
         }
     }
+}
+
+/// What one more byte of the VMM's reply gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyStep {
+    /// Not done yet: read another byte.
+    More,
+    /// `OK <hostport>`: from the next byte on the stream is the guest's.
+    Accepted(u32),
+    /// Anything else, or a line over [`MAX_REPLY_LINE`] bytes (lossily decoded, for the
+    /// error message).
+    Bad(String),
+}
+
+/// The VMM's reply line, fed one byte at a time. The VMM is not trusted: it holds at most
+/// [`MAX_REPLY_LINE`] bytes before the newline.
+#[derive(Debug, Default)]
+pub struct ReplyLine {
+    line: Vec<u8>,
+}
+
+impl ReplyLine {
+    /// Takes the next byte. After anything but [`ReplyStep::More`] the line is done with.
+    pub fn push(&mut self, byte: u8) -> ReplyStep {
+        if byte == b'\n' {
+            return match parse_ok_reply(&self.line) {
+                Some(host_port) => ReplyStep::Accepted(host_port),
+                None => ReplyStep::Bad(String::from_utf8_lossy(&self.line).into_owned()),
+            };
+        }
+        self.line.push(byte);
+        if self.line.len() > MAX_REPLY_LINE {
+            return ReplyStep::Bad(String::from_utf8_lossy(&self.line).into_owned());
+        }
+        ReplyStep::More
+    }
+}
+
+/// Parses `OK <hostport>` (the newline already stripped): decimal digits only, the port a
+/// u32.
+pub fn parse_ok_reply(line: &[u8]) -> Option<u32> {
+    let rest = line.strip_prefix(b"OK ")?;
+    if rest.is_empty() || !rest.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(rest).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -139,6 +179,49 @@ mod tests {
             }
             t.join().unwrap();
             std::fs::remove_file(&p).unwrap();
+        }
+    }
+
+    fn feed(bytes: &[u8]) -> Vec<ReplyStep> {
+        let mut l = ReplyLine::default();
+        bytes.iter().map(|&b| l.push(b)).collect()
+    }
+
+    #[test]
+    fn reply_line_ends_at_the_newline_or_its_limit() {
+        let steps = feed(b"OK 1073741824\n");
+        assert_eq!(steps.last(), Some(&ReplyStep::Accepted(1 << 30)));
+        assert!(steps[..steps.len() - 1]
+            .iter()
+            .all(|s| *s == ReplyStep::More));
+        let mut longest = b"OK ".to_vec();
+        longest.resize(MAX_REPLY_LINE - 1, b'0');
+        longest.extend_from_slice(b"9\n");
+        assert_eq!(feed(&longest).last(), Some(&ReplyStep::Accepted(9)));
+        longest.insert(3, b'0');
+        let steps = feed(&longest);
+        assert!(
+            matches!(&steps[MAX_REPLY_LINE], ReplyStep::Bad(r) if r.len() == MAX_REPLY_LINE + 1)
+        );
+        assert_eq!(
+            feed(b"NO\xff\n").last(),
+            Some(&ReplyStep::Bad("NO\u{fffd}".into()))
+        );
+    }
+
+    #[test]
+    fn reply_port_is_plain_decimal_u32() {
+        assert_eq!(parse_ok_reply(b"OK 4294967295"), Some(u32::MAX));
+        for bad in [
+            &b"OK 4294967296"[..],
+            b"OK ",
+            b"OK",
+            b"OK +1",
+            b"OK 1 2",
+            b"ok 1",
+            b"OK 1\r",
+        ] {
+            assert_eq!(parse_ok_reply(bad), None, "{bad:?}");
         }
     }
 

@@ -62,7 +62,41 @@ type ConnKey = (u32, u32);
 /// A host program that connected and has not yet sent its whole CONNECT line.
 struct PendingHost {
     stream: UnixStream,
+    line: ConnectLine,
+}
+
+/// What one more byte of a CONNECT line gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineStep {
+    /// Not done yet: read another byte.
+    More,
+    /// The line ended and named this guest port.
+    Port(u32),
+    /// Not a valid `CONNECT <port>\n` line, or longer than [`MAX_CONNECT_LINE`]: close.
+    Invalid,
+}
+
+/// The `CONNECT <port>\n` line of a host program, fed one byte at a time (the socket is
+/// read a byte at a time, so that nothing past the line is consumed). Holds at most
+/// [`MAX_CONNECT_LINE`] bytes, newline included.
+#[derive(Debug, Default)]
+pub struct ConnectLine {
     line: Vec<u8>,
+}
+
+impl ConnectLine {
+    /// Takes the next byte. After anything but [`LineStep::More`] the line is done with.
+    pub fn push(&mut self, byte: u8) -> LineStep {
+        if byte == b'\n' {
+            return parse_connect(&self.line).map_or(LineStep::Invalid, LineStep::Port);
+        }
+        // Room must stay for the newline.
+        if self.line.len() + 1 >= MAX_CONNECT_LINE {
+            return LineStep::Invalid;
+        }
+        self.line.push(byte);
+        LineStep::More
+    }
 }
 
 pub struct Muxer {
@@ -161,7 +195,7 @@ impl Muxer {
                 fd,
                 PendingHost {
                     stream,
-                    line: Vec::new(),
+                    line: ConnectLine::default(),
                 },
             );
             self.ctl.push(CtlOp::Add(fd, EventSet::IN));
@@ -187,22 +221,21 @@ impl Muxer {
         // One byte at a time, so nothing past the line is consumed.
         let mut byte = [0u8; 1];
         let done = loop {
-            if p.line.len() >= MAX_CONNECT_LINE {
-                break Err(());
-            }
             match p.stream.read(&mut byte) {
-                Ok(0) => break Err(()),
-                Ok(_) if byte[0] == b'\n' => break Ok(parse_connect(&p.line)),
-                Ok(_) => p.line.push(byte[0]),
+                Ok(0) => break LineStep::Invalid,
+                Ok(_) => match p.line.push(byte[0]) {
+                    LineStep::More => {}
+                    step => break step,
+                },
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => break Err(()),
+                Err(_) => break LineStep::Invalid,
             }
         };
         let Some(p) = self.pending.remove(&fd) else {
             return;
         };
-        let Ok(Some(peer_port)) = done else {
+        let LineStep::Port(peer_port) = done else {
             tracing::debug!("vsock: closing a host connection without a valid CONNECT line");
             self.ctl.push(CtlOp::Remove(fd, Some(p.stream)));
             return;
@@ -408,8 +441,9 @@ impl Muxer {
     }
 }
 
-/// Parses `CONNECT <port>` (the newline already stripped).
-fn parse_connect(line: &[u8]) -> Option<u32> {
+/// Parses `CONNECT <port>` (the newline already stripped): decimal digits only, the port
+/// a u32.
+pub fn parse_connect(line: &[u8]) -> Option<u32> {
     let rest = line.strip_prefix(b"CONNECT ")?;
     if rest.is_empty() || !rest.iter().all(u8::is_ascii_digit) {
         return None;

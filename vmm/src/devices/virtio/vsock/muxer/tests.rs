@@ -194,6 +194,48 @@ fn bad_connect_lines_are_closed() {
     assert_eq!(parse_connect(b"CONNECT 52"), Some(52));
 }
 
+fn feed(line: &[u8]) -> Vec<LineStep> {
+    let mut l = ConnectLine::default();
+    line.iter().map(|&b| l.push(b)).collect()
+}
+
+#[test]
+fn connect_line_ends_at_the_newline_or_its_limit() {
+    let steps = feed(b"CONNECT 1024\n");
+    assert_eq!(steps.last(), Some(&LineStep::Port(1024)));
+    assert!(steps[..steps.len() - 1]
+        .iter()
+        .all(|s| *s == LineStep::More));
+    // The longest line taken is MAX_CONNECT_LINE bytes with its newline ...
+    let mut longest = b"CONNECT ".to_vec();
+    longest.resize(MAX_CONNECT_LINE - 2, b'0');
+    longest.extend_from_slice(b"7\n");
+    assert_eq!(longest.len(), MAX_CONNECT_LINE);
+    assert_eq!(feed(&longest).last(), Some(&LineStep::Port(7)));
+    // ... one more byte and it is refused before its newline comes.
+    longest.insert(8, b'0');
+    let steps = feed(&longest);
+    assert_eq!(steps[MAX_CONNECT_LINE - 1], LineStep::Invalid);
+    assert_eq!(feed(b"\n"), [LineStep::Invalid]);
+}
+
+#[test]
+fn connect_port_is_plain_decimal_u32() {
+    assert_eq!(parse_connect(b"CONNECT 4294967295"), Some(u32::MAX));
+    assert_eq!(parse_connect(b"CONNECT 4294967296"), None);
+    assert_eq!(parse_connect(b"CONNECT 0"), Some(0));
+    assert_eq!(parse_connect(b"CONNECT 007"), Some(7));
+    for bad in [
+        &b"CONNECT +5"[..],
+        b"CONNECT -1",
+        b"CONNECT 5\r",
+        b" CONNECT 5",
+        b"CONNECT",
+    ] {
+        assert_eq!(parse_connect(bad), None, "{bad:?}");
+    }
+}
+
 #[test]
 fn guest_initiated_connection() {
     let (dir, mut m) = setup();
