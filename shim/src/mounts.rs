@@ -168,6 +168,10 @@ impl HostOps for RealHost {
     }
 }
 
+/// `ST_RELATIME` from linux/statfs.h: the libc crate defines it for glibc only, not musl
+/// (the shim ships as a musl binary).
+const ST_RELATIME: libc::c_ulong = 0x1000;
+
 /// The per-mount flags of the mount at `path` a bind remount must repeat to keep them.
 fn kept_flags(path: &std::ffi::CStr) -> std::io::Result<libc::c_ulong> {
     // SAFETY: statvfs is plain data; all-zero is a valid value to be overwritten.
@@ -182,7 +186,7 @@ fn kept_flags(path: &std::ffi::CStr) -> std::io::Result<libc::c_ulong> {
         (libc::ST_NOEXEC, libc::MS_NOEXEC),
         (libc::ST_NOATIME, libc::MS_NOATIME),
         (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
-        (libc::ST_RELATIME, libc::MS_RELATIME),
+        (ST_RELATIME, libc::MS_RELATIME),
     ] {
         if st.f_flag & st_flag != 0 {
             kept |= ms_flag;
