@@ -92,6 +92,21 @@ done
 [[ "$mem" =~ ^[0-9]+$ && "$mem" -ge 512 ]] || die "--mem must be at least 512 (MiB)"
 [[ "$cpus" =~ ^[0-9]+$ && "$cpus" -ge 1 ]] || die "--cpus must be a positive number"
 
+# --- one test host at a time ----------------------------------------------
+# Two test hosts on this machine's 2 cores starve each other (and the nested guests'
+# watchdogs then fire). A second run waits for the first, saying so every 60 s (which
+# also keeps the integration runner's idle watch from taking the wait for a hang).
+# HUSK_TESTHOST_LOCK names the lock file; the --timeout starts once the lock is held.
+lock="${HUSK_TESTHOST_LOCK:-/run/lock/husk-testhost.lock}"
+mkdir -p "$(dirname "$lock")"
+exec 9>>"$lock"
+if ! flock -n 9; then
+    echo "testhost: another test host is running (lock $lock); waiting for it" >&2
+    until flock -w 60 9; do
+        echo "testhost: still waiting for the other test host (lock $lock)" >&2
+    done
+fi
+
 # --- assets ---------------------------------------------------------------
 
 assets="$("$here/prepare.sh")" || die "prepare.sh failed"
