@@ -41,16 +41,18 @@ pub fn run(args: ServeArgs) -> Result<Infallible, HostError> {
     let server = rpc::serve(ServeConfig {
         listen: args.listen,
         stdio: args.stdio,
+        forward: args.forward,
         target: Target::Host(args.root.join("sandbox")),
         root: args.root,
         reaper: reaper.clone(),
         power_off: None,
     })?;
     info!(
-        "Serving {} on {}, stdio on {}",
+        "Serving {} on {}, stdio on {}, port-forward on {}",
         husk_protocol::API_VERSION,
         server.addr(),
-        server.stdio_addr()
+        server.stdio_addr(),
+        server.forward_addr()
     );
     loop {
         signals.read_signal().map_err(HostError::ReadSignal)?;

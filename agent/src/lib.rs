@@ -13,13 +13,17 @@
 //!   socket on the host).
 //! - [`sandbox`]: the containers and processes the RPCs act on.
 //! - [`stdio`]: per-process standard streams on the stdio port.
+//! - [`forward`]: forwarded TCP connections on the port-forward port.
+//! - [`listen`]: the listen addresses and stream listeners of all three ports.
 //! - [`host`]: `husk-agent serve`, the agent on the host for tests.
 //! - [`sys`]: the raw system calls, wrapped.
 
 pub mod config;
 pub mod container;
+pub mod forward;
 pub mod host;
 pub mod init;
+pub mod listen;
 pub mod log;
 pub mod network;
 pub mod rpc;

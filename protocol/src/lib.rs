@@ -11,6 +11,7 @@
 //! - [`frame`]: the stdio port's handshake framing (length-prefixed protobuf).
 //! - [`stdio_attach`]: the client side of that handshake.
 //! - [`hybrid_vsock`]: the host side of husk-vmm's `CONNECT <port>` handshake.
+//! - [`port_forward`]: the port-forward port's handshake and the relay both ends use.
 //!
 //! These wire formats live here once; the agent, the shim and the tests all use them.
 //!
@@ -24,6 +25,7 @@ mod generated {
 
 pub mod frame;
 pub mod hybrid_vsock;
+pub mod port_forward;
 pub mod stdio_attach;
 
 pub use generated::{agent, agent_ttrpc};
@@ -37,6 +39,9 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// The vsock port of the per-process stdio streams (see the .proto).
 pub const STDIO_VSOCK_PORT: u32 = 1025;
+
+/// The vsock port of forwarded TCP connections (`kubectl port-forward`; see the .proto).
+pub const PORT_FORWARD_VSOCK_PORT: u32 = 1026;
 
 #[cfg(test)]
 mod tests {

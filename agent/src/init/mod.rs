@@ -170,7 +170,8 @@ pub fn run() -> Result<i32, InitError> {
     // running as an init, just without the API.
     let config = rpc::ServeConfig {
         listen: ListenAddr::GUEST,
-        stdio: crate::stdio::default_stdio_addr(&ListenAddr::GUEST),
+        stdio: rpc::default_stdio_addr(&ListenAddr::GUEST),
+        forward: rpc::default_forward_addr(&ListenAddr::GUEST),
         root: rpc::GUEST_ROOT.into(),
         target: Target::Guest,
         reaper: reaper.clone(),

@@ -5,7 +5,9 @@
 //! a Unix socket when it runs on the host for tests (`husk-agent serve
 //! --listen unix:/path`). Next to it listens the stdio port ([`crate::stdio`]):
 //! vsock port 1025 in the guest; on the host `--stdio-listen ADDR`, by
-//! default the API socket's path with `.stdio` appended.
+//! default the API socket's path with `.stdio` appended; and the port-forward
+//! port ([`crate::forward`]): vsock port 1026, on the host the API socket's path
+//! with `.forward` appended.
 //!
 //! ttrpc's synchronous, thread-based server is used rather than its tokio one:
 //! the guest agent is a static musl binary that is all of the initramfs, and
@@ -16,94 +18,32 @@
 
 pub mod service;
 
-use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use husk_protocol::{agent_ttrpc, ttrpc, AGENT_VSOCK_PORT};
+use husk_protocol::{agent_ttrpc, ttrpc, PORT_FORWARD_VSOCK_PORT, STDIO_VSOCK_PORT};
 
 use self::service::{AgentService, PowerOff};
+use crate::forward;
 use crate::init::reaper::Reaper;
+pub use crate::listen::ListenAddr;
+use crate::listen::{self, ListenError, StreamListener};
 use crate::sandbox::setup::Target;
 use crate::sandbox::{Sandbox, SandboxError};
-use crate::stdio::{self, StdioError, StdioListener};
-
-/// Where the server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenAddr {
-    /// AF_VSOCK, any CID, this port (the guest).
-    Vsock { port: u32 },
-    /// A Unix stream socket at this path (the host, for tests).
-    Unix(PathBuf),
-}
-
-impl ListenAddr {
-    /// Where PID 1 serves the API in the guest.
-    pub const GUEST: ListenAddr = ListenAddr::Vsock {
-        port: AGENT_VSOCK_PORT,
-    };
-
-    /// Parses `unix:<path>` or `vsock:<port>`.
-    pub fn parse(s: &str) -> Result<Self, RpcError> {
-        let bad = |why: &str| RpcError::BadListenAddr {
-            addr: s.to_string(),
-            why: why.to_string(),
-        };
-        if let Some(path) = s.strip_prefix("unix:") {
-            // Tolerate the URL form unix:///path too.
-            let path = path.strip_prefix("//").unwrap_or(path);
-            if path.is_empty() {
-                return Err(bad("empty socket path"));
-            }
-            if path.contains('\0') {
-                return Err(bad("NUL byte in socket path"));
-            }
-            Ok(ListenAddr::Unix(PathBuf::from(path)))
-        } else if let Some(port) = s.strip_prefix("vsock:") {
-            let port = port
-                .strip_prefix("//")
-                .unwrap_or(port)
-                .parse::<u32>()
-                .map_err(|_| bad("port is not a number"))?;
-            Ok(ListenAddr::Vsock { port })
-        } else {
-            Err(bad("expected unix:<path> or vsock:<port>"))
-        }
-    }
-
-    /// The address in the form `ttrpc::Server::bind` takes.
-    fn ttrpc_addr(&self) -> String {
-        match self {
-            // ttrpc turns "-1" into VMADDR_CID_ANY.
-            ListenAddr::Vsock { port } => format!("vsock://-1:{port}"),
-            ListenAddr::Unix(path) => format!("unix://{}", path.display()),
-        }
-    }
-}
-
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ListenAddr::Vsock { port } => write!(f, "vsock:{port}"),
-            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
+use crate::stdio;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
-    #[error("Bad listen address {addr:?}: {why}")]
-    BadListenAddr { addr: String, why: String },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error("Usage: husk-agent serve --listen <unix:PATH|vsock:PORT> [--stdio-listen <unix:PATH|vsock:PORT>] [--root DIR]: {0}")]
     Usage(String),
     #[error("Cannot set up the agent's state")]
     Sandbox(#[source] SandboxError),
-    #[error(transparent)]
-    Stdio(#[from] StdioError),
-    #[error("Cannot start the stdio thread")]
-    StdioThread(#[source] io::Error),
+    #[error("Cannot start the {0} thread")]
+    Thread(&'static str, #[source] io::Error),
     #[error("Failed to remove the stale socket {path}")]
     RemoveStaleSocket {
         path: PathBuf,
@@ -137,6 +77,8 @@ pub struct ServeArgs {
     pub listen: ListenAddr,
     /// `--stdio-listen`: the stdio port (default from `listen`).
     pub stdio: ListenAddr,
+    /// The port-forward port (always next to `listen`).
+    pub forward: ListenAddr,
     /// `--root`: container state, and the re-rooted sandbox set-up.
     pub root: PathBuf,
 }
@@ -179,21 +121,41 @@ pub fn parse_serve_args(args: &[String]) -> Result<ServeArgs, RpcError> {
         }
     }
     let listen = listen.ok_or_else(|| usage("missing --listen <unix:PATH|vsock:PORT>".into()))?;
-    let stdio = stdio_listen.unwrap_or_else(|| stdio::default_stdio_addr(&listen));
+    let stdio = stdio_listen.unwrap_or_else(|| default_stdio_addr(&listen));
     if stdio == listen {
         return Err(usage("--stdio-listen must differ from --listen".into()));
+    }
+    let forward = default_forward_addr(&listen);
+    if forward == stdio {
+        return Err(usage(
+            "--stdio-listen must differ from the port-forward port".into(),
+        ));
     }
     Ok(ServeArgs {
         listen,
         stdio,
+        forward,
         root: root.unwrap_or_else(|| PathBuf::from(DEFAULT_HOST_ROOT)),
     })
+}
+
+/// The default stdio address for an API address: `<path>.stdio` next to a Unix socket,
+/// vsock port 1025 for vsock.
+pub fn default_stdio_addr(api: &ListenAddr) -> ListenAddr {
+    api.companion(".stdio", STDIO_VSOCK_PORT)
+}
+
+/// The port-forward address for an API address: `<path>.forward` next to a Unix
+/// socket, vsock port 1026 for vsock.
+pub fn default_forward_addr(api: &ListenAddr) -> ListenAddr {
+    api.companion(".forward", PORT_FORWARD_VSOCK_PORT)
 }
 
 /// What the server needs.
 pub struct ServeConfig {
     pub listen: ListenAddr,
     pub stdio: ListenAddr,
+    pub forward: ListenAddr,
     /// Container state.
     pub root: PathBuf,
     /// Where CreateSandbox acts.
@@ -208,6 +170,7 @@ pub struct ServeConfig {
 pub struct RunningServer {
     addr: ListenAddr,
     stdio: ListenAddr,
+    forward: ListenAddr,
     server: ttrpc::Server,
 }
 
@@ -222,27 +185,35 @@ impl RunningServer {
         &self.stdio
     }
 
+    /// Where the port-forward port listens.
+    pub fn forward_addr(&self) -> &ListenAddr {
+        &self.forward
+    }
+
     /// Stops accepting connections and closes the open ones.
     pub fn shutdown(self) {
         self.server.shutdown();
     }
 }
 
-/// Binds both listeners and starts serving the agent API on ttrpc's own
-/// threads and the stdio port on ours; returns once both listen, so a
-/// client may connect right away.
+/// Binds the three listeners and starts serving the agent API on ttrpc's own
+/// threads and the stdio and port-forward ports on ours; returns once all
+/// listen, so a client may connect right away.
 pub fn serve(config: ServeConfig) -> Result<RunningServer, RpcError> {
     let addr = config.listen;
     if let ListenAddr::Unix(path) = &addr {
-        remove_stale_socket(path)?;
+        listen::remove_stale_socket(path).map_err(|source| RpcError::RemoveStaleSocket {
+            path: path.clone(),
+            source,
+        })?;
     }
     let sandbox = Arc::new(
         Sandbox::new(&config.root, config.reaper, config.target).map_err(RpcError::Sandbox)?,
     );
-    let stdio_listener = StdioListener::bind(&config.stdio)?;
-    stdio_listener
-        .spawn(sandbox.clone())
-        .map_err(RpcError::StdioThread)?;
+    let stdio_listener = StreamListener::bind(&config.stdio)?;
+    stdio::spawn(stdio_listener, sandbox.clone()).map_err(|e| RpcError::Thread("stdio", e))?;
+    let forward_listener = StreamListener::bind(&config.forward)?;
+    forward::spawn(forward_listener).map_err(|e| RpcError::Thread("port-forward", e))?;
     let service = Arc::new(AgentService::new(sandbox, config.power_off));
     let mut server = ttrpc::Server::new()
         .bind(&addr.ttrpc_addr())
@@ -258,63 +229,14 @@ pub fn serve(config: ServeConfig) -> Result<RunningServer, RpcError> {
     Ok(RunningServer {
         addr,
         stdio: config.stdio,
+        forward: config.forward,
         server,
     })
-}
-
-/// A socket left by an earlier run would make bind() fail with EADDRINUSE;
-/// anything that is not a socket is left alone (and bind() reports it).
-fn remove_stale_socket(path: &Path) -> Result<(), RpcError> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            std::fs::remove_file(path).map_err(|source| RpcError::RemoveStaleSocket {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_unix_addresses() {
-        assert_eq!(
-            ListenAddr::parse("unix:/tmp/a.sock").unwrap(),
-            ListenAddr::Unix("/tmp/a.sock".into())
-        );
-        assert_eq!(
-            ListenAddr::parse("unix:///tmp/a.sock").unwrap(),
-            ListenAddr::Unix("/tmp/a.sock".into())
-        );
-        assert!(ListenAddr::parse("unix:").is_err());
-        assert!(ListenAddr::parse("unix:/a\0b").is_err());
-    }
-
-    #[test]
-    fn parses_vsock_addresses() {
-        assert_eq!(
-            ListenAddr::parse("vsock:1024").unwrap(),
-            ListenAddr::Vsock { port: 1024 }
-        );
-        assert!(ListenAddr::parse("vsock:x").is_err());
-        assert!(ListenAddr::parse("vsock:99999999999").is_err());
-        assert!(ListenAddr::parse("tcp:1.2.3.4:5").is_err());
-        assert!(ListenAddr::parse("/tmp/a.sock").is_err());
-    }
-
-    #[test]
-    fn ttrpc_addresses() {
-        assert_eq!(ListenAddr::GUEST.ttrpc_addr(), "vsock://-1:1024");
-        assert_eq!(
-            ListenAddr::Unix("/run/a.sock".into()).ttrpc_addr(),
-            "unix:///run/a.sock"
-        );
-    }
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
@@ -355,20 +277,5 @@ mod tests {
         for s in ["unix:/tmp/x.sock", "vsock:1024"] {
             assert_eq!(ListenAddr::parse(s).unwrap().to_string(), s);
         }
-    }
-
-    #[test]
-    fn stale_socket_is_removed_other_files_are_not() {
-        let dir = std::env::temp_dir().join(format!("husk-rpc-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("s.sock");
-        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        remove_stale_socket(&sock).unwrap();
-        assert!(!sock.exists());
-        let file = dir.join("plain");
-        std::fs::write(&file, b"x").unwrap();
-        remove_stale_socket(&file).unwrap();
-        assert!(file.exists());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

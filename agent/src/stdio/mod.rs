@@ -16,8 +16,7 @@ pub mod slots;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,7 @@ use husk_protocol::protobuf::Message;
 
 use self::slots::{OutputSlot, StdinSlot, ATTACH_GRACE};
 use crate::container::{ExitCell, Exited, ProcessStdio};
-use crate::rpc::ListenAddr;
+use crate::listen::StreamListener;
 use crate::{debug, sys, warn};
 
 /// How long a new connection may take to send its StdioAttach.
@@ -38,12 +37,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum StdioError {
     #[error("Cannot create the process's stdio")]
     Create(#[source] io::Error),
-    #[error("Cannot listen on {addr} for stdio streams")]
-    Listen {
-        addr: ListenAddr,
-        #[source]
-        source: io::Error,
-    },
 }
 
 /// The agent's side of one process's standard streams.
@@ -153,85 +146,29 @@ pub trait AttachTarget: Send + Sync + 'static {
     ) -> Result<(Arc<ProcessIo>, Arc<ExitCell>), String>;
 }
 
-/// A bound stdio-port listener.
-#[derive(Debug)]
-pub enum StdioListener {
-    Unix(UnixListener),
-    Vsock(OwnedFd),
-}
-
-impl StdioListener {
-    pub fn bind(addr: &ListenAddr) -> Result<Self, StdioError> {
-        let err = |source| StdioError::Listen {
-            addr: addr.clone(),
-            source,
-        };
-        match addr {
-            ListenAddr::Unix(path) => {
-                remove_stale_socket(path);
-                UnixListener::bind(path).map(Self::Unix).map_err(err)
-            }
-            ListenAddr::Vsock { port } => {
-                husk_vsock_sys::listen(*port).map(Self::Vsock).map_err(err)
-            }
-        }
-    }
-
-    fn accept(&self) -> io::Result<File> {
-        match self {
-            Self::Unix(l) => l.accept().map(|(s, _)| File::from(OwnedFd::from(s))),
-            Self::Vsock(fd) => husk_vsock_sys::accept(fd).map(File::from),
-        }
-    }
-
-    /// Serves attaches on a thread of its own, each connection on its own
-    /// thread (which then runs that stream's pump).
-    pub fn spawn(self, target: Arc<dyn AttachTarget>) -> io::Result<()> {
-        std::thread::Builder::new()
-            .name("stdio-accept".into())
-            .spawn(move || loop {
-                match self.accept() {
-                    Ok(conn) => {
-                        let target = target.clone();
-                        let spawned = std::thread::Builder::new()
-                            .name("stdio".into())
-                            .spawn(move || handle_connection(&*target, conn));
-                        if let Err(e) = spawned {
-                            warn!("Cannot start a stdio thread: {e}");
-                        }
-                    }
-                    Err(e) => {
-                        warn!("Cannot accept a stdio connection: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
+/// Serves attaches on `listener` on a thread of its own, each connection on its own
+/// thread (which then runs that stream's pump).
+pub fn spawn(listener: StreamListener, target: Arc<dyn AttachTarget>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("stdio-accept".into())
+        .spawn(move || loop {
+            match listener.accept() {
+                Ok(conn) => {
+                    let target = target.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("stdio".into())
+                        .spawn(move || handle_connection(&*target, conn));
+                    if let Err(e) = spawned {
+                        warn!("Cannot start a stdio thread: {e}");
                     }
                 }
-            })
-            .map(|_| ())
-    }
-}
-
-fn remove_stale_socket(path: &Path) {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-/// The default stdio address for an API address: `<path>.stdio` next to a
-/// Unix socket, vsock port 1025 for vsock.
-pub fn default_stdio_addr(api: &ListenAddr) -> ListenAddr {
-    match api {
-        ListenAddr::Unix(path) => {
-            let mut p = path.clone().into_os_string();
-            p.push(".stdio");
-            ListenAddr::Unix(PathBuf::from(p))
-        }
-        ListenAddr::Vsock { .. } => ListenAddr::Vsock {
-            port: husk_protocol::STDIO_VSOCK_PORT,
-        },
-    }
+                Err(e) => {
+                    warn!("Cannot accept a stdio connection: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+        .map(|_| ())
 }
 
 enum Pump {

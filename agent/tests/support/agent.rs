@@ -20,6 +20,7 @@ pub struct Agent {
     pub dir: PathBuf,
     pub sock: PathBuf,
     pub stdio_sock: PathBuf,
+    pub forward_sock: PathBuf,
 }
 
 impl Agent {
@@ -50,6 +51,7 @@ impl Agent {
     fn start_with(dir: PathBuf, new_netns: bool) -> Result<Self> {
         let sock = dir.join("agent.sock");
         let stdio_sock = dir.join("agent.sock.stdio");
+        let forward_sock = dir.join("agent.sock.forward");
         // Appended to, so a second agent in the same dir keeps the first's log.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -84,6 +86,7 @@ impl Agent {
             dir,
             sock,
             stdio_sock,
+            forward_sock,
         };
         agent.wait_listening()?;
         Ok(agent)
@@ -95,7 +98,10 @@ impl Agent {
             if let Some(status) = self.child.try_wait()? {
                 bail!("husk-agent serve exited early: {status}\n{}", self.log());
             }
-            if UnixStream::connect(&self.sock).is_ok() && self.stdio_sock.exists() {
+            if UnixStream::connect(&self.sock).is_ok()
+                && self.stdio_sock.exists()
+                && self.forward_sock.exists()
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
