@@ -273,6 +273,23 @@ impl Cri {
         })
     }
 
+    /// PodSandboxStats: the pod's CPU, memory, network and process figures, and its
+    /// containers'.
+    pub fn pod_sandbox_stats(&self, pod_id: &str) -> Result<api::PodSandboxStats> {
+        let mut c = self.runtime.clone();
+        let req = api::PodSandboxStatsRequest {
+            pod_sandbox_id: pod_id.into(),
+        };
+        self.call("PodSandboxStats", self.timeout, async move {
+            c.pod_sandbox_stats(req).await
+        })?
+        .stats
+        .ok_or(CriError::Missing {
+            call: "PodSandboxStats",
+            field: "stats",
+        })
+    }
+
     /// Exec (streaming): the URL of a session running `cmd` in the container, for
     /// [`stream::session`].
     pub fn exec(&self, id: &str, cmd: &[&str], tty: bool, stdin: bool) -> Result<String> {
@@ -301,6 +318,20 @@ impl Cri {
         };
         self.call("Attach", self.timeout, async move { c.attach(req).await })
             .map(|r| r.url)
+    }
+
+    /// PortForward: the URL of a session forwarding `port` of the pod, for
+    /// [`stream::port_forward`].
+    pub fn port_forward(&self, pod_id: &str, port: u16) -> Result<String> {
+        let mut c = self.runtime.clone();
+        let req = api::PortForwardRequest {
+            pod_sandbox_id: pod_id.into(),
+            port: vec![i32::from(port)],
+        };
+        self.call("PortForward", self.timeout, async move {
+            c.port_forward(req).await
+        })
+        .map(|r| r.url)
     }
 
     /// ReopenContainerLog: the runtime closes the container's log file and opens it

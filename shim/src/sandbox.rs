@@ -21,7 +21,8 @@ use crate::jail::{self, JailError, JailState};
 
 use crate::mounts::{self, HostOps};
 use crate::network::{self, Attached, NetError, NetState};
-use crate::spec::{GUEST_SHARED_DIR, SHARED_FS_TAG};
+use crate::port_forward::PortForwarder;
+use crate::spec::{self, GUEST_SHARED_DIR, SHARED_FS_TAG};
 pub use cleanup::cleanup_dead_pod;
 #[cfg(test)]
 use cleanup::read_pids;
@@ -193,6 +194,11 @@ pub struct Sandbox {
     net: Option<NetState>,
     /// The VMM's jail id and the pod's cgroups, undone at stop.
     jail: JailState,
+    /// The pod's shared-memory dir on the host that containers' `/dev/shm` binds name
+    /// (the guest's pod tmpfs stands in for it).
+    pub shm_host: Option<PathBuf>,
+    /// `kubectl port-forward`'s relay into the guest (CRI pods), stopped at stop.
+    forwarder: Mutex<Option<PortForwarder>>,
     state_dir: PathBuf,
 }
 
@@ -213,6 +219,38 @@ pub struct PodRequest<'a> {
     /// The spec's `linux.cgroupsPath`: the pod's cgroup on the host, which husk-vmm and
     /// virtiofsd join.
     pub cgroups_path: Option<&'a str>,
+    /// A CRI pod: containerd's port-forward dials 127.0.0.1 in `netns`, which the shim
+    /// then relays to the guest ([`PortForwarder`]).
+    pub port_forward: bool,
+    /// A CRI pod's shared-memory dir on the host (containerd's tmpfs): the guest makes
+    /// a tmpfs of its size at [`spec::GUEST_POD_SHM`] for the pod's `/dev/shm`.
+    pub shm: Option<&'a Path>,
+}
+
+/// The size of the pod's `/dev/shm` for the host dir `shm`: the size of the file system
+/// holding it (containerd's tmpfs, 64 MiB unless configured), or that default.
+fn shm_size(shm: &Path) -> u64 {
+    const DEFAULT: u64 = 64 << 20;
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(shm.as_os_str().as_bytes()) else {
+        return DEFAULT;
+    };
+    // SAFETY: statvfs is plain data; all-zero is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer, both live
+    // across the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        warn!(
+            "cannot statvfs {}: {}; /dev/shm gets 64 MiB",
+            shm.display(),
+            std::io::Error::last_os_error()
+        );
+        return DEFAULT;
+    }
+    match (st.f_blocks as u64).checked_mul(st.f_frsize as u64) {
+        Some(n) if n > 0 => n,
+        _ => DEFAULT,
+    }
 }
 
 fn tail(path: &Path, max: usize) -> String {
@@ -380,6 +418,8 @@ impl Sandbox {
             rpc_timeout: Duration::from_secs(config.rpc_timeout_secs),
             net,
             jail: jail_state.clone(),
+            forwarder: Mutex::new(None),
+            shm_host: req.shm.map(Path::to_path_buf),
             state_dir: config.state_dir.clone(),
         };
         sb.write_pids();
@@ -525,6 +565,17 @@ impl Sandbox {
         share.source = SHARED_FS_TAG.into();
         share.destination = GUEST_SHARED_DIR.into();
         sreq.shared_mounts.push(share);
+        if let Some(shm) = req.shm {
+            let mut m = agent::Mount::new();
+            m.type_ = "tmpfs".into();
+            m.source = "shm".into();
+            m.destination = spec::GUEST_POD_SHM.into();
+            m.options = ["nosuid", "nodev", "noexec", "mode=1777"]
+                .map(String::from)
+                .into();
+            m.options.push(format!("size={}", shm_size(shm)));
+            sreq.shared_mounts.push(m);
+        }
         client
             .create_sandbox(self.ctx(), &sreq)
             .map_err(|e| SandboxError::Rpc {
@@ -561,6 +612,17 @@ impl Sandbox {
             );
         }
         self.client = Some(client);
+        if let (true, Some(netns)) = (req.port_forward, req.netns) {
+            // Not fatal: the pod runs as under runc; only port-forward to it would fail.
+            match PortForwarder::start(netns, self.vsock.clone(), self.rpc_timeout) {
+                Ok(f) => *self.forwarder.lock().unwrap_or_else(|e| e.into_inner()) = Some(f),
+                Err(e) => warn!(
+                    "pod {}: kubectl port-forward to this pod will not work: {}",
+                    self.id,
+                    error_chain(&e)
+                ),
+            }
+        }
         Ok(())
     }
 
@@ -658,6 +720,10 @@ impl Sandbox {
 
     fn stop_processes(&self) {
         *self.stopping.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.forwarder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         // A jailed VMM is PID 1 of its PID namespace: a signal it has no handler for
         // (SIGTERM) never reaches it from here, so it gets SIGKILL at once. (Unjailed,
         // SIGTERM's default action ends it just the same: it has nothing to flush.)

@@ -360,6 +360,8 @@ impl Inner {
                 cgroups_path: spec
                     .pointer("/linux/cgroupsPath")
                     .and_then(serde_json::Value::as_str),
+                port_forward: spec::is_cri_sandbox(spec),
+                shm: spec::sandbox_shm_source(spec).as_deref(),
             },
             hook,
         )
@@ -437,7 +439,17 @@ impl Inner {
         );
         spec::check_no_host_namespaces(&spec_value)
             .map_err(|e| status(Code::FAILED_PRECONDITION, e.to_string()))?;
-        let guest = spec::adjust_for_guest(id, &raw)
+        // The pod's shared memory: the running pod's, or this sandbox container's.
+        let pod_shm = match self
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some(sb) => sb.shm_host.clone(),
+            None => spec::sandbox_shm_source(&spec_value),
+        };
+        let guest = spec::adjust_for_guest(id, &raw, pod_shm.as_deref())
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
         let pod = spec::pod_id(id, &spec_value);
         let sb = self.ensure_sandbox(&config, &pod, &spec_value)?;

@@ -13,6 +13,9 @@ pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 pub const GUEST_SHARED_DIR: &str = "/run/husk/shared";
 /// The virtio-fs tag of the pod's share.
 pub const SHARED_FS_TAG: &str = "husk-shared";
+/// Where the agent mounts a CRI pod's `/dev/shm` tmpfs in the guest; the containers'
+/// `/dev/shm` binds it (see [`sandbox_shm_source`]).
+pub const GUEST_POD_SHM: &str = "/run/husk/shm";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -64,6 +67,35 @@ pub fn check_no_host_namespaces(spec: &Value) -> Result<(), SpecError> {
         Some(kind) => Err(SpecError::HostNamespace(kind)),
         None => Ok(()),
     }
+}
+
+/// Whether the spec is a CRI pod's sandbox container (the pause container), the one
+/// that makes the pod's VM.
+pub fn is_cri_sandbox(spec: &Value) -> bool {
+    spec.get("annotations")
+        .and_then(|a| a.get(CONTAINER_TYPE_ANNOTATION))
+        .and_then(Value::as_str)
+        == Some("sandbox")
+}
+
+/// The host directory a CRI sandbox container binds at `/dev/shm`: containerd's tmpfs
+/// for the pod's shared memory (`.../sandboxes/<id>/shm`), which every container of the
+/// pod that shares its IPC namespace binds too. Under husk the pod's shared memory is a
+/// tmpfs of the same size in the guest instead, so it is guest RAM (bounded by the VM
+/// and shared by the pod's containers at memory speed), not host tmpfs pages reached
+/// through virtio-fs. `None` for anything but a CRI sandbox container.
+pub fn sandbox_shm_source(spec: &Value) -> Option<PathBuf> {
+    if !is_cri_sandbox(spec) {
+        return None;
+    }
+    spec.get("mounts")?
+        .as_array()?
+        .iter()
+        .find(|m| m.get("destination").and_then(Value::as_str) == Some("/dev/shm") && is_bind(m))?
+        .get("source")
+        .and_then(Value::as_str)
+        .filter(|s| s.starts_with('/'))
+        .map(PathBuf::from)
 }
 
 /// Whether the guest keeps a namespace entry: new namespaces (no path) except the
@@ -162,13 +194,19 @@ fn is_bind(mount: &Value) -> bool {
 
 /// Adjusts containerd's OCI spec for the guest:
 /// - `root.path` becomes the container's rootfs in the share;
-/// - bind mounts of host paths are shared: their sources move into the share;
+/// - a bind of the pod's shared memory dir `pod_shm` (see [`sandbox_shm_source`]) binds
+///   the guest's pod tmpfs [`GUEST_POD_SHM`] instead;
+/// - other bind mounts of host paths are shared: their sources move into the share;
 /// - host devices (`linux.devices`), host hooks and Intel RDT go (they name host things);
 /// - the network namespace goes (the VM is the pod's boundary, and its containers share
 ///   the guest's network), as do namespaces joined by host path, except the pod's pid,
 ///   ipc and uts namespaces (see [`JOINABLE_NAMESPACES`]);
 /// - the cgroup path is one inside the guest (`/husk/<container>`).
-pub fn adjust_for_guest(container_id: &str, spec: &[u8]) -> Result<GuestSpec, SpecError> {
+pub fn adjust_for_guest(
+    container_id: &str,
+    spec: &[u8],
+    pod_shm: Option<&Path>,
+) -> Result<GuestSpec, SpecError> {
     let rel = container_rel_dir(container_id)?;
     let mut spec: Value = serde_json::from_slice(spec)?;
     let obj = spec.as_object_mut().ok_or(SpecError::NotAnObject)?;
@@ -193,6 +231,10 @@ pub fn adjust_for_guest(container_id: &str, spec: &[u8]) -> Result<GuestSpec, Sp
             let Some(src) = m.get("source").and_then(Value::as_str) else {
                 continue;
             };
+            if pod_shm.is_some_and(|shm| Path::new(src) == shm) {
+                m["source"] = Value::String(GUEST_POD_SHM.into());
+                continue;
+            }
             let name = Path::new(src)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -330,6 +372,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_the_cri_sandbox_container_is_the_sandbox() {
+        let with = |t: &str| json!({"annotations": {CONTAINER_TYPE_ANNOTATION: t}});
+        assert!(is_cri_sandbox(&with("sandbox")));
+        assert!(!is_cri_sandbox(&with("container")));
+        assert!(!is_cri_sandbox(&json!({"annotations": {}})));
+        assert!(!is_cri_sandbox(&json!({})));
+    }
+
+    #[test]
     fn the_network_namespace_is_read_from_the_spec() {
         let ns = |v: Value| network_namespace(&json!({ "linux": { "namespaces": v } }));
         assert_eq!(
@@ -417,12 +468,12 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a b", "x\0"] {
             assert!(!valid_id(bad), "{bad:?}");
         }
-        assert!(adjust_for_guest("../x", b"{}").is_err());
+        assert!(adjust_for_guest("../x", b"{}", None).is_err());
     }
 
     #[test]
     fn spec_is_adjusted_for_the_guest() {
-        let g = adjust_for_guest("c1", &serde_json::to_vec(&ctr_spec()).unwrap()).unwrap();
+        let g = adjust_for_guest("c1", &serde_json::to_vec(&ctr_spec()).unwrap(), None).unwrap();
         let s: Value = serde_json::from_slice(&g.json).unwrap();
         assert_eq!(s["root"]["path"], "/run/husk/shared/c1/rootfs");
         assert_eq!(s["root"]["readonly"], false);
@@ -478,7 +529,7 @@ mod tests {
 
     #[test]
     fn bind_mounts_move_into_the_share() {
-        let g = adjust_for_guest("c1", &serde_json::to_vec(&ctr_spec()).unwrap()).unwrap();
+        let g = adjust_for_guest("c1", &serde_json::to_vec(&ctr_spec()).unwrap(), None).unwrap();
         let s: Value = serde_json::from_slice(&g.json).unwrap();
         assert_eq!(s["mounts"][0]["source"], "proc");
         assert_eq!(
@@ -506,15 +557,60 @@ mod tests {
         );
     }
 
+    /// A CRI pod's /dev/shm: the sandbox container names containerd's shm dir; it and
+    /// the pod's other containers bind the guest's pod tmpfs instead of sharing the
+    /// host dir; other binds still move into the share.
+    #[test]
+    fn the_pods_shared_memory_is_the_guests_tmpfs() {
+        let shm = "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/p1/shm";
+        let spec = |kind: &str| {
+            json!({
+                "annotations": {CONTAINER_TYPE_ANNOTATION: kind},
+                "mounts": [
+                    {"destination": "/dev/shm", "type": "bind", "source": shm,
+                     "options": ["rbind", "ro"]},
+                    {"destination": "/data", "type": "bind", "source": "/srv/data",
+                     "options": ["rbind"]},
+                ]
+            })
+        };
+        assert_eq!(
+            sandbox_shm_source(&spec("sandbox")),
+            Some(PathBuf::from(shm))
+        );
+        assert_eq!(sandbox_shm_source(&spec("container")), None);
+        assert_eq!(
+            sandbox_shm_source(&json!({"annotations": {
+            CONTAINER_TYPE_ANNOTATION: "sandbox"}, "mounts": [
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm"}]})),
+            None
+        );
+        for kind in ["sandbox", "container"] {
+            let raw = serde_json::to_vec(&spec(kind)).unwrap();
+            let g = adjust_for_guest("c1", &raw, Some(Path::new(shm))).unwrap();
+            let s: Value = serde_json::from_slice(&g.json).unwrap();
+            assert_eq!(s["mounts"][0]["source"], GUEST_POD_SHM);
+            assert_eq!(
+                s["mounts"][1]["source"],
+                "/run/husk/shared/c1/mounts/1-data"
+            );
+            assert_eq!(g.binds.len(), 1);
+            assert_eq!(g.binds[0].host_source, PathBuf::from("/srv/data"));
+        }
+        // Without a pod shm (a plain ctr container) the bind is shared as any other.
+        let raw = serde_json::to_vec(&spec("container")).unwrap();
+        assert_eq!(adjust_for_guest("c1", &raw, None).unwrap().binds.len(), 2);
+    }
+
     #[test]
     fn terminal_and_readonly_root_are_kept() {
         let spec = json!({"process": {"terminal": true}, "root": {"path": "r", "readonly": true}});
-        let g = adjust_for_guest("t", &serde_json::to_vec(&spec).unwrap()).unwrap();
+        let g = adjust_for_guest("t", &serde_json::to_vec(&spec).unwrap(), None).unwrap();
         let s: Value = serde_json::from_slice(&g.json).unwrap();
         assert!(g.terminal);
         assert_eq!(s["root"]["readonly"], true);
-        assert!(adjust_for_guest("t", b"[1]").is_err());
-        assert!(adjust_for_guest("t", b"{").is_err());
+        assert!(adjust_for_guest("t", b"[1]", None).is_err());
+        assert!(adjust_for_guest("t", b"{", None).is_err());
     }
 
     #[test]

@@ -55,7 +55,14 @@ fn pod_lifecycle(handler: &str) {
         let app = container_config(
             "app",
             BUSYBOX_IMAGE,
-            &["sh", "-c", "mkdir -p /www && echo hello-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"],
+            // A second server on the pod's loopback only: port-forward reaches it, the
+            // pod IP does not.
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /www && echo hello-$(hostname) > /www/index.html && \
+                httpd -p 127.0.0.1:9090 -h /www && exec httpd -f -p 8080 -h /www",
+            ],
         );
         let id = node
             .cri
@@ -106,6 +113,8 @@ fn pod_lifecycle(handler: &str) {
         );
         assert_eq!(body.trim(), format!("hello-{name}"));
 
+        port_forward(&node, &pod, &ip, &name, handler);
+
         node.cri.stop_container(&id, 10).unwrap();
         let s = node.cri.container_status(&id).unwrap();
         assert_eq!(s.state, api::ContainerState::ContainerExited as i32);
@@ -120,6 +129,47 @@ fn pod_lifecycle(handler: &str) {
         let left = node.containerd.wait_clean(Duration::from_secs(30));
         assert!(left.is_empty(), "cycle {i} ({handler}) left:\n{left}");
     }
+}
+
+/// `kubectl port-forward` (PortForward and the streaming server's WebSocket protocol):
+/// the pod's port 8080 and its loopback-only port 9090 answer through it (9090 does not
+/// answer on the pod IP); a port nothing listens on gives an error for that connection.
+/// containerd dials 127.0.0.1:PORT in the pod's network namespace on the host; under
+/// husk the shim takes those connections there and relays them into the guest.
+fn port_forward(node: &Node, pod: &str, ip: &str, name: &str, handler: &str) {
+    use husk_cri::stream::port_forward;
+    let t = Duration::from_secs(120);
+    let get = b"GET /index.html HTTP/1.0\r\n\r\n";
+    for port in [8080u16, 9090] {
+        let url = node.cri.port_forward(pod, port).unwrap();
+        let f = port_forward(&url, port, get, t)
+            .unwrap_or_else(|e| panic!("port-forward {port} ({handler}): {e}"));
+        let page = String::from_utf8_lossy(&f.data);
+        assert!(
+            page.starts_with("HTTP/1.") && page.contains(&format!("hello-{name}")),
+            "port-forward {port} ({handler}): data {page:?}, error {:?}",
+            f.error
+        );
+        assert!(
+            f.error.is_empty(),
+            "port-forward {port} ({handler}): {}",
+            f.error
+        );
+    }
+    assert!(
+        http_get(ip, 9090, "/index.html").is_err(),
+        "the loopback-only server answered on the pod IP ({handler})"
+    );
+    let url = node.cri.port_forward(pod, 9).unwrap();
+    let f =
+        port_forward(&url, 9, get, t).unwrap_or_else(|e| panic!("port-forward 9 ({handler}): {e}"));
+    assert!(
+        f.data.is_empty() && !f.error.is_empty(),
+        "port-forward to a closed port ({handler}): data {:?}, error {:?}",
+        String::from_utf8_lossy(&f.data),
+        f.error
+    );
+    eprintln!("port-forward to a closed port ({handler}): {}", f.error);
 }
 
 /// Streaming exec and attach, as `kubectl exec -it` and `kubectl attach -it` use them
@@ -341,6 +391,12 @@ fn a_pod_of_three_containers(handler: &str) {
         ("resolv", "cat /etc/resolv.conf"),
         ("port_range", "cat /proc/sys/net/ipv4/ip_local_port_range"),
         ("shm_rmid_forced", "cat /proc/sys/kernel/shm_rmid_forced"),
+        // The pod's /dev/shm: its size in KiB and its file system type.
+        (
+            "shm",
+            "df -k /dev/shm | tail -n 1 | awk '{print $2}'; \
+             awk '$2 == \"/dev/shm\" {print $3}' /proc/mounts",
+        ),
     ];
     let web_only: &[(&str, &str)] = &[
         ("rw_read", "cat /data/rw/from-host"),
@@ -351,6 +407,10 @@ fn a_pod_of_three_containers(handler: &str) {
         ("ro_read", "cat /data/ro/ro-file"),
         ("ro_write", "touch /data/ro/new; echo rc=$?"),
         ("link", "cat /data/link/through-link"),
+        (
+            "shm_write",
+            "echo from-web-shm > /dev/shm/note && echo written",
+        ),
     ];
     let solo_only: &[(&str, &str)] = &[
         ("http", "wget -q -O - http://127.0.0.1:8080/index.html"),
@@ -358,6 +418,7 @@ fn a_pod_of_three_containers(handler: &str) {
             "empty_dir",
             "cat /shared/note && echo from-solo > /shared/reply",
         ),
+        ("shm_read", "cat /dev/shm/note"),
     ];
     let web = facts(&node, web_id, &[common, web_only].concat());
     let solo = facts(&node, solo_id, &[common, solo_only].concat());
@@ -425,7 +486,17 @@ fn a_pod_of_three_containers(handler: &str) {
             "1",
             "kernel.shm_rmid_forced"
         );
+        // containerd's default pod /dev/shm: a 64 MiB tmpfs (under husk the guest's,
+        // not the host's reached through virtio-fs).
+        assert_eq!(
+            m.get("shm").split_whitespace().collect::<Vec<_>>(),
+            ["65536", "tmpfs"],
+            "/dev/shm size (KiB) and type ({handler})"
+        );
     }
+    // The pod's containers share it (IPC is the pod's).
+    assert_eq!(web.get("shm_write").trim(), "written");
+    assert_eq!(solo.get("shm_read").trim(), "from-web-shm");
 
     // HTTP between the containers over the pod's loopback.
     assert_eq!(solo.get("http").trim(), "web-page");
@@ -544,7 +615,21 @@ fn resources_and_status(handler: &str) {
         memory_limit_in_bytes: 32 << 20,
         ..Default::default()
     });
-    let exit7 = container_config("exit7", BUSYBOX_IMAGE, &["sh", "-c", "sleep 2; exit 7"]);
+    // The kubelet's termination-message file: a host file bound at
+    // /dev/termination-log, read after the container ends.
+    let term_dir = TempDir::new("cri-term").unwrap();
+    let term_log = term_dir.path().join("termination-log");
+    std::fs::write(&term_log, "").unwrap();
+    let mut exit7 = container_config(
+        "exit7",
+        BUSYBOX_IMAGE,
+        &[
+            "sh",
+            "-c",
+            "sleep 2; echo ended-with-7 > /dev/termination-log; exit 7",
+        ],
+    );
+    exit7.mounts = vec![host_mount("/dev/termination-log", &term_log, false)];
     let ids = node.start_containers(&pod, &pod_cfg, &[&busy, &hog, &exit7], handler);
     let (busy_id, hog_id, exit7_id) = (ids[0].as_str(), ids[1].as_str(), ids[2].as_str());
 
@@ -574,6 +659,81 @@ fn resources_and_status(handler: &str) {
         "the pod cgroup's CPU time to grow",
         Duration::from_secs(60),
         || cri_node::cgroup_cpu_usec(&parent) > pod_cpu0 + 200_000,
+    );
+
+    // PodSandboxStats: the pod cgroup's CPU time grows, memory in use, the pod's eth0
+    // counted (the CNI veth, which carries the guest's frames under husk), its
+    // processes and running containers.
+    let pod_stats = || {
+        let s = node
+            .cri
+            .pod_sandbox_stats(&pod)
+            .unwrap_or_else(|e| panic!("PodSandboxStats ({handler}): {e}"));
+        s.linux.unwrap_or_default()
+    };
+    // Some traffic out of the pod (a SYN to the bridge, answered by a reset).
+    run_in(
+        &node,
+        busy_id,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "wget -q -T 3 -O /dev/null http://{}.1:9/; true",
+                node.prefix
+            ),
+        ],
+    );
+    let first = pod_stats();
+    let pod_cpu = |l: &api::LinuxPodSandboxStats| {
+        l.cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds)
+            .map_or(0, |v| v.value)
+    };
+    let mut later = first.clone();
+    wait_for(
+        "PodSandboxStats' CPU time to grow",
+        Duration::from_secs(60),
+        || {
+            later = pod_stats();
+            pod_cpu(&later) > pod_cpu(&first) + 100_000_000
+        },
+    );
+    let working_set = later
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes)
+        .map_or(0, |v| v.value);
+    assert!(working_set > 0, "pod working set ({handler}): {later:?}");
+    let eth0 = later
+        .network
+        .as_ref()
+        .and_then(|n| n.default_interface.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        eth0.name, "eth0",
+        "pod network stats ({handler}): {later:?}"
+    );
+    assert!(
+        eth0.tx_bytes.map_or(0, |v| v.value) > 0,
+        "pod eth0 sent nothing ({handler}): {later:?}"
+    );
+    let processes = later
+        .process
+        .as_ref()
+        .and_then(|p| p.process_count)
+        .map_or(0, |v| v.value);
+    assert!(processes >= 3, "pod process count ({handler}): {later:?}");
+    let mut listed: Vec<String> = later
+        .containers
+        .iter()
+        .filter_map(|c| c.attributes.as_ref().map(|a| a.id.clone()))
+        .collect();
+    listed.sort();
+    assert!(
+        listed.contains(&busy_id.to_string()) && listed.contains(&hog_id.to_string()),
+        "PodSandboxStats' containers ({handler}): {listed:?}"
     );
 
     // UpdateContainerResources: memory and CPU limits, seen in the container's cgroup.
@@ -625,6 +785,11 @@ fn resources_and_status(handler: &str) {
         s.finished_at >= s.started_at + 1_000_000_000,
         "exit7 ran `sleep 2` but finished {} ns after it started",
         s.finished_at - s.started_at
+    );
+    assert_eq!(
+        std::fs::read_to_string(&term_log).unwrap(),
+        "ended-with-7\n",
+        "the termination message ({handler})"
     );
 
     node.remove_pod(&pod, &ids, 2, handler);

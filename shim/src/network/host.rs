@@ -95,6 +95,23 @@ pub fn in_netns<T: Send>(
     netns: &Path,
     f: impl FnOnce(&mut dyn NetHost) -> Result<T, NetError> + Send,
 ) -> Result<T, NetError> {
+    on_thread_in(netns, || {
+        let sock = Socket::new().map_err(|source| NetError::Host {
+            netns: netns.to_owned(),
+            what: "open a netlink socket".into(),
+            source: source.into(),
+        })?;
+        f(&mut RealNet { sock })
+    })
+}
+
+/// Runs `f` on a new thread that first enters the network namespace at `netns`
+/// (setns(CLONE_NEWNET)); sockets `f` creates belong to that namespace for good. The
+/// thread ends with `f`, so nothing else of ours ever runs in the namespace.
+pub fn on_thread_in<T: Send>(
+    netns: &Path,
+    f: impl FnOnce() -> Result<T, NetError> + Send,
+) -> Result<T, NetError> {
     std::thread::scope(|s| {
         let thread = std::thread::Builder::new()
             .name("netns".into())
@@ -116,12 +133,7 @@ pub fn in_netns<T: Send>(
                     });
                 }
                 drop(file);
-                let sock = Socket::new().map_err(|source| NetError::Host {
-                    netns: netns.to_owned(),
-                    what: "open a netlink socket".into(),
-                    source: source.into(),
-                })?;
-                f(&mut RealNet { sock })
+                f()
             })
             .map_err(|source| NetError::Thread {
                 netns: netns.to_owned(),

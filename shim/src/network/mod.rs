@@ -18,6 +18,7 @@ use husk_protocol::agent;
 use log::{info, warn};
 
 mod host;
+pub use host::on_thread_in;
 pub mod plan;
 pub mod tap;
 

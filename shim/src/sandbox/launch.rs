@@ -265,6 +265,8 @@ mod tests {
             memory_mib: 512,
             netns: None,
             cgroups_path: None,
+            port_forward: false,
+            shm: None,
         };
         let launch = Launch {
             config: &config,
