@@ -12,7 +12,6 @@ use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
 
-use crate::init::error_chain;
 use crate::init::reaper::{Reaper, ReaperError, SysWait};
 use crate::rpc::{self, RpcError, ServeArgs, ServeConfig};
 use crate::sandbox::setup::Target;
@@ -62,7 +61,7 @@ pub fn run(args: ServeArgs) -> Result<Infallible, HostError> {
                     debug!("Reaped orphan {}: {}", r.pid, r.exit);
                 }
             }
-            Err(e) => crate::warn!("{}", error_chain(&e)),
+            Err(e) => crate::warn!("{}", husk_errors::chain(&e)),
         }
     }
 }

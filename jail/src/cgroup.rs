@@ -325,7 +325,7 @@ mod tests {
         )
         .unwrap_err();
         // The first level that cannot be made is named, with its errno.
-        let text = crate::confine::crate_error_chain(&e);
+        let text = husk_errors::chain(&e);
         assert!(
             text.contains("cannot create the cgroup /nonexistent-cg/memory: No such file"),
             "{text}"

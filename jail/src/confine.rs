@@ -124,7 +124,7 @@ pub fn run(jail: &Jail) -> Result<i32, ConfineError> {
     if pid == 0 {
         drop(read_end);
         let e = child(jail, kvm_rdev, cap_last, fds[1]);
-        let msg = crate_error_chain(&e);
+        let msg = husk_errors::chain(&e);
         // SAFETY: write(2) of a live buffer to the pipe's write end; _exit never returns.
         unsafe {
             libc::write(fds[1], msg.as_ptr().cast(), msg.len());
@@ -141,18 +141,6 @@ pub fn run(jail: &Jail) -> Result<i32, ConfineError> {
     // SAFETY: waitpid on our own child with a valid status pointer.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     Err(ConfineError::Child(report))
-}
-
-/// An error and its causes, `a: b: c`.
-pub fn crate_error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn mount(
@@ -398,7 +386,7 @@ mod tests {
     #[test]
     fn errors_name_the_step_the_path_and_the_errno() {
         let e = step("cannot bind-mount", "/k")(std::io::Error::from_raw_os_error(libc::ENOENT));
-        let s = crate_error_chain(&e);
+        let s = husk_errors::chain(&e);
         assert!(s.starts_with("cannot bind-mount /k: No such file"), "{s}");
     }
 }

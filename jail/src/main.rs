@@ -22,7 +22,7 @@ fn main() {
     match confine::run(&jail) {
         Ok(pid) => println!("{pid}"),
         Err(e) => {
-            eprintln!("husk-jailer: {}", confine::crate_error_chain(&e));
+            eprintln!("husk-jailer: {}", husk_errors::chain(&e));
             std::process::exit(1);
         }
     }

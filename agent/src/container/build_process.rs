@@ -24,7 +24,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 
 use super::{Error, ErrorKind};
-use crate::init::error_chain;
 
 /// What the child reports: the new process's pid, or why the build failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +90,7 @@ pub(super) fn build_in_child(build: impl FnOnce() -> Result<i32, Error>) -> Resu
             Ok(Ok(pid)) => Report::Built(pid),
             Ok(Err(e)) => Report::Failed {
                 kind: e.kind(),
-                message: error_chain(&e),
+                message: husk_errors::chain(&e),
             },
             Err(_) => Report::Failed {
                 kind: ErrorKind::Internal,
@@ -222,18 +221,18 @@ mod tests {
             unsafe { libc::_exit(3) }
         })
         .unwrap_err();
-        assert!(error_chain(&e).contains("without a report"), "{e}");
+        assert!(husk_errors::chain(&e).contains("without a report"), "{e}");
         assert!(
-            error_chain(&e).contains("exit status 3"),
+            husk_errors::chain(&e).contains("exit status 3"),
             "{}",
-            error_chain(&e)
+            husk_errors::chain(&e)
         );
         let e = build_in_child(|| panic!("boom")).unwrap_err();
         assert_eq!(
             e.to_string(),
             "the container build panicked",
             "{}",
-            error_chain(&e)
+            husk_errors::chain(&e)
         );
     }
 

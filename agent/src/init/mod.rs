@@ -91,7 +91,7 @@ pub fn run() -> Result<i32, InitError> {
     // Before opening any other file, so a closed stdio slot is not taken.
     if let Err(e) = console::ensure_stdio() {
         // /dev/console may only appear with devtmpfs; retried below.
-        debug!("{}", error_chain(&e));
+        debug!("{}", husk_errors::chain(&e));
     }
 
     // Before the mounts, so they are made in the new root.
@@ -102,7 +102,7 @@ pub fn run() -> Result<i32, InitError> {
     match console::ensure_stdio() {
         Ok(fds) if !fds.is_empty() => debug!("Stdio {fds:?} now on {}", console::CONSOLE),
         Ok(_) => {}
-        Err(e) => warn!("{}", error_chain(&e)),
+        Err(e) => warn!("{}", husk_errors::chain(&e)),
     }
     // Unlimited, so /dev/kmsg keeps every line: the kernel silently drops
     // rate-limited records, and lines it echoes are not written twice.
@@ -110,7 +110,7 @@ pub fn run() -> Result<i32, InitError> {
         debug!("Failed to write {PRINTK_DEVKMSG}: {e}");
     }
     if let Err(e) = log::attach_kmsg() {
-        warn!("{}", error_chain(&e));
+        warn!("{}", husk_errors::chain(&e));
     }
 
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_else(|e| {
@@ -128,7 +128,7 @@ pub fn run() -> Result<i32, InitError> {
             MountOutcome::AlreadyMounted => {
                 debug!("{} already mounted on {}", spec.fstype, spec.target)
             }
-            MountOutcome::Failed(e) => warn!("{}", error_chain(e)),
+            MountOutcome::Failed(e) => warn!("{}", husk_errors::chain(e)),
         }
     }
 
@@ -136,15 +136,15 @@ pub fn run() -> Result<i32, InitError> {
         Ok(true) => debug!("Left the initramfs for a tmpfs root"),
         Ok(false) => {}
         // Containers cannot pivot_root then; the agent still serves.
-        Err(e) => warn!("{}", error_chain(&e)),
+        Err(e) => warn!("{}", husk_errors::chain(&e)),
     }
 
     if let Err(e) = shutdown::route_ctrl_alt_del_to_init() {
-        warn!("{}", error_chain(&e));
+        warn!("{}", husk_errors::chain(&e));
     }
     // The kernel leaves lo down; UpdateNetwork brings it up too.
     if let Err(e) = crate::network::loopback_up_at_boot() {
-        warn!("{}", error_chain(&e));
+        warn!("{}", husk_errors::chain(&e));
     }
 
     let reaper = Arc::new(Reaper::new());
@@ -187,7 +187,7 @@ pub fn run() -> Result<i32, InitError> {
             Some(server)
         }
         Err(e) => {
-            warn!("{}", error_chain(&e));
+            warn!("{}", husk_errors::chain(&e));
             None
         }
     };
@@ -229,7 +229,7 @@ fn power_off_soon() {
             std::thread::sleep(POWER_OFF_DELAY);
             console::print_line("husk-agent: powering off (DestroySandbox)");
             let Err(e) = power_off();
-            crate::error!("{}", error_chain(&e));
+            crate::error!("{}", husk_errors::chain(&e));
         });
     if let Err(e) = spawned {
         crate::error!("Cannot start the power-off thread: {e}");
@@ -238,18 +238,6 @@ fn power_off_soon() {
 
 fn power_off() -> Result<Infallible, InitError> {
     Ok(shutdown::power_off()?)
-}
-
-/// `error: cause: cause` on one line, for log messages.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]
@@ -271,8 +259,8 @@ mod tests {
     #[test]
     fn error_chains_on_one_line() {
         let e = InitError::Signals(io::Error::from_raw_os_error(libc::EPERM));
-        assert!(error_chain(&e).starts_with("Failed to set up the signalfd: "));
-        assert!(error_chain(&e).contains("Operation not permitted"));
+        assert!(husk_errors::chain(&e).starts_with("Failed to set up the signalfd: "));
+        assert!(husk_errors::chain(&e).contains("Operation not permitted"));
     }
 
     #[test]

@@ -17,7 +17,6 @@ use husk_protocol::ttrpc::{self, Code, TtrpcContext};
 use husk_protocol::{agent_ttrpc, API_VERSION};
 
 use crate::container::ExitStatus;
-use crate::init::error_chain;
 use crate::sandbox::resources::OomWait;
 use crate::sandbox::{ErrorKind, Sandbox, SandboxError};
 use crate::{debug, info, warn};
@@ -43,7 +42,7 @@ pub fn status(rpc: &str, err: &SandboxError) -> ttrpc::Error {
         ErrorKind::FailedPrecondition => Code::FAILED_PRECONDITION,
         ErrorKind::Internal => Code::INTERNAL,
     };
-    let message = error_chain(err);
+    let message = husk_errors::chain(err);
     if code == Code::INTERNAL {
         warn!("{rpc} failed: {message}");
     } else {

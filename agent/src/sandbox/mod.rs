@@ -632,7 +632,7 @@ impl Sandbox {
                 warn!(
                     "Cannot remove container {}: {}",
                     entry.id,
-                    crate::init::error_chain(&e)
+                    husk_errors::chain(&e)
                 );
             }
         }

@@ -74,13 +74,9 @@ impl Sandbox {
     pub(super) fn watch_oom(&self, id: &str) {
         let watched = self
             .with_container(id, |c| c.cgroup())
-            .map_err(|e| crate::init::error_chain(&e))
-            .and_then(|r| r.map_err(|e| crate::init::error_chain(&e)))
-            .and_then(|cg| {
-                self.oom
-                    .watch(id, &cg)
-                    .map_err(|e| crate::init::error_chain(&e))
-            });
+            .map_err(|e| husk_errors::chain(&e))
+            .and_then(|r| r.map_err(|e| husk_errors::chain(&e)))
+            .and_then(|cg| self.oom.watch(id, &cg).map_err(|e| husk_errors::chain(&e)));
         if let Err(e) = watched {
             crate::warn!("No OOM events for container {id}: {e}");
         }

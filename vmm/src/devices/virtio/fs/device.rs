@@ -131,24 +131,12 @@ impl Fs {
     }
 
     fn backend_failed(&mut self, e: &FsError) -> String {
-        let msg = error_chain(e);
+        let msg = husk_errors::chain(e);
         if e.breaks_connection() {
             self.mark_broken(&msg);
         }
         format!("virtiofsd at {}: {msg}", self.socket.display())
     }
-}
-
-/// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 impl VirtioDevice for Fs {
