@@ -27,13 +27,18 @@ fi
 [ -n "$bins" ] || { echo "integration: no test executable matches ${only:-anything}" >&2; exit 1; }
 
 # The unit of running (and of retrying after a frozen test host) is one test: EXE#NAME.
+# HUSK_INTEGRATION_TESTS=<substring> runs only the tests whose names contain it (with
+# HUSK_INTEGRATION_ONLY, to rerun one test as the suite runs it).
+filter="${HUSK_INTEGRATION_TESTS:-}"
 units=()
 for t in $bins; do
     names=$("$t" --list --include-ignored 2>/dev/null | sed -n 's/^\(.*\): test$/\1/p') || {
         echo "integration: cannot list the tests of $t" >&2
         exit 1
     }
-    for n in $names; do units+=("$t#$n"); done
+    for n in $names; do
+        [[ -z "$filter" || "$n" == *"$filter"* ]] && units+=("$t#$n")
+    done
 done
 [ "${#units[@]}" -ne 0 ] || { echo "integration: no tests found" >&2; exit 1; }
 

@@ -14,8 +14,9 @@ use std::process::Command;
 use husk_jail::{cgroup, Bind, Jail};
 use serde::{Deserialize, Serialize};
 
+use crate::persist::{self, PersistError, Persisted};
+
 /// The persisted state, in the pod dir.
-pub const STATE_FILE: &str = "jail.json";
 /// Leases: `<state_dir>/.jail-ids/<id>` holds the pod dir that has the id.
 const IDS_DIR: &str = ".jail-ids";
 /// The pod's `vm` dir (sockets and console) as the jailed VMM sees it.
@@ -24,8 +25,6 @@ pub const KERNEL_IN_JAIL: &str = "/kernel";
 pub const INITRAMFS_IN_JAIL: &str = "/initramfs";
 /// The shim's environment variables a VMM inherits (nothing else reaches a jailed one).
 pub const VMM_ENV: [&str; 3] = ["HUSK_LOG", "HUSK_SECCOMP_SELFTEST", "RUST_BACKTRACE"];
-
-const STATE_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
@@ -40,8 +39,8 @@ pub enum JailError {
     },
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
-    #[error("{path}: {message}")]
-    State { path: PathBuf, message: String },
+    #[error(transparent)]
+    State(#[from] PersistError),
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JailError {
@@ -53,47 +52,29 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> JailErr
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JailState {
-    pub version: u32,
     /// The VMM's uid and gid (the same number); `None` when the VMM is not jailed.
     pub id: Option<u32>,
     /// The pod's cgroup directories, created by the shim.
     pub cgroups: Vec<PathBuf>,
 }
 
+impl Persisted for JailState {
+    const FILE: &'static str = "jail.json";
+    const VERSION: u32 = 1;
+}
+
 impl JailState {
     pub fn new(id: Option<u32>, cgroups: Vec<PathBuf>) -> Self {
-        Self {
-            version: STATE_VERSION,
-            id,
-            cgroups,
-        }
+        Self { id, cgroups }
     }
 
     pub fn write(&self, pod_dir: &Path) -> Result<(), JailError> {
-        let path = pod_dir.join(STATE_FILE);
-        let text = serde_json::to_string_pretty(self).unwrap_or_default();
-        std::fs::write(&path, text).map_err(io("write", &path))
+        Ok(persist::write(pod_dir, self)?)
     }
 
     /// The state a pod dir holds; `Ok(None)` if it has none (the pod never got that far).
     pub fn read(pod_dir: &Path) -> Result<Option<Self>, JailError> {
-        let path = pod_dir.join(STATE_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io("read", &path)(e)),
-        };
-        let s: Self = serde_json::from_str(&text).map_err(|e| JailError::State {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        if s.version != STATE_VERSION {
-            return Err(JailError::State {
-                path,
-                message: format!("version {} (this shim writes {STATE_VERSION})", s.version),
-            });
-        }
-        Ok(Some(s))
+        Ok(persist::read(pod_dir)?)
     }
 
     /// Removes the cgroups and releases the id. Call once the pod's processes are gone.
@@ -337,13 +318,13 @@ mod tests {
         s.write(&d).unwrap();
         assert_eq!(JailState::read(&d).unwrap(), Some(s));
         std::fs::write(
-            d.join(STATE_FILE),
+            d.join(JailState::FILE),
             r#"{"version": 9, "id": null, "cgroups": []}"#,
         )
         .unwrap();
         let e = JailState::read(&d).unwrap_err().to_string();
         assert!(e.contains("version 9"), "{e}");
-        std::fs::write(d.join(STATE_FILE), "{").unwrap();
+        std::fs::write(d.join(JailState::FILE), "{").unwrap();
         assert!(JailState::read(&d).is_err());
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -7,6 +7,7 @@ mod jail;
 mod metrics;
 mod mounts;
 mod network;
+mod persist;
 mod port_forward;
 mod process;
 mod sandbox;

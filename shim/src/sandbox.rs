@@ -18,14 +18,12 @@ use log::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::jail::{self, JailError, JailState};
-
 use crate::mounts::{self, HostOps};
 use crate::network::{self, Attached, NetError, NetState};
+use crate::persist::{self, PodPids};
 use crate::port_forward::PortForwarder;
 use crate::spec::{self, GUEST_SHARED_DIR, SHARED_FS_TAG};
 pub use cleanup::cleanup_dead_pod;
-#[cfg(test)]
-use cleanup::read_pids;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -100,21 +98,6 @@ fn check_socket_path(path: &Path) -> Result<(), SandboxError> {
         });
     }
     Ok(())
-}
-
-/// An error and its causes, `: `-joined: what containerd shows the user, errno included.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let t = c.to_string();
-        if !text.ends_with(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 /// Exits of the pod's helper processes, as the reaper reported them.
@@ -346,7 +329,7 @@ impl Sandbox {
 
         // The taps first: a bad netns fails the pod before anything runs.
         let attached = match req.netns {
-            Some(ns) => match network::attach(ns, &dir.join(network::STATE_FILE)) {
+            Some(ns) => match network::attach(ns, &dir) {
                 Ok(a) => Some(a),
                 Err(e) => {
                     let _ = jail_state.undo(&config.state_dir, &dir);
@@ -360,11 +343,11 @@ impl Sandbox {
         let net = attached.as_ref().map(|a| a.state.clone());
         let abandon = |e: SandboxError| {
             if let Err(j) = jail_state.undo(&config.state_dir, &dir) {
-                warn!("pod {}: {}", req.pod, error_chain(&j));
+                warn!("pod {}: {}", req.pod, husk_errors::chain(&j));
             }
             if let Some(n) = &net {
                 if let Err(d) = network::detach(n) {
-                    warn!("pod {}: {}", req.pod, error_chain(&d));
+                    warn!("pod {}: {}", req.pod, husk_errors::chain(&d));
                 }
             }
             let _ = mounts::unmount_under(&mounts::RealHost, &dir);
@@ -619,7 +602,7 @@ impl Sandbox {
                 Err(e) => warn!(
                     "pod {}: kubectl port-forward to this pod will not work: {}",
                     self.id,
-                    error_chain(&e)
+                    husk_errors::chain(&e)
                 ),
             }
         }
@@ -707,14 +690,13 @@ impl Sandbox {
     }
 
     fn write_pids(&self) {
-        let text = format!(
-            "shim {}\nvmm {}\nvirtiofsd {}\n",
-            std::process::id(),
-            self.vmm_pid,
-            self.virtiofsd_pid
-        );
-        if let Err(e) = std::fs::write(self.dir.join("pids"), text) {
-            warn!("cannot write {}/pids: {e}", self.dir.display());
+        let pids = PodPids {
+            shim: std::process::id() as i32,
+            vmm: self.vmm_pid,
+            virtiofsd: self.virtiofsd_pid,
+        };
+        if let Err(e) = persist::write(&self.dir, &pids) {
+            warn!("pod {}: {}", self.id, husk_errors::chain(&e));
         }
     }
 
@@ -754,7 +736,7 @@ impl Sandbox {
     fn undo_jail(&self) -> Option<JailError> {
         let r = self.jail.undo(&self.state_dir, &self.dir).err();
         if let Some(e) = &r {
-            error!("pod {}: {}", self.id, error_chain(e));
+            error!("pod {}: {}", self.id, husk_errors::chain(e));
         }
         r
     }
@@ -764,7 +746,11 @@ impl Sandbox {
         let n = self.net.as_ref()?;
         let r = network::detach(n).err();
         if let Some(e) = &r {
-            error!("pod {}: network teardown: {}", self.id, error_chain(e));
+            error!(
+                "pod {}: network teardown: {}",
+                self.id,
+                husk_errors::chain(e)
+            );
         }
         r
     }

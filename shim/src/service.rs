@@ -26,14 +26,11 @@ use log::{debug, error, info, warn};
 use crate::config::Config;
 use crate::metrics;
 use crate::mounts::{self, HostOps, RootfsMount};
+use crate::persist::{self, BundleState};
 use crate::process::{Exit, Process, StdioPaths, VM_GONE_STATUS};
-use crate::sandbox::{error_chain, PodRequest, Sandbox};
+use crate::sandbox::{PodRequest, Sandbox};
 use crate::spec::{self, GuestSpec};
 use crate::stdio::{output_target, ProcessIo};
-
-/// What `shim delete` needs to find a container's pod after the shim died; written into
-/// the bundle at Create.
-pub const BUNDLE_STATE_FILE: &str = "husk.json";
 
 /// How long an exited process's output may take to drain before its exit is reported.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -285,20 +282,20 @@ impl Inner {
         let timeout = Duration::from_secs(30);
         let attach = |which| -> Result<std::os::unix::net::UnixStream, shim_ttrpc::Error> {
             let s = hybrid_vsock::connect(&sb.vsock, STDIO_VSOCK_PORT, timeout)
-                .map_err(|e| status(Code::UNAVAILABLE, e.to_string()))?;
+                .map_err(|e| status(Code::UNAVAILABLE, husk_errors::chain(&e)))?;
             stdio_attach::attach(s, id, exec_id, which, timeout)
-                .map_err(|e| status(Code::UNAVAILABLE, e.to_string()))
+                .map_err(|e| status(Code::UNAVAILABLE, husk_errors::chain(&e)))
         };
         let name = if exec_id.is_empty() { id } else { exec_id };
         if let Some(t) = output_target(&paths.stdout)
-            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?
+            .map_err(|e| status(Code::INVALID_ARGUMENT, husk_errors::chain(&e)))?
         {
             let s = attach(StdioStream::STDIO_STREAM_STDOUT)?;
             io.add_output(&format!("{name}-out"), s, t);
         }
         if !paths.terminal {
             if let Some(t) = output_target(&paths.stderr)
-                .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?
+                .map_err(|e| status(Code::INVALID_ARGUMENT, husk_errors::chain(&e)))?
             {
                 let s = attach(StdioStream::STDIO_STREAM_STDERR)?;
                 io.add_output(&format!("{name}-err"), s, t);
@@ -368,7 +365,7 @@ impl Inner {
         .map_err(|e| {
             status(
                 Code::UNAVAILABLE,
-                format!("husk: cannot start the pod VM: {}", error_chain(&e)),
+                format!("husk: cannot start the pod VM: {}", husk_errors::chain(&e)),
             )
         })?;
         let sb = Arc::new(sb);
@@ -390,7 +387,7 @@ impl Inner {
             .take();
         if let Some(sb) = sb {
             if let Err(e) = sb.stop(self.ops.as_ref()) {
-                error!("pod {}: teardown: {e}", sb.id);
+                error!("pod {}: teardown: {}", sb.id, husk_errors::chain(&e));
             } else {
                 info!("pod {}: VM stopped, state removed", sb.id);
             }
@@ -431,14 +428,18 @@ impl Inner {
             .options
             .as_ref()
             .and_then(|o| spec::config_path_from_options(&o.type_url, &o.value));
-        let (config, used) = Config::load(config_path.as_deref())
-            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("husk: {e}")))?;
+        let (config, used) = Config::load(config_path.as_deref()).map_err(|e| {
+            status(
+                Code::INVALID_ARGUMENT,
+                format!("husk: {}", husk_errors::chain(&e)),
+            )
+        })?;
         info!(
             "create {id}: config {}",
             used.map_or("defaults".into(), |p| p.display().to_string())
         );
         spec::check_no_host_namespaces(&spec_value)
-            .map_err(|e| status(Code::FAILED_PRECONDITION, e.to_string()))?;
+            .map_err(|e| status(Code::FAILED_PRECONDITION, husk_errors::chain(&e)))?;
         // The pod's shared memory: the running pod's, or this sandbox container's.
         let pod_shm = match self
             .sandbox
@@ -449,8 +450,13 @@ impl Inner {
             Some(sb) => sb.shm_host.clone(),
             None => spec::sandbox_shm_source(&spec_value),
         };
-        let guest = spec::adjust_for_guest(id, &raw, pod_shm.as_deref())
-            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let guest = spec::adjust_for_guest(id, &raw, pod_shm.as_deref()).map_err(|e| {
+            let code = match e {
+                spec::SpecError::BidirectionalPropagation(_) => Code::FAILED_PRECONDITION,
+                _ => Code::INVALID_ARGUMENT,
+            };
+            status(code, husk_errors::chain(&e))
+        })?;
         let pod = spec::pod_id(id, &spec_value);
         let sb = self.ensure_sandbox(&config, &pod, &spec_value)?;
 
@@ -459,13 +465,13 @@ impl Inner {
         match result {
             Ok(process) => {
                 let pid = process.pid;
-                let state = serde_json::json!({
-                    "pod_dir": sb.dir,
-                    "vmm": config.vmm,
-                    "virtiofsd": config.virtiofsd,
-                });
-                if let Err(e) = std::fs::write(bundle.join(BUNDLE_STATE_FILE), state.to_string()) {
-                    warn!("cannot write {BUNDLE_STATE_FILE} into the bundle: {e}");
+                let state = BundleState {
+                    pod_dir: sb.dir.clone(),
+                    vmm: config.vmm.clone(),
+                    virtiofsd: config.virtiofsd.clone(),
+                };
+                if let Err(e) = persist::write(bundle, &state) {
+                    warn!("{}", husk_errors::chain(&e));
                 }
                 self.containers().insert(
                     id.clone(),
@@ -499,7 +505,7 @@ impl Inner {
             binds,
             terminal,
         } = guest;
-        let mount_err = |e: mounts::MountError| status(Code::INTERNAL, e.to_string());
+        let mount_err = |e: mounts::MountError| status(Code::INTERNAL, husk_errors::chain(&e));
         let rootfs: Vec<RootfsMount> = req
             .rootfs
             .iter()
@@ -665,7 +671,7 @@ impl Inner {
             }
         }
         mounts::unmount_under(self.ops.as_ref(), &share_dir)
-            .map_err(|e| status(Code::INTERNAL, e.to_string()))?;
+            .map_err(|e| status(Code::INTERNAL, husk_errors::chain(&e)))?;
         if let Err(e) = std::fs::remove_dir_all(&share_dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 warn!("cannot remove {}: {e}", share_dir.display());

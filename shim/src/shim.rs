@@ -11,8 +11,9 @@ use log::{info, warn};
 
 use crate::config::Config;
 use crate::mounts::RealHost;
+use crate::persist::{self, BundleState, Persisted};
 use crate::sandbox::cleanup_dead_pod;
-use crate::service::{Service, BUNDLE_STATE_FILE};
+use crate::service::Service;
 use crate::spec;
 
 /// The shim of one pod.
@@ -64,16 +65,20 @@ impl containerd_shim::Shim for HuskShim {
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
         // containerd runs this when the shim is gone (killed, crashed, or never
         // started): stop what it left running and remove its mounts and state.
-        let state = std::fs::read(self.bundle.join(BUNDLE_STATE_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        let state = persist::read::<BundleState>(&self.bundle).unwrap_or_else(|e| {
+            warn!(
+                "delete: {}; looking for the pod where the config puts it",
+                husk_errors::chain(&e)
+            );
+            None
+        });
         let (config, _) = Config::load(None).unwrap_or_else(|e| {
             warn!("delete: {e}; using defaults");
             (Config::default(), None)
         });
         let pod_dir = state
             .as_ref()
-            .and_then(|s| s.get("pod_dir")?.as_str().map(PathBuf::from))
+            .map(|s| s.pod_dir.clone())
             .unwrap_or_else(|| {
                 crate::sandbox::pod_dir(
                     &config,
@@ -82,18 +87,14 @@ impl containerd_shim::Shim for HuskShim {
                 )
             });
         let mut config = config;
-        if let Some(s) = state.as_ref() {
-            if let Some(v) = s.get("vmm").and_then(|v| v.as_str()) {
-                config.vmm = v.into();
-            }
-            if let Some(v) = s.get("virtiofsd").and_then(|v| v.as_str()) {
-                config.virtiofsd = v.into();
-            }
+        if let Some(s) = state {
+            config.vmm = s.vmm;
+            config.virtiofsd = s.virtiofsd;
         }
         info!("delete {}: cleaning {}", self.id, pod_dir.display());
         cleanup_dead_pod(&RealHost, &pod_dir, &config)
-            .map_err(|e| shim_err(crate::sandbox::error_chain(&e)))?;
-        let _ = std::fs::remove_file(self.bundle.join(BUNDLE_STATE_FILE));
+            .map_err(|e| shim_err(husk_errors::chain(&e)))?;
+        let _ = std::fs::remove_file(self.bundle.join(BundleState::FILE));
         let mut resp = api::DeleteResponse::new();
         // SIGKILL's status: whatever ran there did not end on its own.
         resp.exit_status = 128 + 9;

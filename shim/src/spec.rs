@@ -31,6 +31,13 @@ pub enum SpecError {
          share the host's: run it with another RuntimeClass"
     )]
     HostNamespace(&'static str),
+    #[error(
+        "husk: the mount at {0} asks for bidirectional mount propagation (rshared): mounts \
+         made inside a husk pod cannot reach the host (the pod is a virtual machine; its \
+         volumes are shared through virtio-fs); use HostToContainer or None, or run the \
+         pod with another RuntimeClass"
+    )]
+    BidirectionalPropagation(String),
 }
 
 /// The namespaces a CRI pod must have of its own: one missing from a CRI container's
@@ -196,7 +203,10 @@ fn is_bind(mount: &Value) -> bool {
 /// - `root.path` becomes the container's rootfs in the share;
 /// - a bind of the pod's shared memory dir `pod_shm` (see [`sandbox_shm_source`]) binds
 ///   the guest's pod tmpfs [`GUEST_POD_SHM`] instead;
-/// - other bind mounts of host paths are shared: their sources move into the share;
+/// - other bind mounts of host paths are shared: their sources move into the share
+///   (one asking for bidirectional propagation, `rshared`, is refused: a guest mount
+///   cannot reach the host; `rslave` works as under runc, since the share's bind of a
+///   shared host mount receives the host's later mounts and virtiofsd serves them);
 /// - host devices (`linux.devices`), host hooks and Intel RDT go (they name host things);
 /// - the network namespace goes (the VM is the pod's boundary, and its containers share
 ///   the guest's network), as do namespaces joined by host path, except the pod's pid,
@@ -227,6 +237,14 @@ pub fn adjust_for_guest(
         for (i, m) in mounts.iter_mut().enumerate() {
             if !is_bind(m) {
                 continue;
+            }
+            let shared = m.get("options").and_then(Value::as_array).is_some_and(|o| {
+                o.iter()
+                    .any(|v| matches!(v.as_str(), Some("rshared" | "shared")))
+            });
+            if shared {
+                let dest = m.get("destination").and_then(Value::as_str).unwrap_or("?");
+                return Err(SpecError::BidirectionalPropagation(dest.to_owned()));
             }
             let Some(src) = m.get("source").and_then(Value::as_str) else {
                 continue;
@@ -600,6 +618,24 @@ mod tests {
         // Without a pod shm (a plain ctr container) the bind is shared as any other.
         let raw = serde_json::to_vec(&spec("container")).unwrap();
         assert_eq!(adjust_for_guest("c1", &raw, None).unwrap().binds.len(), 2);
+    }
+
+    #[test]
+    fn bidirectional_propagation_is_refused_naming_the_mount() {
+        let spec = json!({"mounts": [
+            {"destination": "/a", "type": "bind", "source": "/srv/a", "options": ["rbind", "rslave"]},
+            {"destination": "/b", "type": "bind", "source": "/srv/b", "options": ["rbind", "rshared"]},
+        ]});
+        let e = adjust_for_guest("c1", &serde_json::to_vec(&spec).unwrap(), None).unwrap_err();
+        assert!(
+            matches!(&e, SpecError::BidirectionalPropagation(d) if d == "/b"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("HostToContainer"), "{e}");
+        let ok = json!({"mounts": [
+            {"destination": "/a", "type": "bind", "source": "/srv/a", "options": ["rbind", "rslave"]},
+        ]});
+        assert!(adjust_for_guest("c1", &serde_json::to_vec(&ok).unwrap(), None).is_ok());
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -172,6 +174,8 @@ pub struct Containerd {
     pub socket: PathBuf,
     pub husk_state: PathBuf,
     pub husk_config: PathBuf,
+    /// Set when this containerd goes: ends the watchdog.
+    done: Arc<AtomicBool>,
 }
 
 impl Containerd {
@@ -312,7 +316,9 @@ state = "{state}"
             socket,
             husk_state,
             husk_config,
+            done: Arc::new(AtomicBool::new(false)),
         };
+        c.spawn_watchdog();
         let start = Instant::now();
         loop {
             if c.socket.exists()
@@ -386,26 +392,55 @@ state = "{state}"
     /// its vsock state (SIGUSR1), then returns the end of each live pod's guest console
     /// and VMM log (the test host's files are gone after the run).
     pub fn pod_report(&self) -> String {
-        // A jailed VMM's command line names its pod dir (`--id`), the rest are jail paths.
-        for (pid, cmd) in processes_mentioning(self.dir.path()) {
-            if cmd.contains("husk-vmm") {
-                if let Ok(pid) = i32::try_from(pid) {
-                    // SAFETY: kill has no memory preconditions.
-                    unsafe { libc::kill(pid, libc::SIGUSR1) };
+        pod_report(self.dir.path(), &self.husk_state)
+    }
+
+    /// A test that hangs says nothing until the runner gives up on it (its output is
+    /// captured until it ends). So after `HUSK_TEST_WATCHDOG` seconds (default 200,
+    /// under the integration runner's 300 s idle limit) and every 120 s after, this
+    /// writes what is going on to the process's real stderr, past the capture: the
+    /// processes, containerd's log tail and the pods' consoles and VMM state dumps.
+    fn spawn_watchdog(&self) {
+        let first = std::env::var("HUSK_TEST_WATCHDOG")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200u64);
+        let (done, dir, state) = (
+            Arc::clone(&self.done),
+            self.dir.path().to_owned(),
+            self.husk_state.clone(),
+        );
+        let start = Instant::now();
+        let _ = std::thread::Builder::new()
+            .name("test-watchdog".into())
+            .spawn(move || {
+                let mut next = Duration::from_secs(first);
+                loop {
+                    while start.elapsed() < next {
+                        if done.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    let ps = Command::new("ps")
+                        .args(["-eo", "pid,ppid,stat,etimes,wchan:24,args"])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_default();
+                    let log =
+                        std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default();
+                    let text = format!(
+                        "\n=== test watchdog: still running after {:?} ===\n--- processes ---\n{ps}\
+                         --- containerd log tail ---\n{}\n{}=== end of watchdog report ===\n",
+                        start.elapsed(),
+                        tail_chars(&log, 8_000),
+                        pod_report(&dir, &state)
+                    );
+                    // Straight to fd 2: eprintln! would be captured with the test's output.
+                    let _ = std::io::stderr().write_all(text.as_bytes());
+                    next += Duration::from_secs(120);
                 }
-            }
-        }
-        std::thread::sleep(Duration::from_secs(1));
-        let mut files = Vec::new();
-        walk(&self.husk_state, &mut files);
-        let mut out = String::new();
-        for f in files {
-            if f.ends_with("/console.log") || f.ends_with("/vmm.log") {
-                let text = std::fs::read_to_string(&f).unwrap_or_default();
-                out.push_str(&format!("--- {f} ---\n{}\n", tail_chars(&text, 12_000)));
-            }
-        }
-        out
+            });
     }
 
     /// Builds and imports the busybox image.
@@ -528,16 +563,15 @@ state = "{state}"
             .unwrap_or_else(|| root.join(rel))
     }
 
-    /// A pid recorded in a pod's `pids` file (`shim`, `vmm`, `virtiofsd`).
+    /// A pid recorded in a pod's `pids.json` (`shim`, `vmm`, `virtiofsd`; the shim's
+    /// `persist::PodPids`).
     pub fn pod_pid(&self, id: &str, which: &str) -> Option<i32> {
-        let text = std::fs::read_to_string(self.pod_dir(id).join("pids")).ok()?;
-        text.lines().find_map(|l| {
-            l.strip_prefix(which)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
+        let text = std::fs::read(self.pod_dir(id).join("pids.json")).ok()?;
+        let pids: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        pids.get(which)?
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .filter(|p| *p > 0)
     }
 
     /// A pod's console and VMM log, for failure messages.
@@ -563,6 +597,7 @@ state = "{state}"
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
         if let Some(dir) = std::env::var_os("HUSK_TEST_LOGS") {
             let _ = std::fs::create_dir_all(&dir);
             let name = self
@@ -666,6 +701,31 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .filter(|p| p.starts_with(&needle))
         .map(str::to_owned)
         .collect()
+}
+
+/// The consoles and VMM logs of the pods under `husk_state`, after asking each husk-vmm
+/// of the containerd in `dir` for its state dump (SIGUSR1: every vCPU's registers).
+fn pod_report(dir: &Path, husk_state: &Path) -> String {
+    // A jailed VMM's command line names its pod dir (`--id`), the rest are jail paths.
+    for (pid, cmd) in processes_mentioning(dir) {
+        if cmd.contains("husk-vmm") {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(pid, libc::SIGUSR1) };
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let mut files = Vec::new();
+    walk(husk_state, &mut files);
+    let mut out = String::new();
+    for f in files {
+        if f.ends_with("/console.log") || f.ends_with("/vmm.log") {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            out.push_str(&format!("--- {f} ---\n{}\n", tail_chars(&text, 12_000)));
+        }
+    }
+    out
 }
 
 fn walk(dir: &Path, out: &mut Vec<String>) {

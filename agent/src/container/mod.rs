@@ -44,7 +44,9 @@ pub use self::exit_cell::{ExitCell, Exited};
 pub use self::exit_status::ExitStatus;
 use self::output::DrainGate;
 pub use self::output::OutputStream;
-pub use self::spec_validation::{check_joined_namespaces, validate_process, SpecError};
+pub use self::spec_validation::{
+    check_joined_namespaces, normalize_rootfs_propagation, validate_process, SpecError,
+};
 use self::terminal::ConsoleSocket;
 use crate::init::reaper::{ChildExit, Reaper, ReaperError};
 

@@ -42,6 +42,31 @@ pub enum SpecError {
          as /proc/<its init pid>/ns/{kind}"
     )]
     ForeignNamespace { kind: String, path: String },
+    #[error(
+        "linux.rootfsPropagation {0:?} is not one of shared, slave, private, unbindable \
+         (or their recursive r-forms)"
+    )]
+    UnknownRootfsPropagation(String),
+}
+
+/// Writes `linux.rootfsPropagation` the way libcontainer reads it. containerd's CRI sets
+/// the recursive forms runc accepts (`rslave` for a HostToContainer volume, `rshared`
+/// for a Bidirectional one), which libcontainer refuses as unknown ("failed to prepare
+/// rootfs"); it applies the root's propagation recursively anyway, so `rslave` means
+/// `slave` there.
+pub fn normalize_rootfs_propagation(spec: &mut Spec) -> Result<(), SpecError> {
+    let Some(linux) = spec.linux_mut().as_mut() else {
+        return Ok(());
+    };
+    let Some(p) = linux.rootfs_propagation().clone() else {
+        return Ok(());
+    };
+    let plain = match p.strip_prefix('r').unwrap_or(&p) {
+        k @ ("shared" | "slave" | "private" | "unbindable") => k.to_owned(),
+        _ => return Err(SpecError::UnknownRootfsPropagation(p)),
+    };
+    linux.set_rootfs_propagation(Some(plain));
+    Ok(())
 }
 
 /// The file name of a namespace kind under /proc/<pid>/ns.
@@ -282,6 +307,37 @@ mod tests {
         }
         // The default spec's new namespaces need no pod.
         assert_eq!(check_joined_namespaces(&base(), &[]), Ok(()));
+    }
+
+    #[test]
+    fn containerds_recursive_rootfs_propagation_is_written_as_libcontainer_reads_it() {
+        let with = |p: Option<&str>| {
+            let mut spec = base();
+            if let Some(l) = spec.linux_mut().as_mut() {
+                l.set_rootfs_propagation(p.map(String::from));
+            }
+            spec
+        };
+        for (given, want) in [
+            ("rslave", "slave"),
+            ("rshared", "shared"),
+            ("rprivate", "private"),
+            ("slave", "slave"),
+            ("unbindable", "unbindable"),
+        ] {
+            let mut spec = with(Some(given));
+            normalize_rootfs_propagation(&mut spec).unwrap();
+            let got = spec.linux().as_ref().unwrap().rootfs_propagation().clone();
+            assert_eq!(got.as_deref(), Some(want), "{given}");
+        }
+        let mut none = with(None);
+        normalize_rootfs_propagation(&mut none).unwrap();
+        assert_eq!(none.linux().as_ref().unwrap().rootfs_propagation(), &None);
+        let mut bad = with(Some("rbogus"));
+        assert_eq!(
+            normalize_rootfs_propagation(&mut bad),
+            Err(SpecError::UnknownRootfsPropagation("rbogus".into()))
+        );
     }
 
     #[test]

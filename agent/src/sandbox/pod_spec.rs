@@ -22,6 +22,7 @@ impl Sandbox {
             .map(|e| e.init.pid)
             .collect();
         container::check_joined_namespaces(spec, &running).map_err(container::Error::from)?;
+        container::normalize_rootfs_propagation(spec).map_err(container::Error::from)?;
         // The guest's network namespace is the pod's, where the spec's net.* sysctls
         // belong (see `setup::take_net_sysctls`).
         let net_sysctls = setup::take_net_sysctls(spec);

@@ -9,8 +9,8 @@ use std::process::Command;
 use husk_netlink::{link, tc, Link};
 
 use super::*;
-use crate::network::{attach, detach, plan, Attached, NetError, STATE_FILE};
-use crate::sandbox::error_chain;
+use crate::network::{attach, detach, plan, Attached, NetError, NetState};
+use crate::persist::Persisted;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no arguments and cannot fail.
@@ -77,7 +77,7 @@ impl TestNetns {
     }
 
     fn attach(&self) -> Result<Attached, NetError> {
-        attach(&self.path(), &self.dir.join(STATE_FILE))
+        attach(&self.path(), &self.dir)
     }
 
     /// The links, and per link its qdisc kinds and its ingress redirects (by name).
@@ -219,8 +219,8 @@ fn a_cni_netns_gets_a_tap_joined_both_ways_and_teardown_leaves_nothing() {
     );
     // What teardown needs is on disk.
     assert_eq!(
-        std::fs::read_to_string(ns.dir.join(STATE_FILE)).unwrap(),
-        a.state.to_json()
+        crate::persist::read::<NetState>(&ns.dir).unwrap().as_ref(),
+        Some(&a.state)
     );
 
     // husk-vmm's end: the last fd closes and the non-persistent tap goes with it. (A
@@ -271,10 +271,10 @@ fn a_netns_without_interfaces_is_refused_naming_it() {
     }
     let ns = TestNetns::empty("lo");
     let e = ns.attach().unwrap_err();
-    let text = error_chain(&e);
+    let text = husk_errors::chain(&e);
     assert!(matches!(e, NetError::NoInterface { .. }), "{text}");
     assert!(text.contains(&ns.path().display().to_string()), "{text}");
-    assert!(!ns.dir.join(STATE_FILE).exists());
+    assert!(!ns.dir.join(NetState::FILE).exists());
 }
 
 #[test]
@@ -285,7 +285,7 @@ fn a_taken_tap_name_is_refused_and_the_other_tap_kept() {
     let ns = TestNetns::cni("taken");
     ns.ip(&["tuntap", "add", "tap0_husk", "mode", "tap"]);
     let e = ns.attach().unwrap_err();
-    let text = error_chain(&e);
+    let text = husk_errors::chain(&e);
     assert!(matches!(e, NetError::TapTaken { .. }), "{text}");
     assert!(
         text.contains(&ns.path().display().to_string()) && text.contains("File exists"),
@@ -306,7 +306,7 @@ fn a_failure_half_way_undoes_the_tap_and_leaves_foreign_qdiscs() {
         "tc", "-n", &ns.name, "qdisc", "add", "dev", "eth0", "ingress",
     ]);
     let e = ns.attach().unwrap_err();
-    let text = error_chain(&e);
+    let text = husk_errors::chain(&e);
     assert!(
         text.contains("ingress qdisc to eth0") && text.contains("File exists"),
         "{text}"

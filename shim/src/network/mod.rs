@@ -15,6 +15,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use husk_protocol::agent;
+
+use crate::persist::{self, PersistError};
 use log::{info, warn};
 
 mod host;
@@ -23,9 +25,6 @@ pub mod plan;
 pub mod tap;
 
 pub use plan::{AddrInfo, LinkInfo, NetState, Nic, NicNames, RouteInfo};
-
-/// The file in the pod directory that records what teardown needs.
-pub const STATE_FILE: &str = "network.json";
 
 /// More NICs than this in one netns is refused (husk-vmm's fds 3.. and IRQ pins).
 pub const MAX_NICS: usize = 8;
@@ -80,12 +79,8 @@ pub enum NetError {
         #[source]
         source: HostError,
     },
-    #[error("Cannot record the pod's network in {path}")]
-    Persist {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("Cannot record the pod's network")]
+    Persist(#[source] PersistError),
     #[error("Cannot start a thread for the network namespace {netns}")]
     Thread {
         netns: PathBuf,
@@ -305,7 +300,7 @@ pub fn teardown(host: &mut dyn NetHost, state: &NetState) -> Result<(), NetError
     let mut first = None;
     let mut keep = |r: Result<(), NetError>| {
         if let Err(e) = r {
-            warn!("{e}");
+            warn!("{}", husk_errors::chain(&e));
             first.get_or_insert(e);
         }
     };
@@ -336,15 +331,12 @@ pub fn teardown(host: &mut dyn NetHost, state: &NetState) -> Result<(), NetError
     first.map_or(Ok(()), Err)
 }
 
-/// Sets up the pod's network in `netns` (see [`setup`]), recording it in `state_file`
-/// first.
-pub fn attach(netns: &Path, state_file: &Path) -> Result<Attached, NetError> {
+/// Sets up the pod's network in `netns` (see [`setup`]), recording it in the pod dir
+/// `pod_dir` first ([`NetState`]'s file).
+pub fn attach(netns: &Path, pod_dir: &Path) -> Result<Attached, NetError> {
     host::in_netns(netns, |h| {
         setup(h, netns, &mut |state| {
-            std::fs::write(state_file, state.to_json()).map_err(|source| NetError::Persist {
-                path: state_file.to_owned(),
-                source,
-            })
+            persist::write(pod_dir, state).map_err(NetError::Persist)
         })
     })
 }
@@ -371,17 +363,13 @@ pub fn detach(state: &NetState) -> Result<(), NetError> {
     }
 }
 
-/// The network recorded in pod directory `dir`, if there is one.
+/// The network recorded in pod directory `dir`, if there is one (one that cannot be
+/// read is logged and ignored: teardown goes on with the rest).
 pub fn read_state(dir: &Path) -> Option<NetState> {
-    let path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&path).ok()?;
-    match NetState::from_json(&text) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            warn!("ignoring {}: {e}", path.display());
-            None
-        }
-    }
+    persist::read::<NetState>(dir).unwrap_or_else(|e| {
+        warn!("ignoring the recorded network: {}", husk_errors::chain(&e));
+        None
+    })
 }
 
 #[cfg(test)]

@@ -80,14 +80,9 @@ pub struct NetState {
     pub interfaces: Vec<NicNames>,
 }
 
-impl NetState {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("NetState serializes")
-    }
-
-    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(text)
-    }
+impl crate::persist::Persisted for NetState {
+    const FILE: &'static str = "network.json";
+    const VERSION: u32 = 1;
 }
 
 /// One guest NIC to create.
@@ -400,26 +395,5 @@ mod tests {
             vmm_net_arg(3, &nics[0]),
             "fd=3,mac=0a:58:0a:58:00:05,mtu=1450"
         );
-    }
-
-    #[test]
-    fn the_persisted_state_round_trips() {
-        let s = NetState {
-            netns: "/var/run/netns/cni-1234".into(),
-            interfaces: vec![
-                NicNames {
-                    veth: "eth0".into(),
-                    tap: "tap0_husk".into(),
-                },
-                NicNames {
-                    veth: "net1".into(),
-                    tap: "tap1_husk".into(),
-                },
-            ],
-        };
-        let text = s.to_json();
-        assert_eq!(NetState::from_json(&text).unwrap(), s);
-        assert!(NetState::from_json(r#"{"netns":"/x","interfaces":[],"extra":1}"#).is_err());
-        assert!(NetState::from_json("not json").is_err());
     }
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::fake::FakeNet;
 use super::*;
-use crate::sandbox::error_chain;
+use crate::persist::Persisted;
 
 const NETNS: &str = "/var/run/netns/cni-test";
 
@@ -93,7 +93,7 @@ fn a_taken_tap_name_is_refused_and_nothing_is_touched() {
     let (r, persisted) = run_setup(&mut net);
     let e = r.unwrap_err();
     assert!(matches!(e, NetError::TapTaken { .. }), "{e:?}");
-    let text = error_chain(&e);
+    let text = husk_errors::chain(&e);
     assert!(text.contains(NETNS) && text.contains("tap0_husk"), "{text}");
     assert!(text.contains("File exists"), "the errno's text: {text}");
     assert!(persisted.is_empty());
@@ -128,7 +128,7 @@ fn a_failure_at_any_step_undoes_everything_before_it() {
             n.fail_at = Some((op, nth));
             let (r, _) = run_setup(&mut n);
             let e = r.expect_err(op);
-            let text = error_chain(&e);
+            let text = husk_errors::chain(&e);
             assert!(text.contains(NETNS), "{op} #{nth}: {text}");
             assert!(
                 text.contains("Operation not permitted"),
@@ -154,7 +154,7 @@ fn a_qdisc_that_was_there_before_is_not_ours_to_remove() {
     let mut net = FakeNet::cni();
     net.qdiscs.insert(2);
     let (r, _) = run_setup(&mut net);
-    let text = error_chain(&r.unwrap_err());
+    let text = husk_errors::chain(&r.unwrap_err());
     assert!(
         text.contains("ingress qdisc to eth0") && text.contains("File exists"),
         "{text}"
@@ -171,12 +171,13 @@ fn a_qdisc_that_was_there_before_is_not_ours_to_remove() {
 fn a_failed_persist_creates_nothing() {
     let mut net = FakeNet::cni();
     let r = setup(&mut net, Path::new(NETNS), &mut |_| {
-        Err(NetError::Persist {
+        Err(NetError::Persist(crate::persist::PersistError::Io {
+            what: "write",
             path: "/run/husk/x/network.json".into(),
             source: io::Error::from_raw_os_error(libc::ENOSPC),
-        })
+        }))
     });
-    assert!(matches!(r, Err(NetError::Persist { .. })));
+    assert!(matches!(r, Err(NetError::Persist(_))));
     assert!(net.calls.iter().all(|c| !c.starts_with("create_tap")));
 }
 
@@ -187,7 +188,7 @@ fn teardown_tries_every_step_and_keeps_the_first_error() {
     let a = r.unwrap();
     net.fail_at = Some(("del_ingress", 1));
     let e = teardown(&mut net, &a.state).unwrap_err();
-    assert!(error_chain(&e).contains("ingress qdisc of eth0"));
+    assert!(husk_errors::chain(&e).contains("ingress qdisc of eth0"));
     assert!(net.link("tap0_husk").is_none(), "the tap went all the same");
 }
 
@@ -195,8 +196,8 @@ fn teardown_tries_every_step_and_keeps_the_first_error() {
 fn a_missing_netns_fails_attach_with_enoent_and_is_nothing_to_detach() {
     let dir = std::env::temp_dir().join(format!("husk-net-{}", std::process::id()));
     let missing = Path::new("/var/run/netns/husk-no-such-netns");
-    let e = attach(missing, &dir.join(STATE_FILE)).unwrap_err();
-    let text = error_chain(&e);
+    let e = attach(missing, &dir).unwrap_err();
+    let text = husk_errors::chain(&e);
     assert!(matches!(e, NetError::OpenNetns { .. }), "{e:?}");
     assert!(text.contains(&missing.display().to_string()), "{text}");
     assert!(text.contains("No such file or directory"), "{text}");
@@ -215,7 +216,7 @@ fn a_path_that_is_no_netns_is_refused_on_attach_and_ignored_on_detach() {
     let file = std::env::temp_dir().join(format!("husk-not-a-netns-{}", std::process::id()));
     std::fs::write(&file, b"").unwrap();
     let e = attach(&file, &file.with_extension("json")).unwrap_err();
-    let text = error_chain(&e);
+    let text = husk_errors::chain(&e);
     assert!(matches!(e, NetError::EnterNetns { .. }), "{text}");
     assert!(text.contains("Invalid argument"), "{text}");
     detach(&NetState {
@@ -238,9 +239,9 @@ fn the_state_file_is_read_back_from_the_pod_dir() {
             tap: "tap0_husk".into(),
         }],
     };
-    std::fs::write(dir.join(STATE_FILE), s.to_json()).unwrap();
+    crate::persist::write(&dir, &s).unwrap();
     assert_eq!(read_state(&dir), Some(s));
-    std::fs::write(dir.join(STATE_FILE), "{").unwrap();
+    std::fs::write(dir.join(NetState::FILE), "{").unwrap();
     assert_eq!(read_state(&dir), None, "a torn file is ignored, not fatal");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -31,7 +31,6 @@ use husk_protocol::{hybrid_vsock, port_forward, PORT_FORWARD_VSOCK_PORT};
 use log::{debug, info, warn};
 
 use crate::network::{self, NetError};
-use crate::sandbox::error_chain;
 
 /// Errors of setting up the forwarding.
 #[derive(Debug, thiserror::Error)]
@@ -172,7 +171,7 @@ fn forward(conn: TcpStream, vsock: &Path, timeout: Duration) {
             Err(e) => warn!("port-forward to port {port}: {e}"),
         },
         Err(e) => {
-            info!("port-forward: {}", error_chain(&e));
+            info!("port-forward: {}", husk_errors::chain(&e));
             reset(conn);
         }
     }

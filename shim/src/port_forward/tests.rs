@@ -127,7 +127,7 @@ fn any_loopback_port_is_forwarded_to_the_guest_with_its_port() {
     let (tx, rx) = mpsc::channel();
     let vsock = fake_vmm(&dir, Guest::Upper, tx);
     let fwd = PortForwarder::start(&ns.path(), vsock, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        .unwrap_or_else(|e| panic!("{}", husk_errors::chain(&e)));
     for port in [80u16, 8080, 65_000] {
         let mut c = ns.dial(port).unwrap();
         c.write_all(format!("hello port {port}").as_bytes())
@@ -160,7 +160,7 @@ fn a_port_the_guest_refuses_resets_the_connection() {
     let (tx, rx) = mpsc::channel();
     let vsock = fake_vmm(&dir, Guest::Refuse, tx);
     let _fwd = PortForwarder::start(&ns.path(), vsock, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        .unwrap_or_else(|e| panic!("{}", husk_errors::chain(&e)));
     let mut c = ns.dial(9999).unwrap();
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 9999);
     let mut buf = [0u8; 16];
@@ -178,7 +178,7 @@ fn a_port_the_guest_refuses_resets_the_connection() {
 fn a_missing_namespace_is_a_clear_error() {
     let path = PathBuf::from(format!("/var/run/netns/husk-pf{}-gone", std::process::id()));
     let e = PortForwarder::start(&path, "/nonexistent".into(), Duration::from_secs(1)).unwrap_err();
-    let text = error_chain(&e);
+    let text = husk_errors::chain(&e);
     assert!(
         text.contains(&path.display().to_string()) && text.contains("No such file"),
         "{text}"

@@ -1,27 +1,17 @@
 //! A pod dir whose shim is gone: what `shim delete` finds there (the recorded pids, the
 //! network, the jail's id and cgroups) and undoes.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use log::info;
+use log::{info, warn};
 
 use super::{kill, prune_empty_parent, SandboxError};
 use crate::config::Config;
 use crate::jail::JailState;
 use crate::mounts::{self, HostOps};
 use crate::network;
-
-/// The pids a pod directory records (`shim`, `vmm`, `virtiofsd`).
-pub fn read_pids(text: &str) -> HashMap<String, i32> {
-    text.lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            Some((k.to_owned(), v.trim().parse().ok()?))
-        })
-        .collect()
-}
+use crate::persist::{self, PodPids};
 
 pub(super) fn process_is(pid: i32, name: &str) -> bool {
     pid > 0
@@ -47,20 +37,27 @@ pub fn cleanup_dead_pod(
     if !dir.exists() {
         return Ok(());
     }
-    let pids = read_pids(&std::fs::read_to_string(dir.join("pids")).unwrap_or_default());
+    let pids = persist::read::<PodPids>(dir).unwrap_or_else(|e| {
+        warn!("{}; killing nothing by pid", husk_errors::chain(&e));
+        None
+    });
     let me = std::process::id() as i32;
-    if let Some(&shim) = pids.get("shim") {
+    if let Some(shim) = pids.as_ref().map(|p| p.shim) {
         if shim != me && process_is(shim, "containerd-shim-husk-v2") {
             info!("pod shim {shim} still runs; leaving {}", dir.display());
             return Ok(());
         }
     }
     let names = [
-        ("vmm", config.vmm.file_name()),
-        ("virtiofsd", config.virtiofsd.file_name()),
+        ("vmm", pids.as_ref().map(|p| p.vmm), config.vmm.file_name()),
+        (
+            "virtiofsd",
+            pids.as_ref().map(|p| p.virtiofsd),
+            config.virtiofsd.file_name(),
+        ),
     ];
-    for (key, name) in names {
-        if let (Some(&pid), Some(name)) = (pids.get(key), name) {
+    for (key, pid, name) in names {
+        if let (Some(pid), Some(name)) = (pid, name) {
             if process_is(pid, &name.to_string_lossy()) {
                 info!("killing the dead shim's {key} (pid {pid})");
                 kill(pid, libc::SIGKILL);

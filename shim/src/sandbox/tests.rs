@@ -21,15 +21,6 @@ fn socket_paths_must_fit_sun_path() {
 }
 
 #[test]
-fn pid_file_round_trips() {
-    let p = read_pids("shim 10\nvmm 11\nvirtiofsd 12\ngarbage\nx y\n");
-    assert_eq!(p.get("shim"), Some(&10));
-    assert_eq!(p.get("vmm"), Some(&11));
-    assert_eq!(p.get("virtiofsd"), Some(&12));
-    assert_eq!(p.len(), 3);
-}
-
-#[test]
 fn exits_are_described() {
     assert_eq!(describe_exit(137), "killed by signal 9");
     assert!(describe_exit(159).contains("SIGSYS: a seccomp violation"));
