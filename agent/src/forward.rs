@@ -18,7 +18,8 @@ use husk_protocol::port_forward::{self, Endpoint};
 use husk_protocol::protobuf::Message;
 
 use crate::listen::StreamListener;
-use crate::{debug, sys, warn};
+use crate::sys;
+use tracing::{debug, warn};
 
 /// How long a new connection may take to send its request.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

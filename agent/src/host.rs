@@ -16,7 +16,7 @@ use crate::init::reaper::{Reaper, ReaperError, SysWait};
 use crate::rpc::{self, RpcError, ServeArgs, ServeConfig};
 use crate::sandbox::setup::Target;
 use crate::sys::SignalFd;
-use crate::{debug, info};
+use tracing::{debug, info};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ pub fn run(args: ServeArgs) -> Result<Infallible, HostError> {
                     debug!("Reaped orphan {}: {}", r.pid, r.exit);
                 }
             }
-            Err(e) => crate::warn!("{}", husk_errors::chain(&e)),
+            Err(e) => tracing::warn!("{}", husk_errors::chain(&e)),
         }
     }
 }

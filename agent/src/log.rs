@@ -1,4 +1,6 @@
-//! Leveled log lines for the agent.
+//! The agent's log: a `tracing` subscriber ([`install`]) for the agent's own events and
+//! libcontainer's, at the configured level ([`set_level`], `husk.log=` on the kernel
+//! command line).
 //!
 //! Every line goes to the console (the agent's stderr, which is
 //! /dev/console when it runs as PID 1) and, once [`attach_kmsg`] has been
@@ -10,7 +12,8 @@
 //! line is not written to the console a second time: under emulation the
 //! serial console is what makes boots slow.
 //!
-//! Use the crate-level macros: `error!`, `warn!`, `info!`, `debug!`.
+//! Use `tracing`'s macros: `error!`, `warn!`, `info!`, `debug!` (`trace!` is dropped).
+//! An event from another crate (libcontainer) names its target in the line.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -187,28 +190,106 @@ pub fn log(level: Level, args: fmt::Arguments<'_>) {
     }
 }
 
-/// Logs at error level.
-#[macro_export]
-macro_rules! error {
-    ($($arg:tt)*) => { $crate::log::log($crate::log::Level::Error, format_args!($($arg)*)) };
+/// The agent's tracing subscriber: every event at or above the configured level goes
+/// through [`log`]. Spans are not recorded (nothing in the guest reads them).
+pub struct AgentSubscriber;
+
+/// Makes [`AgentSubscriber`] the process's subscriber (once, before any thread starts).
+pub fn install() {
+    let _ = tracing::subscriber::set_global_default(AgentSubscriber);
 }
 
-/// Logs at warn level.
-#[macro_export]
-macro_rules! warn {
-    ($($arg:tt)*) => { $crate::log::log($crate::log::Level::Warn, format_args!($($arg)*)) };
+fn level_of(l: &tracing::Level) -> Option<Level> {
+    match *l {
+        tracing::Level::ERROR => Some(Level::Error),
+        tracing::Level::WARN => Some(Level::Warn),
+        tracing::Level::INFO => Some(Level::Info),
+        tracing::Level::DEBUG => Some(Level::Debug),
+        _ => None,
+    }
 }
 
-/// Logs at info level.
-#[macro_export]
-macro_rules! info {
-    ($($arg:tt)*) => { $crate::log::log($crate::log::Level::Info, format_args!($($arg)*)) };
+/// An event's message and other fields, `message key=value ...`.
+#[derive(Default)]
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        use fmt::Write as _;
+        let sep = if self.0.is_empty() { "" } else { " " };
+        let _ = if field.name() == "message" {
+            write!(self.0, "{sep}{value:?}")
+        } else {
+            write!(self.0, "{sep}{}={value:?}", field.name())
+        };
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            let sep = if self.0.is_empty() { "" } else { " " };
+            self.0.push_str(sep);
+            self.0.push_str(value);
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
 }
 
-/// Logs at debug level.
-#[macro_export]
-macro_rules! debug {
-    ($($arg:tt)*) => { $crate::log::log($crate::log::Level::Debug, format_args!($($arg)*)) };
+/// The text of an event as the agent logs it: its fields, and its target when it comes
+/// from another crate.
+pub fn event_text(target: &str, fields: &str) -> String {
+    if target.starts_with("husk_agent") {
+        fields.to_owned()
+    } else {
+        format!("{target}: {fields}")
+    }
+}
+
+impl tracing::Subscriber for AgentSubscriber {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        level_of(metadata.level()).is_some_and(enabled)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        // Levels change at run time (`set_level`): callsites must keep asking.
+        Some(tracing::level_filters::LevelFilter::DEBUG)
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let meta = event.metadata();
+        let Some(level) = level_of(meta.level()) else {
+            return;
+        };
+        if !enabled(level) {
+            return;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        log(
+            level,
+            format_args!("{}", event_text(meta.target(), &fields.0)),
+        );
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        // Decided per event: the level can change after a callsite is first seen.
+        tracing::subscriber::Interest::sometimes()
+    }
 }
 
 #[cfg(test)]
@@ -288,6 +369,44 @@ mod tests {
         assert!(!kernel_echoes(Level::Warn, 4));
         // Unknown: assume nothing is echoed.
         assert!(!kernel_echoes(Level::Error, 0));
+    }
+
+    #[test]
+    fn events_of_other_crates_name_their_target() {
+        assert_eq!(event_text("husk_agent::sandbox", "created"), "created");
+        assert_eq!(
+            event_text("libcontainer::process", "failed x=1"),
+            "libcontainer::process: failed x=1"
+        );
+    }
+
+    #[test]
+    fn fields_are_the_message_then_the_rest() {
+        use tracing::field::Visit;
+        // A callsite's fields, as an event would record them.
+        struct Cs;
+        impl tracing::callsite::Callsite for Cs {
+            fn set_interest(&self, _: tracing::subscriber::Interest) {}
+            fn metadata(&self) -> &tracing::Metadata<'_> {
+                &META
+            }
+        }
+        static CS: Cs = Cs;
+        static META: tracing::Metadata<'static> = tracing::Metadata::new(
+            "e",
+            "t",
+            tracing::Level::INFO,
+            None,
+            None,
+            None,
+            tracing::field::FieldSet::new(&["message", "err"], tracing::callsite::Identifier(&CS)),
+            tracing::metadata::Kind::EVENT,
+        );
+        let fs = META.fields();
+        let mut f = Fields::default();
+        f.record_str(&fs.field("message").unwrap(), "failed");
+        f.record_debug(&fs.field("err").unwrap(), &"EPERM");
+        assert_eq!(f.0, "failed err=\"EPERM\"");
     }
 
     #[test]

@@ -8,13 +8,14 @@ use anyhow::Context;
 use husk_agent::{host, init, rpc};
 
 fn main() -> ExitCode {
+    husk_agent::log::install();
     if init::is_pid1() {
         return match init::run() {
             // PID 1 exits only for the panic test hook: use exit() so the
             // code is exactly what the kernel reports.
             Ok(code) => std::process::exit(code),
             Err(e) => {
-                husk_agent::error!("Fatal: {:#}", anyhow::Error::from(e));
+                tracing::error!("Fatal: {:#}", anyhow::Error::from(e));
                 ExitCode::FAILURE
             }
         };
@@ -28,7 +29,7 @@ fn main() -> ExitCode {
         Some((cmd, rest)) if cmd == "serve" => match serve(rest) {
             Ok(never) => match never {},
             Err(e) => {
-                husk_agent::error!("Fatal: {e:#}");
+                tracing::error!("Fatal: {e:#}");
                 ExitCode::FAILURE
             }
         },

@@ -115,7 +115,7 @@ pub fn lease_id(state_dir: &Path, first: u32, count: u32, owner: &Path) -> Resul
                     if holder.as_os_str().is_empty() || holder.exists() {
                         break;
                     }
-                    log::info!(
+                    tracing::info!(
                         "jail id {id}: its pod dir {} is gone; the lease is free again",
                         holder.display()
                     );

@@ -14,7 +14,7 @@ use containerd_shim::monitor::{monitor_subscribe, ExitEvent, Subject, Topic};
 use husk_protocol::agent::{self, ServingStatus};
 use husk_protocol::agent_ttrpc::AgentClient;
 use husk_protocol::{hybrid_vsock, ttrpc, AGENT_VSOCK_PORT, API_VERSION};
-use log::{debug, error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::jail::{self, JailError, JailState};

@@ -21,7 +21,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, Task, TtrpcContext, TtrpcResult};
 use husk_protocol::agent::{self, StdioStream};
 use husk_protocol::{hybrid_vsock, stdio_attach, ttrpc, STDIO_VSOCK_PORT};
-use log::{debug, error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::metrics;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api, Config as ShimConfig, DeleteResponse, ExitSignal, Flags, StartOpts};
-use log::{info, warn};
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::mounts::RealHost;

@@ -11,7 +11,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use tracing::{debug, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {

@@ -71,7 +71,7 @@ use seccompiler::{
     SeccompFilter, SeccompRule, TargetArch,
 };
 
-use crate::warn;
+use tracing::warn;
 
 /// Why a seccomp profile was refused (at create) or not installed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

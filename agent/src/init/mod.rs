@@ -16,10 +16,11 @@ use self::mounts::{MountError, MountOutcome, SysMountOps, GUEST_MOUNTS};
 use self::reaper::{Reaper, ReaperError, SysWait};
 use self::shutdown::ShutdownError;
 use crate::config::{self, TestAction};
+use crate::log;
 use crate::rpc::{self, ListenAddr};
 use crate::sandbox::setup::Target;
 use crate::sys::{self, SignalFd};
-use crate::{debug, info, log, warn};
+use tracing::{debug, info, warn};
 
 /// The message printed when the binary is started as anything but PID 1.
 pub const NOT_PID1_MESSAGE: &str =
@@ -229,10 +230,10 @@ fn power_off_soon() {
             std::thread::sleep(POWER_OFF_DELAY);
             console::print_line("husk-agent: powering off (DestroySandbox)");
             let Err(e) = power_off();
-            crate::error!("{}", husk_errors::chain(&e));
+            tracing::error!("{}", husk_errors::chain(&e));
         });
     if let Err(e) = spawned {
-        crate::error!("Cannot start the power-off thread: {e}");
+        tracing::error!("Cannot start the power-off thread: {e}");
     }
 }
 

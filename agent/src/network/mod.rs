@@ -25,7 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use husk_netlink::{address, link, route, AddressFlags, Family, Link, NewRoute, Socket};
 
 pub use self::plan::{plan, Invalid, Plan};
-use crate::{debug, info};
+use tracing::{debug, info};
 
 /// Errors of UpdateNetwork.
 #[derive(Debug, thiserror::Error)]

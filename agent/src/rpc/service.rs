@@ -19,7 +19,7 @@ use husk_protocol::{agent_ttrpc, API_VERSION};
 use crate::container::ExitStatus;
 use crate::sandbox::resources::OomWait;
 use crate::sandbox::{ErrorKind, Sandbox, SandboxError};
-use crate::{debug, info, warn};
+use tracing::{debug, info, warn};
 
 /// The agent's build version, reported by Version.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -27,7 +27,8 @@ use crate::init::reaper::Reaper;
 use crate::network::{self, NetworkError};
 use crate::stdio::slots::AttachError;
 use crate::stdio::{AttachTarget, ProcessIo, StdioError};
-use crate::{debug, info, sys, warn};
+use crate::sys;
+use tracing::{debug, info, warn};
 
 /// Longest container or exec id accepted.
 const MAX_ID_LEN: usize = 256;

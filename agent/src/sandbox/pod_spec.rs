@@ -10,7 +10,7 @@ use oci_spec::runtime::Spec;
 use super::setup::{self, Target};
 use super::{lock, Result, Sandbox};
 use crate::container;
-use crate::info;
+use tracing::info;
 
 impl Sandbox {
     /// Checks and adjusts container `id`'s spec for the pod (see the module's comment).

@@ -21,14 +21,14 @@ impl Sandbox {
     pub fn pause_container(&self, id: &str) -> Result<()> {
         self.running_container(id, "pause")?;
         self.with_container(id, |c| c.pause())??;
-        crate::info!("Paused container {id}");
+        tracing::info!("Paused container {id}");
         Ok(())
     }
 
     /// ResumeContainer: thaws a paused container.
     pub fn resume_container(&self, id: &str) -> Result<()> {
         self.with_container(id, |c| c.resume())??;
-        crate::info!("Resumed container {id}");
+        tracing::info!("Resumed container {id}");
         Ok(())
     }
 
@@ -44,7 +44,7 @@ impl Sandbox {
         let resources = cgroups::parse_resources(resources_json).map_err(CgroupError::from)?;
         let cgroup = self.with_container(id, |c| c.cgroup())??;
         cgroup.update(&resources)?;
-        crate::info!("Updated the resources of container {id}");
+        tracing::info!("Updated the resources of container {id}");
         Ok(())
     }
 
@@ -78,7 +78,7 @@ impl Sandbox {
             .and_then(|r| r.map_err(|e| husk_errors::chain(&e)))
             .and_then(|cg| self.oom.watch(id, &cg).map_err(|e| husk_errors::chain(&e)));
         if let Err(e) = watched {
-            crate::warn!("No OOM events for container {id}: {e}");
+            tracing::warn!("No OOM events for container {id}: {e}");
         }
     }
 

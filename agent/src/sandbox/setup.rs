@@ -15,7 +15,8 @@ use std::path::{Component, Path, PathBuf};
 
 use husk_protocol::agent::{DNSConfig, Mount};
 
-use crate::{info, sys};
+use crate::sys;
+use tracing::info;
 
 /// Errors of this module; all but `Apply` are the caller's bad input.
 #[derive(Debug, thiserror::Error)]
@@ -322,7 +323,7 @@ pub fn mount_shared(target: &Target, mounts: &[Mount]) -> Result<Vec<PathBuf>, S
 pub fn unmount_all(mounted: &[PathBuf]) {
     for dest in mounted.iter().rev() {
         if let Err(e) = sys::umount_detach(dest) {
-            crate::warn!("Cannot unmount {}: {e}", dest.display());
+            tracing::warn!("Cannot unmount {}: {e}", dest.display());
         }
     }
 }

@@ -27,7 +27,8 @@ use husk_protocol::protobuf::Message;
 use self::slots::{OutputSlot, StdinSlot, ATTACH_GRACE};
 use crate::container::{ExitCell, Exited, ProcessStdio};
 use crate::listen::StreamListener;
-use crate::{debug, sys, warn};
+use crate::sys;
+use tracing::{debug, warn};
 
 /// How long a new connection may take to send its StdioAttach.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -13,7 +13,8 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::container::ExitCell;
-use crate::{debug, sys, warn};
+use crate::sys;
+use tracing::{debug, warn};
 
 /// Bytes moved per read.
 const CHUNK: usize = 64 * 1024;

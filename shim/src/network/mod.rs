@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use husk_protocol::agent;
 
 use crate::persist::{self, PersistError};
-use log::{info, warn};
+use tracing::{info, warn};
 
 mod host;
 pub use host::on_thread_in;

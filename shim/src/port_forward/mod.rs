@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use husk_protocol::{hybrid_vsock, port_forward, PORT_FORWARD_VSOCK_PORT};
-use log::{debug, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::network::{self, NetError};
 

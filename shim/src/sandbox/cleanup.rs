@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use tracing::{info, warn};
 
 use super::{kill, prune_empty_parent, SandboxError};
 use crate::config::Config;

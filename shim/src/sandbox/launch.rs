@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use log::{info, warn};
+use tracing::{info, warn};
 
 use super::{tail, SandboxError};
 use crate::config::Config;

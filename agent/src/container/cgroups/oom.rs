@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::stats::parse_oom_kill;
 use super::{Cgroup, CgroupError};
-use crate::warn;
+use tracing::warn;
 
 /// Events kept for a caller that does not poll; older ones are dropped.
 pub const MAX_QUEUED_EVENTS: usize = 1024;
