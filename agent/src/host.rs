@@ -12,11 +12,11 @@ use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
 
-use crate::init::reaper::{Reaper, ReaperError, SysWait};
+use crate::reaper::{Reaper, ReaperError};
 use crate::rpc::{self, RpcError, ServeArgs, ServeConfig};
 use crate::sandbox::setup::Target;
 use crate::sys::SignalFd;
-use tracing::{debug, info};
+use tracing::info;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -55,13 +55,8 @@ pub fn run(args: ServeArgs) -> Result<Infallible, HostError> {
     );
     loop {
         signals.read_signal().map_err(HostError::ReadSignal)?;
-        match reaper.reap(&mut SysWait) {
-            Ok(reaped) => {
-                for r in reaped.iter().filter(|r| !r.forwarded) {
-                    debug!("Reaped orphan {}: {}", r.pid, r.exit);
-                }
-            }
-            Err(e) => tracing::warn!("{}", husk_errors::chain(&e)),
+        if let Err(e) = reaper.reap_orphans() {
+            tracing::warn!("{}", husk_errors::chain(&e));
         }
     }
 }

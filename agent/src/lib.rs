@@ -1,10 +1,17 @@
 //! husk-agent: PID 1 of the husk guest.
 //!
-//! For now the agent is a minimal init: it mounts the guest's file systems,
-//! prints a ready line on the console, reaps orphans and powers the VM off
-//! on request, and serves the agent API (`husk.agent.v1`) over ttrpc.
+//! The agent is the guest's init: it mounts the guest's file systems, prints a
+//! ready line on the console, reaps orphans, serves the agent API
+//! (`husk.agent.v1`) over ttrpc and the stdio and port-forward byte streams,
+//! creates the pod's containers (libcontainer) and powers the VM off on request.
 //!
-//! - [`init`]: PID 1 duties (mounts, console, reaping, shutdown).
+//! Layers, each using only those below it: `init`/`host` (the two entry points)
+//! -> `rpc` -> `sandbox` -> `container`, `stdio`, `forward`, `network` -> `listen`,
+//! `reaper`, `sys`, `log`, `config`.
+//!
+//! - [`init`]: PID 1 duties (mounts, console, signals, shutdown).
+//! - [`reaper`]: children's exits (`waitpid(-1)` in one place) for PID 1, the
+//!   containers and `husk-agent serve`.
 //! - [`config`]: `husk.*` keys of the kernel command line.
 //! - [`container`]: the container engine (OCI spec + rootfs, on libcontainer).
 //! - [`log`]: leveled log lines to the console and /dev/kmsg.
@@ -26,6 +33,7 @@ pub mod init;
 pub mod listen;
 pub mod log;
 pub mod network;
+pub mod reaper;
 pub mod rpc;
 pub mod sandbox;
 pub mod stdio;

@@ -19,7 +19,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 /// Name every line starts with.
@@ -99,6 +99,8 @@ impl FromStr for Level {
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+/// Set in the processes that build containers: they log to kmsg only.
+static CONSOLE_OFF: AtomicBool = AtomicBool::new(false);
 static KMSG: OnceLock<File> = OnceLock::new();
 /// The kernel's console loglevel; 0 (echo nothing) until known.
 static CONSOLE_LOGLEVEL: AtomicU8 = AtomicU8::new(0);
@@ -116,6 +118,14 @@ pub fn level() -> Level {
 /// Whether a line of `level` would be written.
 pub fn enabled(level: Level) -> bool {
     level <= self::level()
+}
+
+/// From now on, this process writes log lines to /dev/kmsg only, never to its stderr:
+/// for the forked children that build containers, whose stderr becomes a container's
+/// (a line there would be in the container's output). Without kmsg (on the host) they
+/// log nothing.
+pub fn console_off() {
+    CONSOLE_OFF.store(true, Ordering::Relaxed);
 }
 
 /// Also send every line to /dev/kmsg from now on. Only PID 1 should do
@@ -184,7 +194,7 @@ pub fn log(level: Level, args: fmt::Arguments<'_>) {
             echoed &= kmsg.write_all(record.as_bytes()).is_ok();
         }
     }
-    if !echoed {
+    if !echoed && !CONSOLE_OFF.load(Ordering::Relaxed) {
         // One write per line keeps lines from concurrent writers whole.
         let _ = io::stderr().write_all(console_line(level, &msg).as_bytes());
     }

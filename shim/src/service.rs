@@ -95,12 +95,8 @@ fn not_found(id: &str, exec_id: &str) -> shim_ttrpc::Error {
 /// An agent error as containerd should see it (the agent's status code kept).
 fn agent_err(call: &str, e: ttrpc::Error) -> shim_ttrpc::Error {
     match e {
-        ttrpc::Error::RpcStatus(s) => {
-            use containerd_shim::protos::protobuf::Enum;
-            let raw = husk_protocol::protobuf::Enum::value(&s.code());
-            let code = Code::from_i32(raw).unwrap_or(Code::UNKNOWN);
-            status(code, format!("agent {call}: {}", s.message()))
-        }
+        // One ttrpc for both sides: the agent's status code passes on as it is.
+        ttrpc::Error::RpcStatus(s) => status(s.code(), format!("agent {call}: {}", s.message())),
         other => status(Code::UNAVAILABLE, format!("agent {call}: {other}")),
     }
 }

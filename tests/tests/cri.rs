@@ -450,8 +450,10 @@ fn a_pod_of_three_containers(handler: &str) {
 
     let mut pod_cfg = node.pod_config("duo");
     // A kubelet's pod cgroup (containerd's PodSandboxStats reads it).
-    pod_cfg.linux.get_or_insert_with(Default::default).cgroup_parent =
-        format!("/kubepods/besteffort/pod-duo-{}", std::process::id());
+    pod_cfg
+        .linux
+        .get_or_insert_with(Default::default)
+        .cgroup_parent = format!("/kubepods/besteffort/pod-duo-{}", std::process::id());
     let log_dir = std::path::PathBuf::from(&pod_cfg.log_directory);
     // hostPort on the node's loopback (CNI portmap), a port of this run's own.
     let host_port = 18000 + (std::process::id() % 1000) as i32;

@@ -86,6 +86,9 @@ pub(super) fn build_in_child(build: impl FnOnce() -> Result<i32, Error>) -> Resu
     }
     if child == 0 {
         drop(read_end);
+        // libcontainer logs from the processes it forks from here, whose stderr becomes
+        // the container's: its lines must never land in a container's output.
+        crate::log::console_off();
         let report = match panic::catch_unwind(AssertUnwindSafe(build)) {
             Ok(Ok(pid)) => Report::Built(pid),
             Ok(Err(e)) => Report::Failed {

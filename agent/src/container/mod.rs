@@ -48,7 +48,7 @@ pub use self::spec_validation::{
     check_joined_namespaces, normalize_rootfs_propagation, validate_process, SpecError,
 };
 use self::terminal::ConsoleSocket;
-use crate::init::reaper::{ChildExit, Reaper, ReaperError};
+use crate::reaper::{ChildExit, Reaper, ReaperError};
 
 /// Why a container operation failed.
 #[derive(Debug, thiserror::Error)]

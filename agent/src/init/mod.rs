@@ -3,7 +3,6 @@
 
 pub mod console;
 pub mod mounts;
-pub mod reaper;
 pub mod shutdown;
 pub mod switch_root;
 
@@ -13,10 +12,10 @@ use std::sync::Arc;
 
 use self::console::ReadyInfo;
 use self::mounts::{MountError, MountOutcome, SysMountOps, GUEST_MOUNTS};
-use self::reaper::{Reaper, ReaperError, SysWait};
 use self::shutdown::ShutdownError;
 use crate::config::{self, TestAction};
 use crate::log;
+use crate::reaper::{Reaper, ReaperError};
 use crate::rpc::{self, ListenAddr};
 use crate::sandbox::setup::Target;
 use crate::sys::{self, SignalFd};
@@ -149,7 +148,7 @@ pub fn run() -> Result<i32, InitError> {
     }
 
     let reaper = Arc::new(Reaper::new());
-    reap(&reaper)?;
+    reaper.reap_orphans()?;
 
     console::print_line(&ReadyInfo::collect().line());
 
@@ -202,7 +201,7 @@ fn main_loop(signals: &SignalFd, reaper: &Reaper) -> Result<Infallible, InitErro
     loop {
         let signal = signals.read_signal().map_err(InitError::ReadSignal)?;
         match action_for_signal(signal) {
-            SignalAction::Reap => reap(reaper)?,
+            SignalAction::Reap => reaper.reap_orphans()?,
             SignalAction::PowerOff(why) => {
                 console::print_line(&format!("husk-agent: powering off on {why}"));
                 return power_off();
@@ -210,15 +209,6 @@ fn main_loop(signals: &SignalFd, reaper: &Reaper) -> Result<Infallible, InitErro
             SignalAction::Ignore => debug!("Ignoring signal {signal}"),
         }
     }
-}
-
-fn reap(reaper: &Reaper) -> Result<(), InitError> {
-    for r in reaper.reap(&mut SysWait)? {
-        if !r.forwarded {
-            debug!("Reaped orphan {}: {}", r.pid, r.exit);
-        }
-    }
-    Ok(())
 }
 
 /// DestroySandbox's end: power off on another thread after a moment, so

@@ -26,9 +26,9 @@ use husk_protocol::{agent_ttrpc, ttrpc, PORT_FORWARD_VSOCK_PORT, STDIO_VSOCK_POR
 
 use self::service::{AgentService, PowerOff};
 use crate::forward;
-use crate::init::reaper::Reaper;
 pub use crate::listen::ListenAddr;
 use crate::listen::{self, ListenError, StreamListener};
+use crate::reaper::Reaper;
 use crate::sandbox::setup::Target;
 use crate::sandbox::{Sandbox, SandboxError};
 use crate::stdio;

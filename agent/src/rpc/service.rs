@@ -394,7 +394,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("husk-svc-test-{}", std::process::id()));
         let sandbox = Sandbox::new(
             &root,
-            Arc::new(crate::init::reaper::Reaper::new()),
+            Arc::new(crate::reaper::Reaper::new()),
             crate::sandbox::setup::Target::Host(root.join("sandbox")),
         )
         .unwrap();

@@ -165,6 +165,17 @@ impl Reaper {
     /// Collects every child that has exited, without blocking; call it on each
     /// SIGCHLD (signals coalesce, so one SIGCHLD may stand for many exits).
     /// Callbacks run after the registry lock is released.
+    /// What PID 1's (and `husk-agent serve`'s) SIGCHLD loop runs: reaps every exited
+    /// child from the kernel, hands watched ones to their callbacks and logs orphans.
+    pub fn reap_orphans(&self) -> Result<(), ReaperError> {
+        for r in self.reap(&mut SysWait)? {
+            if !r.forwarded {
+                tracing::debug!("Reaped orphan {}: {}", r.pid, r.exit);
+            }
+        }
+        Ok(())
+    }
+
     pub fn reap(&self, source: &mut impl WaitSource) -> Result<Vec<Reaped>, ReaperError> {
         let mut reaped = Vec::new();
         let mut callbacks = Vec::new();
