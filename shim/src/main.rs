@@ -2,12 +2,14 @@
 //! containers in a husk VM. containerd starts it as `containerd-shim-husk-v2 -namespace
 //! … -id … start|delete` or to serve; see `shim.rs` for those entry points.
 
+mod agent;
 mod config;
 mod jail;
 mod metrics;
 mod mounts;
 mod network;
 mod persist;
+mod pod;
 mod port_forward;
 mod process;
 mod sandbox;

@@ -18,17 +18,18 @@ use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::ttrpc::{self as shim_ttrpc, Code};
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{Context, ExitSignal, Task, TtrpcContext, TtrpcResult};
+use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use husk_protocol::agent::{self, StdioStream};
-use husk_protocol::{hybrid_vsock, stdio_attach, ttrpc, STDIO_VSOCK_PORT};
+use husk_protocol::ttrpc;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::metrics;
 use crate::mounts::{self, HostOps, RootfsMount};
 use crate::persist::{self, BundleState};
+use crate::pod::{Launcher, Pod, Publisher, VmLauncher};
 use crate::process::{Exit, Process, StdioPaths, VM_GONE_STATUS};
-use crate::sandbox::{PodRequest, Sandbox};
+use crate::sandbox::PodRequest;
 use crate::spec::{self, GuestSpec};
 use crate::stdio::{output_target, ProcessIo};
 
@@ -39,6 +40,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 mod task;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
 
 struct Container {
     bundle: String,
@@ -68,10 +74,11 @@ impl Container {
 
 pub struct Inner {
     namespace: String,
-    publisher: RemotePublisher,
+    publisher: Box<dyn Publisher>,
+    launcher: Box<dyn Launcher>,
     exit: Arc<ExitSignal>,
     ops: Box<dyn HostOps>,
-    sandbox: Mutex<Option<Arc<Sandbox>>>,
+    sandbox: Mutex<Option<Arc<dyn Pod>>>,
     containers: Mutex<HashMap<String, Container>>,
 }
 
@@ -107,12 +114,31 @@ fn now() -> Timestamp {
 
 impl Service {
     pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+        Self::with(
+            namespace,
+            Box::new(publisher),
+            Box::new(VmLauncher),
+            Box::new(mounts::RealHost),
+            exit,
+        )
+    }
+
+    /// A service whose events, pod VMs and host mounts go through these (fakes in the
+    /// unit tests).
+    pub fn with(
+        namespace: &str,
+        publisher: Box<dyn Publisher>,
+        launcher: Box<dyn Launcher>,
+        ops: Box<dyn HostOps>,
+        exit: Arc<ExitSignal>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 namespace: namespace.to_owned(),
                 publisher,
+                launcher,
                 exit,
-                ops: Box::new(mounts::RealHost),
+                ops,
                 sandbox: Mutex::new(None),
                 containers: Mutex::new(HashMap::new()),
             }),
@@ -124,15 +150,12 @@ impl Inner {
     fn publish(&self, event: Box<dyn Event>) {
         let topic = event.topic();
         let msg: Box<dyn MessageDyn> = event;
-        if let Err(e) = self
-            .publisher
-            .publish(Context::default(), &topic, &self.namespace, msg)
-        {
+        if let Err(e) = self.publisher.publish(&topic, &self.namespace, msg) {
             warn!("cannot publish {topic}: {e}");
         }
     }
 
-    fn sandbox(&self) -> Result<Arc<Sandbox>, shim_ttrpc::Error> {
+    fn sandbox(&self) -> Result<Arc<dyn Pod>, shim_ttrpc::Error> {
         self.sandbox
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -189,7 +212,7 @@ impl Inner {
     }
 
     /// Waits in the guest for a process, then for its output, then reports the exit.
-    fn spawn_waiter(self: &Arc<Self>, sb: Arc<Sandbox>, id: String, exec_id: String) {
+    fn spawn_waiter(self: &Arc<Self>, sb: Arc<dyn Pod>, id: String, exec_id: String) {
         let inner = Arc::downgrade(self);
         let io = self
             .containers()
@@ -233,7 +256,7 @@ impl Inner {
     }
 
     /// Keeps one GetOOMEvent call outstanding and publishes what it reports.
-    fn spawn_oom_watcher(self: &Arc<Self>, sb: Arc<Sandbox>) {
+    fn spawn_oom_watcher(self: &Arc<Self>, sb: Arc<dyn Pod>) {
         let inner = Arc::downgrade(self);
         let _ = std::thread::Builder::new()
             .name("oom".into())
@@ -269,7 +292,7 @@ impl Inner {
     /// Opens and attaches the streams a process uses; returns its copiers.
     fn attach_stdio(
         &self,
-        sb: &Sandbox,
+        sb: &dyn Pod,
         id: &str,
         exec_id: &str,
         paths: &StdioPaths,
@@ -277,10 +300,8 @@ impl Inner {
         let mut io = ProcessIo::default();
         let timeout = Duration::from_secs(30);
         let attach = |which| -> Result<std::os::unix::net::UnixStream, shim_ttrpc::Error> {
-            let s = hybrid_vsock::connect(&sb.vsock, STDIO_VSOCK_PORT, timeout)
-                .map_err(|e| status(Code::UNAVAILABLE, husk_errors::chain(&e)))?;
-            stdio_attach::attach(s, id, exec_id, which, timeout)
-                .map_err(|e| status(Code::UNAVAILABLE, husk_errors::chain(&e)))
+            sb.attach_stream(id, exec_id, which, timeout)
+                .map_err(|e| status(Code::UNAVAILABLE, e))
         };
         let name = if exec_id.is_empty() { id } else { exec_id };
         if let Some(t) = output_target(&paths.stdout)
@@ -318,7 +339,7 @@ impl Inner {
         config: &Config,
         pod: &str,
         spec: &serde_json::Value,
-    ) -> Result<Arc<Sandbox>, shim_ttrpc::Error> {
+    ) -> Result<Arc<dyn Pod>, shim_ttrpc::Error> {
         let mut slot = self.sandbox.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(sb) = slot.as_ref() {
             return Ok(Arc::clone(sb));
@@ -341,30 +362,31 @@ impl Inner {
                 inner.vm_gone(&reason);
             }
         });
-        let sb = Sandbox::start(
-            config,
-            &PodRequest {
-                namespace: &self.namespace,
-                pod,
-                hostname,
-                vcpus,
-                memory_mib,
-                netns: netns.as_deref(),
-                cgroups_path: spec
-                    .pointer("/linux/cgroupsPath")
-                    .and_then(serde_json::Value::as_str),
-                port_forward: spec::is_cri_sandbox(spec),
-                shm: spec::sandbox_shm_source(spec).as_deref(),
-            },
-            hook,
-        )
-        .map_err(|e| {
-            status(
-                Code::UNAVAILABLE,
-                format!("husk: cannot start the pod VM: {}", husk_errors::chain(&e)),
+        let sb = self
+            .launcher
+            .start(
+                config,
+                &PodRequest {
+                    namespace: &self.namespace,
+                    pod,
+                    hostname,
+                    vcpus,
+                    memory_mib,
+                    netns: netns.as_deref(),
+                    cgroups_path: spec
+                        .pointer("/linux/cgroupsPath")
+                        .and_then(serde_json::Value::as_str),
+                    port_forward: spec::is_cri_sandbox(spec),
+                    shm: spec::sandbox_shm_source(spec).as_deref(),
+                },
+                hook,
             )
-        })?;
-        let sb = Arc::new(sb);
+            .map_err(|e| {
+                status(
+                    Code::UNAVAILABLE,
+                    format!("husk: cannot start the pod VM: {}", husk_errors::chain(&e)),
+                )
+            })?;
         *slot = Some(Arc::clone(&sb));
         drop(slot);
         self.spawn_oom_watcher(Arc::clone(&sb));
@@ -383,9 +405,9 @@ impl Inner {
             .take();
         if let Some(sb) = sb {
             if let Err(e) = sb.stop(self.ops.as_ref()) {
-                error!("pod {}: teardown: {}", sb.id, husk_errors::chain(&e));
+                error!("pod {}: teardown: {}", sb.id(), husk_errors::chain(&e));
             } else {
-                info!("pod {}: VM stopped, state removed", sb.id);
+                info!("pod {}: VM stopped, state removed", sb.id());
             }
         }
         true
@@ -443,7 +465,7 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            Some(sb) => sb.shm_host.clone(),
+            Some(sb) => sb.shm_host().map(Path::to_path_buf),
             None => spec::sandbox_shm_source(&spec_value),
         };
         let guest = spec::adjust_for_guest(id, &raw, pod_shm.as_deref()).map_err(|e| {
@@ -456,13 +478,13 @@ impl Inner {
         let pod = spec::pod_id(id, &spec_value);
         let sb = self.ensure_sandbox(&config, &pod, &spec_value)?;
 
-        let share_dir = sb.shared.join(id);
-        let result = self.create_in_guest(&sb, req, &spec_value, &guest);
+        let share_dir = sb.shared().join(id);
+        let result = self.create_in_guest(sb.as_ref(), req, &spec_value, &guest);
         match result {
             Ok(process) => {
                 let pid = process.pid;
                 let state = BundleState {
-                    pod_dir: sb.dir.clone(),
+                    pod_dir: sb.dir().to_path_buf(),
                     vmm: config.vmm.clone(),
                     virtiofsd: config.virtiofsd.clone(),
                 };
@@ -491,7 +513,7 @@ impl Inner {
 
     fn create_in_guest(
         &self,
-        sb: &Sandbox,
+        sb: &dyn Pod,
         req: &api::CreateTaskRequest,
         spec_value: &serde_json::Value,
         guest: &GuestSpec,
@@ -515,7 +537,7 @@ impl Inner {
             self.ops.as_ref(),
             &rootfs,
             &spec::host_root_path(Path::new(&req.bundle), spec_value),
-            &sb.shared,
+            sb.shared(),
             &Path::new(&req.id).join("rootfs"),
         )
         .map_err(mount_err)?;
@@ -523,7 +545,7 @@ impl Inner {
             mounts::share_path(
                 self.ops.as_ref(),
                 &b.host_source,
-                &sb.shared,
+                sb.shared(),
                 &b.share_rel,
                 b.readonly,
             )
@@ -592,7 +614,7 @@ impl Inner {
                 .agent()
                 .exec_process(sb.ctx(), &r)
                 .map_err(|e| agent_err("ExecProcess", e))?;
-            let io = self.attach_stdio(&sb, id, exec_id, &paths)?;
+            let io = self.attach_stdio(sb.as_ref(), id, exec_id, &paths)?;
             let mut cs = self.containers();
             if let Some(p) = cs.get_mut(id).and_then(|c| c.execs.get_mut(exec_id)) {
                 p.pid = resp.pid;
