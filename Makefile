@@ -42,9 +42,15 @@ vmm: deps
 bins: deps
 	$(CARGO) build --release -p husk-tests --bins
 
-lint:
+# The scripts too: shellcheck (warnings and errors) over every shell script.
+SHELL_SCRIPTS := $(wildcard scripts/*.sh scripts/testhost/*.sh guest-image/*.sh) scripts/testhost/kvm-mode .ci/run
+SH_SCRIPTS    := scripts/testhost/init scripts/testhost/stage2
+
+lint: deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	shellcheck -S warning $(SHELL_SCRIPTS)
+	shellcheck -S warning --shell=sh $(SH_SCRIPTS)
 
 unit: deps vmm
 	HUSK_REQUIRE_VIRTIOFSD=1 $(CARGO) test --workspace

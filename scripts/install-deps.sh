@@ -10,8 +10,8 @@ packages=(
     qemu-system-x86 busybox-static kmod
     # device tests: ext4 images for virtio-blk; virtiofsd's build dependencies
     e2fsprogs libseccomp-dev libcap-ng-dev
-    # build tools
-    build-essential pkg-config
+    # build tools; shellcheck for `make lint`
+    build-essential pkg-config shellcheck
     # the shim's tests and the demo: a private containerd (and runc beside it), ctr,
     # script(1) for `ctr task exec -t`
     containerd runc bsdutils

@@ -211,11 +211,12 @@ for m in "${!dep_of[@]}"; do
 done
 order=()
 visit() {
-    local m="$1" d
+    local m="$1"
     [[ -n "${seen[$m]:-}" ]] && return 0
     seen["$m"]=1
     # modules.dep lists the full closure; deepest dependencies come last.
-    local deps=(${dep_of[$m]})
+    local deps
+    read -r -a deps <<<"${dep_of[$m]}"
     local i
     for ((i = ${#deps[@]} - 1; i >= 0; i--)); do visit "${deps[i]}"; done
     order+=("$m")

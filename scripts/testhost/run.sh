@@ -237,13 +237,13 @@ qemu_args=(
     -serial "file:$console_log"
     # The command's stdout/stderr: virtio console hvc0 -> our stdout.
     -device virtio-serial-pci
-    -chardev stdio,id=hvc0,signal=off
-    -device virtconsole,chardev=hvc0
+    -chardev "stdio,id=hvc0,signal=off"
+    -device "virtconsole,chardev=hvc0"
     # The host's root, read-only; remap inode numbers of other mounts.
     -fsdev "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap"
-    -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot
+    -device "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot"
     -fsdev "local,id=huskctl,path=$ctl,security_model=none"
-    -device virtio-9p-pci,fsdev=huskctl,mount_tag=huskctl
+    -device "virtio-9p-pci,fsdev=huskctl,mount_tag=huskctl"
 )
 for i in "${!rw_real[@]}"; do
     qemu_args+=(

@@ -211,9 +211,20 @@ impl Config {
         .chain(jailer)
         {
             if !p.is_file() {
+                let fix = match key {
+                    "kernel" | "initramfs" => {
+                        "install husk's guest image (`make install`, or install.sh from the \
+                         release tarball) or point `kernel`/`initramfs` in husk.toml at it"
+                    }
+                    "virtiofsd" => {
+                        "install virtiofsd (scripts/install-virtiofsd.sh) or point `virtiofsd` \
+                         in husk.toml at it"
+                    }
+                    _ => "install husk (`make install`) or point it in husk.toml at the binary",
+                };
                 return Err(ConfigError::Invalid {
                     path: p.clone(),
-                    message: format!("{key} {} does not exist", p.display()),
+                    message: format!("{key} {} does not exist: {fix}", p.display()),
                 });
             }
         }

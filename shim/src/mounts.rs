@@ -82,7 +82,7 @@ impl HostOps for RealHost {
                 fs_type: fs_type.to_owned(),
                 source_path: source.to_owned(),
                 target: target.to_owned(),
-                message: e.to_string(),
+                message: format!("{e}{}", overlay_hint(fs_type, options)),
             },
         )
     }
@@ -165,6 +165,36 @@ impl HostOps for RealHost {
             path: "/proc/self/mountinfo".into(),
             source,
         })
+    }
+}
+
+/// Why an overlay mount fails with EINVAL on a machine where containerd's state is on
+/// overlayfs itself (a container's root, a live-CD, the test host's overlay root): an
+/// overlay's upper dir cannot be on overlayfs. Said with what to do, or nothing.
+fn overlay_hint(fs_type: &str, options: &[String]) -> String {
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    if fs_type != "overlay" {
+        return String::new();
+    }
+    let Some(upper) = options.iter().find_map(|o| o.strip_prefix("upperdir=")) else {
+        return String::new();
+    };
+    let on_overlay = std::ffi::CString::new(upper).ok().is_some_and(|c| {
+        // SAFETY: statfs is plain data; all-zero is a valid value to be overwritten.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer, both live
+        // across the call.
+        unsafe {
+            libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == OVERLAYFS_SUPER_MAGIC
+        }
+    });
+    if on_overlay {
+        format!(
+            " (containerd's snapshots in {upper} are on overlayfs, which cannot hold an \
+             overlay's upper dir: put containerd's root on tmpfs or a disk file system)"
+        )
+    } else {
+        String::new()
     }
 }
 
@@ -333,6 +363,58 @@ pub mod tests {
     use std::sync::Mutex;
 
     use super::*;
+
+    /// The overlay hint appears only for an overlay whose upper dir is on overlayfs
+    /// (root: an overlay is mounted here to have one).
+    #[test]
+    fn an_upper_dir_on_overlayfs_is_named_with_what_to_do() {
+        assert_eq!(overlay_hint("ext4", &["upperdir=/x".into()]), "");
+        assert_eq!(overlay_hint("overlay", &["lowerdir=/x".into()]), "");
+        let tmp = std::env::temp_dir();
+        assert_eq!(
+            overlay_hint("overlay", &[format!("upperdir={}", tmp.display())]),
+            "",
+            "{} is no overlayfs",
+            tmp.display()
+        );
+        // SAFETY: geteuid has no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: the overlayfs half needs root");
+            return;
+        }
+        let d = tmp.join(format!("husk-ovl-{}", std::process::id()));
+        for sub in ["l", "u", "w", "m"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            d.join("l").display(),
+            d.join("u").display(),
+            d.join("w").display()
+        );
+        let st = std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(d.join("m"))
+            .status()
+            .unwrap();
+        if !st.success() {
+            // The temp dir may itself be on overlayfs (a container's root): skip.
+            eprintln!("SKIP: cannot mount an overlay under {}", tmp.display());
+            let _ = std::fs::remove_dir_all(&d);
+            return;
+        }
+        let inner = d.join("m/upper");
+        std::fs::create_dir_all(&inner).unwrap();
+        let hint = overlay_hint("overlay", &[format!("upperdir={}", inner.display())]);
+        let _ = std::process::Command::new("umount")
+            .arg(d.join("m"))
+            .status();
+        let _ = std::fs::remove_dir_all(&d);
+        assert!(
+            hint.contains("on overlayfs") && hint.contains("tmpfs"),
+            "{hint}"
+        );
+    }
 
     /// Records calls and keeps a fake mount table.
     #[derive(Default)]

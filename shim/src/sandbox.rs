@@ -27,6 +27,11 @@ pub use cleanup::cleanup_dead_pod;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    #[error(
+        "husk needs KVM and cannot open {KVM}: load kvm_intel or kvm_amd (on a virtual \
+         machine, enable nested virtualization); `husk-check` checks the whole host"
+    )]
+    NoKvm(#[source] std::io::Error),
     #[error("Cannot prepare the pod directory {path}")]
     Dir {
         path: PathBuf,
@@ -99,6 +104,9 @@ fn check_socket_path(path: &Path) -> Result<(), SandboxError> {
     }
     Ok(())
 }
+
+/// The device husk-vmm needs.
+const KVM: &str = "/dev/kvm";
 
 /// Exits of the pod's helper processes, as the reaper reported them.
 #[derive(Default)]
@@ -301,6 +309,11 @@ impl Sandbox {
             reason: e.to_string(),
             log: String::new(),
         })?;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(KVM)
+            .map_err(SandboxError::NoKvm)?;
         let dir = pod_dir(config, req.namespace, req.pod);
         let vm_dir = launch::vm_dir(&dir);
         let vsock = vm_dir.join(launch::VSOCK_SOCKET);

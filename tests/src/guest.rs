@@ -356,20 +356,10 @@ impl Drop for Virtiofsd {
     }
 }
 
+/// virtiofsd ([`crate::containerd::virtiofsd_bin`] finds it), or a panic saying how to
+/// install it.
 pub fn virtiofsd_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("HUSK_VIRTIOFSD") {
-        return p.into();
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    for c in [
-        PathBuf::from(home).join(".cargo/bin/virtiofsd"),
-        "/root/.cargo/bin/virtiofsd".into(),
-        "/usr/libexec/virtiofsd".into(),
-        "/usr/local/bin/virtiofsd".into(),
-    ] {
-        if c.is_file() {
-            return c;
-        }
-    }
-    panic!("virtiofsd is not installed: run scripts/install-virtiofsd.sh (make test does)");
+    crate::containerd::virtiofsd_bin().unwrap_or_else(|| {
+        panic!("virtiofsd is not installed: run scripts/install-virtiofsd.sh (make test does)")
+    })
 }

@@ -5,7 +5,19 @@
 use anyhow::{bail, Result};
 use husk_tests::containerd::{Containerd, HuskToml};
 
-fn main() -> Result<()> {
+/// Errors print as their chain of causes on one line (`{e:#}`), what to do included,
+/// never as a backtrace.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("husk-demo: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     // `husk-demo --busybox-archive DIR`: only write the image archive (for scripts that
     // import it into another containerd) and print its path.
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -12,7 +12,19 @@ use husk_tests::containerd::BUSYBOX_IMAGE;
 use husk_tests::cri_node::{http_get, wait_for, Node};
 use husk_tests::guest::TempDir;
 
-fn main() -> Result<()> {
+/// Errors print as their chain of causes on one line (`{e:#}`), what to do included,
+/// never as a backtrace.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("husk-demo-pod: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let handler = match args.as_slice() {
         [] => "husk".to_owned(),
