@@ -41,7 +41,7 @@ struct Running {
 
 impl Running {
     fn start(engine: &Engine, id: &str, spec: Spec) -> Result<Self> {
-        let created = engine.create(id, spec, &rootfs()).context("create")?;
+        let created = support::engine::create(engine, id, spec, &rootfs()).context("create")?;
         let mut readers = Vec::new();
         for mut stream in [created.stdout, created.stderr] {
             readers.push(thread::spawn(move || {
@@ -352,7 +352,7 @@ fn an_oom_kill_is_reported_for_its_container() -> Result<()> {
         &["sh", "-c", "head -c 256m /dev/zero | tail; sleep 100"],
         32 << 20,
     )?;
-    let created = engine.create("oom", spec, &rootfs()).context("create")?;
+    let created = support::engine::create(engine, "oom", spec, &rootfs()).context("create")?;
     let mut readers = Vec::new();
     for mut stream in [created.stdout, created.stderr] {
         readers.push(thread::spawn(move || {

@@ -46,10 +46,9 @@ fn run_with(
     during: impl FnOnce(&mut Container) -> Result<()>,
 ) -> Result<Run> {
     let spec = busybox_bundle::spec(args)?;
-    let created = engine.create(id, spec, &rootfs()).context("create")?;
-    let mut container = created.container;
-    let mut out = created.stdout;
-    let mut err = created.stderr;
+    let mut created = support::engine::create(engine, id, spec, &rootfs()).context("create")?;
+    let mut out = created.stdout.try_clone()?;
+    let mut err = created.stderr.try_clone()?;
     let out_reader = thread::spawn(move || {
         let mut buf = Vec::new();
         out.read_to_end(&mut buf).map(|_| buf)
@@ -58,14 +57,16 @@ fn run_with(
         let mut buf = Vec::new();
         err.read_to_end(&mut buf).map(|_| buf)
     });
-    container.start().context("start")?;
-    during(&mut container)?;
-    let status = container.wait().context("wait")?;
-    // wait() returned only after both readers saw the end of their pipe.
+    created.container.start().context("start")?;
+    during(&mut created.container)?;
+    let status = created.wait().context("wait")?;
+    // The agent's wait (the init, then its output drained) returned: both readers see
+    // the end of their pipe once our copies of the read ends are gone.
+    drop((created.stdout, created.stderr));
     assert!(out_reader.is_finished() || wait_finished(&out_reader));
     let stdout = out_reader.join().expect("stdout reader")?;
     let stderr = err_reader.join().expect("stderr reader")?;
-    container.delete().context("delete")?;
+    created.container.delete().context("delete")?;
     Ok(Run {
         stdout,
         stderr,
@@ -178,12 +179,12 @@ fn twenty_create_delete_cycles_leave_nothing_behind() -> Result<()> {
         } else if i % 4 == 1 {
             // Created, never started: delete kills the waiting init.
             let spec = busybox_bundle::spec(&["true"])?;
-            let created = engine.create(&id, spec, &rootfs())?;
+            let created = support::engine::create(engine, &id, spec, &rootfs())?;
             created.container.delete().context("delete created")?;
         } else {
             // Started, then dropped without delete (a caller's error path).
             let spec = busybox_bundle::spec(&["sleep", "100"])?;
-            let mut created = engine.create(&id, spec, &rootfs())?;
+            let mut created = support::engine::create(engine, &id, spec, &rootfs())?;
             created.container.start().context("start")?;
             drop(created);
         }
@@ -226,9 +227,7 @@ fn missing_root_is_a_clear_error() {
     let bundle = bundle_with("no-root", |j| {
         j.as_object_mut().unwrap().remove("root");
     });
-    let err = spec_engine()
-        .create_from_bundle("bad", &bundle)
-        .unwrap_err();
+    let err = support::engine::create_from_bundle(&spec_engine(), "bad", &bundle).unwrap_err();
     assert!(
         matches!(err, Error::Spec(SpecError::MissingRoot)),
         "{err:?}"
@@ -245,9 +244,7 @@ fn dotdot_mount_destination_is_a_clear_error() {
         let mount = serde_json::json!({"destination": "/tmp/../../etc", "type": "tmpfs", "source": "tmpfs"});
         j["mounts"].as_array_mut().unwrap().push(mount);
     });
-    let err = spec_engine()
-        .create_from_bundle("bad", &bundle)
-        .unwrap_err();
+    let err = support::engine::create_from_bundle(&spec_engine(), "bad", &bundle).unwrap_err();
     assert!(
         matches!(err, Error::Spec(SpecError::MountDestinationEscapes(ref d)) if d == "/tmp/../../etc"),
         "{err:?}"
@@ -260,9 +257,7 @@ fn unknown_namespace_is_a_clear_error() {
         let ns = serde_json::json!({"type": "bogus"});
         j["linux"]["namespaces"].as_array_mut().unwrap().push(ns);
     });
-    let err = spec_engine()
-        .create_from_bundle("bad", &bundle)
-        .unwrap_err();
+    let err = support::engine::create_from_bundle(&spec_engine(), "bad", &bundle).unwrap_err();
     assert!(matches!(err, Error::LoadSpec { .. }), "{err:?}");
     let text = format!("{:#}", anyhow::Error::from(err));
     assert!(text.contains("bogus"), "{text}");

@@ -62,7 +62,7 @@ struct Run {
 }
 
 fn run(engine: &Engine, id: &str, spec: Spec) -> Result<Run> {
-    let created = engine.create(id, spec, &rootfs()).context("create")?;
+    let created = support::engine::create(engine, id, spec, &rootfs()).context("create")?;
     let mut readers = Vec::new();
     for mut stream in [created.stdout, created.stderr] {
         readers.push(thread::spawn(move || {
@@ -140,7 +140,7 @@ fn errno_action_without_no_new_privileges() -> Result<()> {
         .process()
         .as_ref()
         .and_then(|p| p.capabilities().clone());
-    let created = engine.create("saved", spec, &rootfs())?;
+    let created = support::engine::create(engine, "saved", spec, &rootfs())?;
     let saved = Spec::load(test_dir().join("engine/bundles/saved/config.json"))?;
     created.container.delete()?;
     let saved = saved
@@ -240,7 +240,7 @@ fn malformed_profiles_fail_create_with_clear_errors() -> Result<()> {
     ];
     for (name, profile, needle) in cases {
         let bundle = bundle_with_profile(name, profile)?;
-        let err = engine.create_from_bundle(name, &bundle).unwrap_err();
+        let err = support::engine::create_from_bundle(&engine, name, &bundle).unwrap_err();
         assert!(matches!(err, Error::LoadSpec { .. }), "{err:?}");
         let text = format!("{:#}", anyhow::Error::from(err));
         assert!(text.contains(needle), "{text}");
@@ -249,7 +249,7 @@ fn malformed_profiles_fail_create_with_clear_errors() -> Result<()> {
         "notify",
         r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_NOTIFY"}]}"#,
     )?;
-    let err = engine.create_from_bundle("notify", &bundle).unwrap_err();
+    let err = support::engine::create_from_bundle(&engine, "notify", &bundle).unwrap_err();
     assert!(
         matches!(err, Error::Seccomp(SeccompError::UnsupportedAction(_))),
         "{err:?}"

@@ -87,6 +87,23 @@ pub enum CgroupError {
     Thread(#[source] io::Error),
 }
 
+impl CgroupError {
+    /// The kind of a cgroup error, for the RPC status code: bad resources are the
+    /// caller's, a container in the wrong state (pausing a paused one) a failed
+    /// precondition.
+    pub fn kind(&self) -> super::ErrorKind {
+        match self {
+            Self::Resources(_) => super::ErrorKind::InvalidArgument,
+            Self::Runtime { source, .. }
+                if matches!(**source, LibcontainerError::IncorrectStatus(_)) =>
+            {
+                super::ErrorKind::FailedPrecondition
+            }
+            _ => super::ErrorKind::Internal,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hierarchy {
     /// cgroup v2: one directory per cgroup.

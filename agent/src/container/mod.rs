@@ -3,10 +3,11 @@
 //!
 //! Namespaces, mounts, pivot_root, cgroups, capabilities and the exec are
 //! youki's `libcontainer`; this module adds what the agent needs around it:
-//! spec checks with clear errors ([`spec_validation`]), stdout/stderr pipes
-//! whose bytes all arrive before the exit status ([`output`]), waiting for
-//! the container's init as its reaper and exit codes in the 128+N
-//! convention ([`exit_status`]), and clean removal.
+//! spec checks with clear errors ([`spec_validation`]), the process's stdio
+//! as the caller makes it ([`ProcessStdio`]; the agent's are `stdio::ProcessIo`,
+//! whose bytes all arrive before the exit status), waiting for the
+//! container's init as its reaper and exit codes in the 128+N convention
+//! ([`exit_status`]), and clean removal.
 //!
 //! The container's init is re-parented to the agent when libcontainer's
 //! intermediate process exits: the agent is PID 1 in the guest, and on the
@@ -20,7 +21,6 @@ mod exec;
 mod exit_cell;
 mod exit_status;
 pub mod guest_devices;
-mod output;
 pub mod seccomp;
 mod spec_validation;
 mod terminal;
@@ -42,8 +42,6 @@ pub use self::cgroups::{Cgroup, CgroupError, ContainerStats, OomEvent, OomMonito
 use self::exec::AgentExecutor;
 pub use self::exit_cell::{ExitCell, Exited};
 pub use self::exit_status::ExitStatus;
-use self::output::DrainGate;
-pub use self::output::OutputStream;
 pub use self::spec_validation::{
     check_joined_namespaces, normalize_rootfs_propagation, validate_process, SpecError,
 };
@@ -195,14 +193,6 @@ pub struct Engine {
     seq: AtomicU64,
 }
 
-/// A container just created, and its output pipes.
-#[derive(Debug)]
-pub struct Created {
-    pub container: Container,
-    pub stdout: OutputStream,
-    pub stderr: OutputStream,
-}
-
 fn runtime_error(op: &'static str, id: &str, source: LibcontainerError) -> Error {
     Error::Runtime {
         op,
@@ -249,42 +239,6 @@ impl Engine {
             reaper,
             build_lock: Mutex::new(()),
             seq: AtomicU64::new(0),
-        })
-    }
-
-    /// Creates a container from an OCI bundle (a dir with `config.json`;
-    /// a relative `root.path` is taken from the bundle).
-    pub fn create_from_bundle(&self, id: &str, bundle: &Path) -> Result<Created, Error> {
-        let path = bundle.join("config.json");
-        let spec = Spec::load(&path).map_err(|source| Error::LoadSpec { path, source })?;
-        spec_validation::validate(&spec)?;
-        let root = spec.root().as_ref().ok_or(SpecError::MissingRoot)?.path();
-        let rootfs = bundle.join(root);
-        self.create(id, spec, &rootfs)
-    }
-
-    /// Creates a container running `spec` on `rootfs` (the spec's own
-    /// `root.path` is replaced), with its stdout and stderr on pipes. The
-    /// init is stopped before exec until [`Container::start`]. Without
-    /// `linux.cgroupsPath` the container's cgroup is `/husk/<id>`.
-    pub fn create(&self, id: &str, spec: Spec, rootfs: &Path) -> Result<Created, Error> {
-        let (stdout_r, stdout_w) = io::pipe().map_err(Error::Stdio)?;
-        let (stderr_r, stderr_w) = io::pipe().map_err(Error::Stdio)?;
-        // The write ends move into the builder and are closed in this
-        // process once the container exists, so the reader sees the end
-        // when the container's last holder closes them.
-        let stdio = ProcessStdio {
-            stdin: None,
-            stdout: Some(stdout_w.into()),
-            stderr: Some(stderr_w.into()),
-        };
-        let (mut container, _spawned) = self.create_with_stdio(id, spec, rootfs, stdio)?;
-        let gate = DrainGate::new(2);
-        container.gate = Some(gate.clone());
-        Ok(Created {
-            stdout: OutputStream::new(OwnedFd::from(stdout_r), gate.clone()),
-            stderr: OutputStream::new(OwnedFd::from(stderr_r), gate),
-            container,
         })
     }
 
@@ -360,7 +314,6 @@ impl Engine {
                     pid: spawned.pid,
                     exit: spawned.exit.clone(),
                     direct_wait: self.reaper.is_none(),
-                    gate: None,
                     bundle: bundle.to_owned(),
                     cgroup_path,
                     removed: false,
@@ -678,8 +631,6 @@ pub struct Container {
     exit: Arc<ExitCell>,
     /// Whether `wait` calls `waitpid` itself (no shared reaper).
     direct_wait: bool,
-    /// The output streams `wait` waits for (from [`Engine::create`]).
-    gate: Option<Arc<DrainGate>>,
     bundle: PathBuf,
     cgroup_path: PathBuf,
     /// Set once `delete` has removed it.
@@ -730,18 +681,12 @@ impl Container {
         self.signal_all(signal, false)
     }
 
-    /// Waits for the init to end, then for both output streams to be read
-    /// to their end (or dropped), and only then returns the exit status.
-    /// Read the streams on other threads, or before calling this.
+    /// Waits for the init to end and returns its exit status. (Its output is the
+    /// caller's: the agent waits for its streams to drain, `stdio::ProcessIo::wait`.)
     pub fn wait(&mut self) -> Result<ExitStatus, Error> {
-        let status = self.reap()?;
-        if let Some(gate) = &self.gate {
-            gate.wait();
-        }
-        Ok(status)
+        self.reap()
     }
 
-    /// Waits for the init only (not the output): for delete.
     fn reap(&mut self) -> Result<ExitStatus, Error> {
         if let Some(exited) = self.exit.get() {
             return Ok(exited.status);

@@ -98,15 +98,7 @@ impl SandboxError {
             ) => ErrorKind::FailedPrecondition,
             // Stdin not declared or already closed.
             Self::FailedPrecondition(_) | Self::Stdin { .. } => ErrorKind::FailedPrecondition,
-            Self::Cgroup(CgroupError::Resources(_)) => ErrorKind::InvalidArgument,
-            Self::Cgroup(CgroupError::Runtime { source, .. })
-                if matches!(
-                    **source,
-                    libcontainer::error::LibcontainerError::IncorrectStatus(_)
-                ) =>
-            {
-                ErrorKind::FailedPrecondition
-            }
+            Self::Cgroup(e) => e.kind(),
             Self::Container(e) => e.kind(),
             _ => ErrorKind::Internal,
         }
@@ -114,6 +106,37 @@ impl SandboxError {
 }
 
 type Result<T> = std::result::Result<T, SandboxError>;
+
+/// A new process's standard streams before it exists: with a terminal, nothing yet (the
+/// terminal comes with the process); otherwise the pipes (the agent's side and the
+/// process's).
+fn process_stdio(
+    terminal: bool,
+    stdio: &StdioSet,
+) -> Result<(Option<ProcessIo>, container::ProcessStdio)> {
+    if terminal {
+        return Ok((None, container::ProcessStdio::default()));
+    }
+    let (io, child) = ProcessIo::pipes(stdio)?;
+    Ok((Some(io), child))
+}
+
+/// The agent's side of a spawned process's streams: the pipes made before, or its
+/// terminal's master.
+fn finish_stdio(
+    pipes: Option<ProcessIo>,
+    stdio: &StdioSet,
+    spawned: &container::Spawned,
+    what: &str,
+) -> Result<ProcessIo> {
+    match (pipes, &spawned.pty_master) {
+        (Some(io), _) => Ok(io),
+        (None, Some(master)) => Ok(ProcessIo::terminal(stdio, master, spawned.exit.clone())?),
+        (None, None) => Err(SandboxError::FailedPrecondition(format!(
+            "The {what} has a terminal but none was received"
+        ))),
+    }
+}
 
 /// One process of a container: its pid, exit status and streams.
 #[derive(Debug)]
@@ -371,22 +394,9 @@ impl Sandbox {
             return Err(SandboxError::ContainerExists(id.to_string()));
         }
         self.fit_to_pod(id, &mut spec)?;
-        let (io, child) = if terminal {
-            (None, container::ProcessStdio::default())
-        } else {
-            let (io, child) = ProcessIo::pipes(stdio)?;
-            (Some(io), child)
-        };
+        let (pipes, child) = process_stdio(terminal, stdio)?;
         let (container, spawned) = self.engine.create_with_stdio(id, spec, &rootfs, child)?;
-        let io = match (io, &spawned.pty_master) {
-            (Some(io), _) => io,
-            (None, Some(master)) => ProcessIo::terminal(stdio, master, spawned.exit.clone())?,
-            (None, None) => {
-                return Err(SandboxError::FailedPrecondition(
-                    "The container has a terminal but none was received".into(),
-                ))
-            }
-        };
+        let io = finish_stdio(pipes, stdio, &spawned, "container")?;
         let pid = spawned.pid;
         let entry = Arc::new(Entry {
             id: id.to_string(),
@@ -488,22 +498,9 @@ impl Sandbox {
                 exec_id: exec_id.to_string(),
             });
         }
-        let (io, child) = if terminal {
-            (None, container::ProcessStdio::default())
-        } else {
-            let (io, child) = ProcessIo::pipes(stdio)?;
-            (Some(io), child)
-        };
+        let (pipes, child) = process_stdio(terminal, stdio)?;
         let spawned = self.engine.exec(container, &process, child)?;
-        let io = match (io, &spawned.pty_master) {
-            (Some(io), _) => io,
-            (None, Some(master)) => ProcessIo::terminal(stdio, master, spawned.exit.clone())?,
-            (None, None) => {
-                return Err(SandboxError::FailedPrecondition(
-                    "The process has a terminal but none was received".into(),
-                ))
-            }
-        };
+        let io = finish_stdio(pipes, stdio, &spawned, "process")?;
         let pid = spawned.pid;
         entry.execs().insert(
             exec_id.to_string(),
