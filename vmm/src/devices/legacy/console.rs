@@ -9,6 +9,10 @@ use std::sync::{Arc, Mutex};
 /// still reach the output).
 const MAX_LINE: usize = 1024;
 const PANIC_MARKER: &str = "Kernel panic - not syncing: ";
+/// Most bytes of guest console output written to the log per VM: a guest that prints
+/// without end fills no host disk. Past it one marker line is written and the rest
+/// dropped (a kernel panic is still seen: lines are inspected before they are counted).
+pub const MAX_CONSOLE_BYTES: u64 = 16 << 20;
 
 /// The first panic reason the guest kernel printed, shared with the VM's run loop.
 #[derive(Clone, Default)]
@@ -33,16 +37,26 @@ pub struct ConsoleSink {
     line: Vec<u8>,
     line_cut: bool,
     panic: GuestPanic,
+    /// Bytes written to `out`, and the most it takes.
+    written: u64,
+    limit: u64,
 }
 
 impl ConsoleSink {
     /// `out` is `None` to discard the output.
     pub fn new(out: Option<Box<dyn Write + Send>>, panic: GuestPanic) -> Self {
+        Self::with_limit(out, panic, MAX_CONSOLE_BYTES)
+    }
+
+    /// As [`Self::new`], with a limit other than [`MAX_CONSOLE_BYTES`].
+    pub fn with_limit(out: Option<Box<dyn Write + Send>>, panic: GuestPanic, limit: u64) -> Self {
         Self {
             out,
             line: Vec::with_capacity(256),
             line_cut: false,
             panic,
+            written: 0,
+            limit,
         }
     }
 
@@ -65,11 +79,25 @@ impl ConsoleSink {
     }
 
     fn write_out(&mut self) -> io::Result<()> {
-        if let Some(out) = self.out.as_mut() {
-            out.write_all(&self.line)?;
-            out.flush()?;
+        let Some(out) = self.out.as_mut() else {
+            return Ok(());
+        };
+        if self.written >= self.limit {
+            return Ok(());
         }
-        Ok(())
+        let n = self.line.len() as u64;
+        if self.written + n > self.limit {
+            self.written = self.limit;
+            let marker = format!(
+                "\n[husk-vmm: the guest console wrote over {} MiB; the rest is not logged]\n",
+                self.limit >> 20
+            );
+            out.write_all(marker.as_bytes())?;
+            return out.flush();
+        }
+        self.written += n;
+        out.write_all(&self.line)?;
+        out.flush()
     }
 
     /// Writes out a partial last line (at VM exit).
@@ -138,6 +166,24 @@ mod tests {
         let all = out.0.lock().unwrap().clone();
         assert!(all.starts_with(b"booting\r\n"));
         assert!(all.ends_with(b"partial\n"));
+    }
+
+    #[test]
+    fn the_log_stops_at_its_limit_with_a_marker_and_panics_are_still_seen() {
+        let out = Shared::default();
+        let panic = GuestPanic::default();
+        let mut sink = ConsoleSink::with_limit(Some(Box::new(out.clone())), panic.clone(), 4 << 20);
+        let line = [b'y'; 99].iter().chain(b"\n").copied().collect::<Vec<u8>>();
+        for _ in 0..100_000 {
+            sink.write_all(&line).unwrap();
+        }
+        sink.write_all(b"Kernel panic - not syncing: late\n").unwrap();
+        let all = out.0.lock().unwrap().clone();
+        assert!(all.len() as u64 <= (4 << 20) + 200, "{} bytes logged", all.len());
+        let tail = String::from_utf8_lossy(&all[all.len() - 120..]).into_owned();
+        assert!(tail.contains("over 4 MiB; the rest is not logged"), "{tail}");
+        assert_eq!(all.iter().filter(|b| **b == b'[').count(), 1, "one marker");
+        assert_eq!(panic.get().as_deref(), Some("late"));
     }
 
     #[test]
