@@ -61,8 +61,13 @@ impl Metric {
         }
     }
 
-    pub fn headline(mut self) -> Self {
-        self.headline = true;
+    pub fn headline(self) -> Self {
+        self.headline_if(true)
+    }
+
+    /// In the headline table if `h`.
+    pub fn headline_if(mut self, h: bool) -> Self {
+        self.headline = h;
         self
     }
 
@@ -372,4 +377,67 @@ pub enum ReportError {
     UnknownSection(String, String),
     #[error("Cannot write the report into {0}")]
     Write(PathBuf, #[source] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_report_writes_markdown_csv_and_plots() {
+        let dir = std::env::temp_dir().join(format!("husk-report-test-{}", std::process::id()));
+        let mut s = SectionResult::new("cpu", "CPU", "runc", Plot::Bars, "hash 1 GiB");
+        s.runtimes = vec!["runc".into(), "husk".into()];
+        let m = s.metric("hash", None, || {
+            Metric::new("x", "s", Better::Lower).headline()
+        });
+        for (rt, v) in [("runc", 2.0), ("runc", 4.0), ("husk", 5.0), ("husk", 7.0)] {
+            m.push(rt, v);
+        }
+        s.fail("husk cpu-husk-3: watchdog\nlong context".into());
+        let mut d = SectionResult::new("density", "Density", "runc", Plot::Lines, "");
+        d.x_label = "pods".into();
+        d.runtimes = vec!["runc".into(), "husk".into()];
+        d.skipped
+            .insert("husk".into(), "KVM cannot boot a guest here".into());
+        for n in [1.0, 5.0] {
+            d.metric("PSS", Some(n), || Metric::new("PSS", "MiB", Better::Lower))
+                .push("runc", 10.0 * n);
+        }
+        let empty = SectionResult::new("network", "Network", "runc", Plot::Bars, "");
+        let info = RunInfo {
+            started: "now".into(),
+            took_secs: 12.0,
+            quick: true,
+            facts: vec![("kernel".into(), "Linux 6.1".into())],
+            emulated: true,
+        };
+        let rts = vec!["runc".to_owned(), "husk".to_owned()];
+        let problems = write_report(&dir, &info, &rts, &[s, d, empty]).unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("network: no plot"), "{problems:?}");
+        let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        assert!(md.contains("**Emulated.**"), "{md}");
+        assert!(md.contains("| kernel | Linux 6.1 |"), "{md}");
+        // Headline: husk/runc = 6/3.
+        assert!(
+            md.contains("| CPU | hash | runc | 1.00 | 2.00 | lower |"),
+            "{md}"
+        );
+        assert!(md.contains("- husk cpu-husk-3: watchdog\n"), "{md}");
+        assert!(!md.contains("long context"), "{md}");
+        assert!(md.contains("| PSS (5 pods) | runc | 1 | 50.0 |"), "{md}");
+        assert!(md.contains("not run: KVM cannot boot a guest here"), "{md}");
+        assert!(md.contains("![CPU](cpu.png)") && md.contains("![Density](density.png)"));
+        assert!(md.contains("(no plot: no samples)"), "{md}");
+        for p in ["cpu.png", "density.png"] {
+            let (w, _, px, ch) = plot::decode_png(&dir.join(p)).unwrap();
+            assert!(w > 0 && plot::distinct_colors(&px, ch, 10) > 3, "{p}");
+        }
+        assert!(!dir.join("network.png").exists());
+        let csv = std::fs::read_to_string(dir.join("samples.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 4 + 2, "{csv}");
+        assert!(csv.contains("density,PSS,5,runc,1,50,MiB"), "{csv}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

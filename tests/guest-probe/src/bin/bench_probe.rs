@@ -174,6 +174,8 @@ fn fileio(dir: &Path, mib: u64, files: u64) -> io::Result<String> {
     }
     f.sync_all()?;
     let write = t.elapsed().as_secs_f64();
+    // Progress on stderr: a watchdog's report of a stuck run shows how far it got.
+    eprintln!("fileio: wrote and synced {mib} MiB in {write:.2} s");
     // SAFETY: advice on an open fd; no memory is passed.
     unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     drop(f);
@@ -188,6 +190,7 @@ fn fileio(dir: &Path, mib: u64, files: u64) -> io::Result<String> {
         total += n as u64;
     }
     let read = t.elapsed().as_secs_f64();
+    eprintln!("fileio: read {total} bytes in {read:.2} s");
     if total != mib * MIB as u64 {
         return Err(io::Error::other(format!("read {total} bytes back")));
     }
@@ -204,7 +207,9 @@ fn fileio(dir: &Path, mib: u64, files: u64) -> io::Result<String> {
         Ok(t.elapsed().as_secs_f64() * 1e6 / files.max(1) as f64)
     };
     let create = per_file(&mut |i| File::create(name(i)).map(drop))?;
+    eprintln!("fileio: create {create:.1} us/file");
     let stat = per_file(&mut |i| std::fs::metadata(name(i)).map(drop))?;
+    eprintln!("fileio: stat {stat:.1} us/file");
     let unlink = per_file(&mut |i| std::fs::remove_file(name(i)))?;
     std::fs::remove_dir(&tree)?;
     Ok(format!(

@@ -63,7 +63,7 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
         ),
     );
     s.x_label = "pods".into();
-    let Ok(rts) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
+    let Some(rts) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
         return s;
     };
     let timeout = ctx.timeout;

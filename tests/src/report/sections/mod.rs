@@ -231,26 +231,27 @@ impl Ctx {
     }
 
     /// The runtimes that work, and the section's runtime list and skip reasons filled in.
-    /// Err: containerd itself could not start (the section is then all skipped).
-    pub fn begin(&mut self, s: &mut SectionResult, names: &[&str]) -> Result<Vec<Runtime>, ()> {
+    /// None: containerd itself could not start (the section is then all skipped).
+    pub fn begin(&mut self, s: &mut SectionResult, names: &[&str]) -> Option<Vec<Runtime>> {
         s.runtimes = names.iter().map(|n| n.to_string()).collect();
         if let Err(e) = self.containerd() {
             for n in names {
                 s.skipped.insert(n.to_string(), e.clone());
             }
-            return Err(());
+            return None;
         }
         for n in names {
             if let Some(why) = self.skipped.get(*n) {
                 s.skipped.insert(n.to_string(), why.clone());
             }
         }
-        Ok(self
-            .runtimes
-            .iter()
-            .filter(|r| names.contains(&r.name.as_str()))
-            .cloned()
-            .collect())
+        Some(
+            self.runtimes
+                .iter()
+                .filter(|r| names.contains(&r.name.as_str()))
+                .cloned()
+                .collect(),
+        )
     }
 }
 

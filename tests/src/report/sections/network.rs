@@ -29,7 +29,7 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
              step by step; the table's samples are the rounds."
         ),
     );
-    let Ok(rts) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
+    let Some(rts) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
         return s;
     };
     let timeout = ctx.timeout;
@@ -115,12 +115,7 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
                     match num(k) {
                         Some(v) => s
                             .metric(name, None, || {
-                                let m = Metric::new(name, unit, *better);
-                                if *head {
-                                    m.headline()
-                                } else {
-                                    m
-                                }
+                                Metric::new(name, unit, *better).headline_if(*head)
                             })
                             .push(&rt.name, v),
                         None => s.fail(format!("{} {step}: no {k} in {out:?}", rt.name)),

@@ -62,7 +62,7 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
         ),
     );
     // The ctr-based runtimes' checks (crun's and husk's warm-ups) say which can run.
-    let Ok(_) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
+    let Some(_) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
         return s;
     };
     let crun_dir = match TempDir::new("report-crun") {

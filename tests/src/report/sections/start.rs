@@ -30,7 +30,7 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
                 .into(),
         );
     }
-    let Ok(rts) = ctx.begin(&mut s, &names) else {
+    let Some(rts) = ctx.begin(&mut s, &names) else {
         return s;
     };
     let timeout = ctx.timeout;

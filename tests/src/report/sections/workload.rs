@@ -19,7 +19,9 @@ fn probe(
     extra: &[String],
     args: &[&str],
 ) -> Option<String> {
-    let timeout = ctx.timeout + std::time::Duration::from_secs(1800);
+    // The container's start plus the workload; a stuck run's error carries the probe's
+    // progress lines (stderr).
+    let timeout = ctx.timeout * 2;
     let c = ctx.containerd().ok()?;
     let mut a = vec![PROBE];
     a.extend_from_slice(args);
@@ -47,12 +49,7 @@ fn record(
         match probe_field(line, field).and_then(|v| v.parse::<f64>().ok()) {
             Some(v) => s
                 .metric(name, None, || {
-                    let m = Metric::new(name, unit, *better);
-                    if *headline {
-                        m.headline()
-                    } else {
-                        m
-                    }
+                    Metric::new(name, unit, *better).headline_if(*headline)
                 })
                 .push(rt, v),
             None => s.fail(format!("{rt}: no {field} in the probe's output {line:?}")),
@@ -73,7 +70,7 @@ pub fn cpu(ctx: &mut Ctx) -> SectionResult {
              runtime, interleaved. Under husk the work runs on a guest vCPU."
         ),
     );
-    let Ok(rts) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
+    let Some(rts) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
         return s;
     };
     let arg = mib.to_string();
@@ -116,7 +113,7 @@ pub fn syscalls(ctx: &mut Ctx) -> SectionResult {
             (iters / 100).max(1)
         ),
     );
-    let Ok(rts) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
+    let Some(rts) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
         return s;
     };
     let arg = iters.to_string();
@@ -164,7 +161,7 @@ pub fn fileio(ctx: &mut Ctx) -> SectionResult {
              runtime and place, interleaved."
         ),
     );
-    let Ok(rts) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
+    let Some(rts) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
         return s;
     };
     let Ok(c) = ctx.containerd() else { return s };
