@@ -45,6 +45,8 @@ pub struct Metric {
     pub x: Option<f64>,
     /// Shown in the report's headline table.
     pub headline: bool,
+    /// The one runtime it applies to (guest RAM: husk); others get no row for it.
+    pub only: Option<String>,
     /// (runtime, samples), in the order runtimes were first seen.
     pub samples: Vec<(String, Vec<f64>)>,
 }
@@ -57,8 +59,20 @@ impl Metric {
             better,
             x: None,
             headline: false,
+            only: None,
             samples: Vec::new(),
         }
+    }
+
+    /// Applies to `runtime` only.
+    pub fn only(mut self, runtime: &str) -> Self {
+        self.only = Some(runtime.into());
+        self
+    }
+
+    /// Whether the metric has a row for `runtime`.
+    pub fn applies_to(&self, runtime: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == runtime)
     }
 
     pub fn headline(self) -> Self {
@@ -322,7 +336,22 @@ pub fn markdown(
         "Each cell is a runtime's median divided by the reference runtime's median of the same \
          section (1.00 = the same; `better` says which way is good).\n"
     );
-    o.push_str(&write::headline_table(sections, runtimes));
+    // One headline table per set of runtimes compared (runc, crun, husk; the boot's
+    // VMMs; the devices' host and husk), so no table is mostly "n/a".
+    let mut groups: Vec<(Vec<String>, Vec<SectionResult>)> = Vec::new();
+    for s in sections {
+        match groups.iter_mut().find(|(r, _)| *r == s.runtimes) {
+            Some((_, v)) => v.push(s.clone()),
+            None => groups.push((s.runtimes.clone(), vec![s.clone()])),
+        }
+    }
+    let _ = runtimes;
+    for (i, (rts, secs)) in groups.iter().enumerate() {
+        if i > 0 {
+            o.push('\n');
+        }
+        o.push_str(&write::headline_table(secs, rts));
+    }
     let _ = writeln!(o, "\n## Machine\n");
     let rows: Vec<Vec<String>> = info
         .facts

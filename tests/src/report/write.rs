@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::stats::{ratio, Summary};
-use super::{Better, Plot, SectionResult};
+use super::{Better, Metric, Plot, SectionResult};
 
 /// One CSV field: quoted (with doubled quotes) when it holds a comma, quote or newline.
 pub fn csv_field(s: &str) -> String {
@@ -90,9 +90,17 @@ pub fn ratio_cell(r: Option<f64>) -> String {
 /// the section's reference runtime.
 pub fn section_table(s: &SectionResult) -> String {
     let mut rows = Vec::new();
-    for m in &s.metrics {
+    // Grouped by metric name (in first-seen order), then by x.
+    let mut order: Vec<&Metric> = s.metrics.iter().collect();
+    let first = |name: &str| s.metrics.iter().position(|m| m.name == name);
+    order.sort_by(|a, b| {
+        first(&a.name)
+            .cmp(&first(&b.name))
+            .then(a.x.unwrap_or(0.0).total_cmp(&b.x.unwrap_or(0.0)))
+    });
+    for m in order {
         let reference = m.summary(&s.reference).map(|x| x.median);
-        for rt in &s.runtimes {
+        for rt in s.runtimes.iter().filter(|rt| m.applies_to(rt)) {
             let label = m.label(&s.x_label);
             if let Some(why) = s.skipped.get(rt) {
                 rows.push(vec![
@@ -195,7 +203,6 @@ pub fn plot_words(p: Plot) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Metric, SectionResult};
     use super::*;
 
     fn section() -> SectionResult {
@@ -254,6 +261,39 @@ mod tests {
         assert_eq!(
             rows[4],
             "| ctr run --rm true | husk | 4 | 470 | 446 | 494 | ms | 4.27 |"
+        );
+    }
+
+    #[test]
+    fn rows_grouped_by_metric_then_x_and_only_where_they_apply() {
+        let mut s = SectionResult::new("density", "D", "runc", Plot::Lines, "");
+        s.x_label = "pods".into();
+        s.runtimes = vec!["runc".into(), "husk".into()];
+        for x in [5.0, 1.0] {
+            s.metric("PSS", Some(x), || Metric::new("PSS", "MiB", Better::Lower))
+                .push("runc", x);
+            s.metric("guest", Some(x), || {
+                Metric::new("guest", "MiB", Better::Lower).only("husk")
+            })
+            .push("husk", x);
+        }
+        let t = section_table(&s);
+        let labels: Vec<String> = t
+            .lines()
+            .skip(2)
+            .map(|l| l.split(" | ").take(2).collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "| PSS (1 pods) runc",
+                "| PSS (1 pods) husk",
+                "| PSS (5 pods) runc",
+                "| PSS (5 pods) husk",
+                "| guest (1 pods) husk",
+                "| guest (5 pods) husk"
+            ],
+            "{t}"
         );
     }
 

@@ -62,7 +62,7 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
             settle.as_secs()
         ),
     );
-    s.x_label = "pods".into();
+    s.x_label = "pod(s)".into();
     let Some(rts) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
         return s;
     };
@@ -98,8 +98,10 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
             s.metric(USS, x, || Metric::new(USS, "MiB", Better::Lower))
                 .push(&rt.name, mib(uss));
             if rt.is_husk() {
-                s.metric(GUEST, x, || Metric::new(GUEST, "MiB", Better::Lower))
-                    .push(&rt.name, mib(guest));
+                s.metric(GUEST, x, || {
+                    Metric::new(GUEST, "MiB", Better::Lower).only(&rt.name)
+                })
+                .push(&rt.name, mib(guest));
             }
             points.push((n as f64, mib(pss)));
             breakdown = by

@@ -85,7 +85,7 @@ impl Sizes {
             syscall_runs: 3,
             file_mib: 256,
             files: 10_000,
-            fileio_runs: 2,
+            fileio_runs: 1,
             net_mib: 256,
             net_pings: 10_000,
             net_rounds: 3,
@@ -255,6 +255,17 @@ impl Ctx {
     }
 }
 
+/// `rts` starting at the `i`-th (mod its length): each run of an interleaved loop starts
+/// with the next runtime, so none always goes first (after another's teardown).
+pub fn rotated<T: Clone>(rts: &[T], i: usize) -> Vec<T> {
+    let mut v = rts.to_vec();
+    if !v.is_empty() {
+        let n = v.len();
+        v.rotate_left(i % n);
+    }
+    v
+}
+
 /// Runs one section by id.
 pub fn run(id: &str, ctx: &mut Ctx) -> Option<SectionResult> {
     Some(match id {
@@ -269,4 +280,16 @@ pub fn run(id: &str, ctx: &mut Ctx) -> Option<SectionResult> {
         "devices" => devices::section(ctx),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_run_starts_with_the_next_runtime() {
+        let r = ["runc", "crun", "husk"];
+        assert_eq!(super::rotated(&r, 0), ["runc", "crun", "husk"]);
+        assert_eq!(super::rotated(&r, 1), ["crun", "husk", "runc"]);
+        assert_eq!(super::rotated(&r, 5), ["husk", "runc", "crun"]);
+        assert!(super::rotated::<u8>(&[], 3).is_empty());
+    }
 }

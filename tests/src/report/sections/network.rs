@@ -69,7 +69,7 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
     let count = pings.to_string();
     for r in 1..=rounds {
         for step in ["put", "get", "ping"] {
-            for (rt, pod, _) in &sides {
+            for (rt, pod, _) in sides.iter().cycle().skip(r).take(sides.len()) {
                 let to = format!("{}:{PORT}", pod.ip);
                 let a: Vec<&str> = match step {
                     "ping" => vec!["ping", &to, &count, "--wait", &wait],

@@ -119,7 +119,7 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
         }
     }
     for run in 1..=runs {
-        for h in &ok {
+        for h in &super::rotated(&ok, run) {
             match cycle(&node, h, run) {
                 Ok((st, td)) => {
                     eprintln!(

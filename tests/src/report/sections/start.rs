@@ -36,7 +36,7 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
     let timeout = ctx.timeout;
     let Ok(c) = ctx.containerd() else { return s };
     for i in 1..=runs {
-        for rt in &rts {
+        for rt in &super::rotated(&rts, i) {
             let id = format!("start-{}-{i}", rt.name);
             match ctr::run(c, rt, &id, false, &[], &["/bin/true"], timeout) {
                 Ok((d, _)) => {

@@ -75,7 +75,7 @@ pub fn cpu(ctx: &mut Ctx) -> SectionResult {
     };
     let arg = mib.to_string();
     for i in 1..=runs {
-        for rt in &rts {
+        for rt in &super::rotated(&rts, i) {
             if let Some(l) = probe(
                 ctx,
                 &mut s,
@@ -118,7 +118,7 @@ pub fn syscalls(ctx: &mut Ctx) -> SectionResult {
     };
     let arg = iters.to_string();
     for i in 1..=runs {
-        for rt in &rts {
+        for rt in &super::rotated(&rts, i) {
             let id = format!("sys-{}-{i}", rt.name);
             if let Some(l) = probe(ctx, &mut s, rt, &id, &[], &["syscalls", &arg]) {
                 record(
@@ -178,7 +178,7 @@ pub fn fileio(ctx: &mut Ctx) -> SectionResult {
     let (m, f) = (mib.to_string(), files.to_string());
     for i in 1..=runs {
         for (place, dir) in [("rootfs", "/bench"), ("volume", "/vol")] {
-            for rt in &rts {
+            for rt in &super::rotated(&rts, i) {
                 let extra = if place == "volume" {
                     vec![
                         "--mount".to_owned(),
