@@ -19,6 +19,19 @@ const USAGE: &str = "usage: husk-report [--out DIR] [--quick] [--sections a,b,..
                      [--husk-unjailed] [--timeout SECS] [--net-mib N] [--net-pings N] \
                      [--net-rounds N] [--dev-mib N] [--dev-files N]";
 
+/// Every runtime the sections cover, in first-seen order.
+fn runtimes_of(results: &[husk_tests::report::SectionResult]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for r in results {
+        for rt in &r.runtimes {
+            if !v.contains(rt) {
+                v.push(rt.clone());
+            }
+        }
+    }
+    v
+}
+
 fn main() -> Result<()> {
     let mut out = husk_tests::workspace_root().join("build/report");
     let mut quick = false;
@@ -99,6 +112,7 @@ fn main() -> Result<()> {
     );
     let mut ctx = Ctx::new(sizes, timeout, unjailed);
     let mut results = Vec::new();
+    let mut problems = Vec::new();
     for id in &ids {
         let t = Instant::now();
         eprintln!("husk-report: section {id} ...");
@@ -112,28 +126,19 @@ fn main() -> Result<()> {
             t.elapsed().as_secs_f64()
         );
         results.push(r);
+        // The report so far, after every section: a test host that freezes later (it
+        // does, now and then, under emulation) loses only the section it froze in.
+        let info = RunInfo {
+            started: started_at.clone(),
+            took_secs: started.elapsed().as_secs_f64(),
+            quick,
+            facts: facts.clone(),
+            emulated,
+        };
+        problems = write_report(&out, &info, &runtimes_of(&results), &results)
+            .map_err(|e| ReportError::Write(out.clone(), e))?;
     }
     drop(ctx); // containerd and whatever it left
-    let info = RunInfo {
-        started: started_at,
-        took_secs: started.elapsed().as_secs_f64(),
-        quick,
-        facts,
-        emulated,
-    };
-    let runtimes: Vec<String> = {
-        let mut v: Vec<String> = Vec::new();
-        for r in &results {
-            for rt in &r.runtimes {
-                if !v.contains(rt) {
-                    v.push(rt.clone());
-                }
-            }
-        }
-        v
-    };
-    let problems = write_report(&out, &info, &runtimes, &results)
-        .map_err(|e| ReportError::Write(out.clone(), e))?;
     let md = std::fs::read_to_string(out.join("report.md")).unwrap_or_default();
     println!("{md}");
     for p in &problems {
