@@ -235,7 +235,10 @@ impl SectionResult {
                         .collect();
                     groups.push((format!("{} ({})", m.label(&self.x_label), m.unit), bars));
                 }
-                let y = format!("median / {} median", self.reference);
+                let y = format!(
+                    "median / {} median (log scale; bars from 1)",
+                    self.reference
+                );
                 plot::ratio_bars(&path, &self.title, &y, &names, &groups)?;
             }
             Plot::Lines => {

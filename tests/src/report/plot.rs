@@ -143,11 +143,17 @@ pub fn ratio_bars(
     runtimes: &[String],
     groups: &[BarGroup],
 ) -> Result<(), PlotError> {
-    let top = groups
-        .iter()
-        .flat_map(|g| g.1.iter().map(|b| b.1.max(b.3)))
-        .fold(0.0_f64, f64::max);
-    if groups.is_empty() || top <= 0.0 || !top.is_finite() {
+    // A log scale with the bars drawn from 1 (the reference): ratios of 0.1 and 400 in
+    // one section stay readable, and 0.5 and 2 look alike.
+    let vals = || {
+        groups
+            .iter()
+            .flat_map(|g| g.1.iter().flat_map(|b| [b.1, b.2, b.3]))
+            .filter(|v| *v > 0.0 && v.is_finite())
+    };
+    let top = vals().fold(1.0_f64, f64::max);
+    let bottom = vals().fold(1.0_f64, f64::min);
+    if groups.is_empty() || vals().next().is_none() {
         return Err(PlotError::Empty(title.into()));
     }
     let root = area(path)?;
@@ -158,7 +164,7 @@ pub fn ratio_bars(
         .margin(20)
         .x_label_area_size(70)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..n, 0f64..top * 1.15)
+        .build_cartesian_2d(0f64..n, (bottom / 1.5..top * 1.5).log_scale())
         .map_err(&e)?;
     chart
         .configure_mesh()
@@ -176,14 +182,15 @@ pub fn ratio_bars(
             let c = color(ri);
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [(x0, 0.0), (x0 + w * 0.9, med)],
+                    [(x0, 1.0), (x0 + w * 0.9, med.max(bottom / 1.5))],
                     c.filled(),
                 )))
                 .map_err(&e)?;
             let xm = x0 + w * 0.45;
+            let clamp = |v: f64| v.clamp(bottom / 1.5, top * 1.5);
             chart
                 .draw_series(std::iter::once(PathElement::new(
-                    vec![(xm, p10), (xm, p90)],
+                    vec![(xm, clamp(p10)), (xm, clamp(p90))],
                     BLACK.stroke_width(1),
                 )))
                 .map_err(&e)?;
@@ -215,7 +222,7 @@ pub fn ratio_bars(
     let style = TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
     let width = (SIZE.0 as usize - 100) / groups.len().max(1) / 7;
     for (gi, (label, _)) in groups.iter().enumerate() {
-        let (px, py) = chart.backend_coord(&(gi as f64 + 0.5, 0.0));
+        let (px, py) = chart.backend_coord(&(gi as f64 + 0.5, bottom / 1.5));
         for (j, line) in wrap(label, width.max(6)).iter().take(3).enumerate() {
             root.draw(&Text::new(
                 line.clone(),

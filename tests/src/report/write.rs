@@ -196,7 +196,7 @@ pub fn headline_table(sections: &[SectionResult], runtimes: &[String]) -> String
 pub fn plot_words(p: Plot) -> &'static str {
     match p {
         Plot::Cdf => "CDF of every sample",
-        Plot::Bars => "medians as a ratio to the reference, p10-p90 as whiskers",
+        Plot::Bars => "medians as a ratio to the reference on a log scale, bars drawn from 1, p10-p90 as whiskers",
         Plot::Lines => "medians against the x value, one line per runtime",
     }
 }
