@@ -16,7 +16,7 @@ DESTDIR    ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 DIST    := build/dist/husk-$(VERSION)-x86_64
 
-.PHONY: deps kernel agent initramfs image vmm bins lint unit integration test demo demo-pod bench bench-devices bench-agent bench-shim bench-net bench-pod test-shim test-net test-cri fuzz clean release stage install uninstall dist check test-install test-install-vm
+.PHONY: deps kernel agent initramfs image vmm bins lint unit integration test demo demo-pod report bench bench-devices bench-agent bench-shim bench-net bench-pod test-shim test-net test-cri fuzz clean release stage install uninstall dist check test-install test-install-vm
 
 deps:
 	scripts/install-deps.sh
@@ -119,29 +119,40 @@ demo: image vmm bins
 demo-pod: image vmm bins
 	scripts/in-kvm.sh --timeout 1800 -- target/release/husk-demo-pod
 
-bench: image vmm bins
-	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-boot --runs $${RUNS:-10}
+# The isolation-overhead report (README): every section under runc, crun and husk,
+# interleaved, into build/report/ (report.md, samples.csv, a PNG per section), in the test
+# host where needed. QUICK=1: small sizes (under 10 min there); SECTIONS=a,b: only those.
+REPORT := target/release/husk-report
+report: image vmm bins
+	scripts/in-kvm.sh --timeout $(if $(filter 1,$(QUICK)),1200,3000) --rw-dir build/report -- \
+		$(REPORT) --out $(CURDIR)/build/report $(if $(filter 1,$(QUICK)),--quick) $(if $(SECTIONS),--sections $(SECTIONS))
 
-# `ctr run --rm` of busybox true under runc, husk and husk unjailed, interleaved, and the host memory of
-# an idle husk pod, through a private containerd (in the test host where needed).
+# The benchmarks are sections of the report, each into build/bench-<name>/ and printed.
+# Boot: husk-vmm (with and without seccomp) against QEMU's microvm on the same guest.
+bench: image vmm bins
+	scripts/in-kvm.sh --timeout 3000 --rw-dir build/bench-boot -- $(REPORT) --out $(CURDIR)/build/bench-boot --sections boot --runs $${RUNS:-10}
+
+# `ctr run --rm` of busybox true under runc, crun, husk and husk unjailed, interleaved, and
+# the host memory of 1, 5 and 10 idle pods, through a private containerd.
 bench-shim: image vmm bins
-	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-shim --runs $${RUNS:-10}
+	scripts/in-kvm.sh --timeout 3000 --rw-dir build/bench-shim -- $(REPORT) --out $(CURDIR)/build/bench-shim --sections start,density --husk-unjailed --runs $${RUNS:-10}
 
 # Pod start (RunPodSandbox + CreateContainer + StartContainer) and teardown through
-# containerd's CRI, handler runc against husk, interleaved (in the test host where needed).
+# containerd's CRI, handlers runc, crun and husk, interleaved.
 bench-pod: image vmm bins
-	scripts/in-kvm.sh --timeout 3600 -- target/release/husk-bench-pod --runs $${RUNS:-10}
+	scripts/in-kvm.sh --timeout 3600 --rw-dir build/bench-pod -- $(REPORT) --out $(CURDIR)/build/bench-pod --sections pod --runs $${RUNS:-10}
 
-# TCP throughput both ways and 1-byte round-trip latency, a runc pod beside a husk pod on
-# one CNI bridge, interleaved (in the test host where needed).
+# TCP throughput both ways and 1-byte round-trip latency, a pod per runtime on one CNI
+# bridge, interleaved.
 bench-net: image vmm bins
-	scripts/in-kvm.sh --timeout 5400 -- target/release/husk-bench-net --mib $${NET_MIB:-256} --pings $${NET_PINGS:-10000} --rounds $${NET_ROUNDS:-3}
+	scripts/in-kvm.sh --timeout 5400 --rw-dir build/bench-net -- $(REPORT) --out $(CURDIR)/build/bench-net --sections network --net-mib $${NET_MIB:-256} --net-pings $${NET_PINGS:-10000} --net-rounds $${NET_ROUNDS:-3}
 
 fuzz: deps
 	scripts/fuzz.sh $${FUZZ_SECONDS:-20}
 
+# vsock against TCP loopback, virtio-fs against the host.
 bench-devices: image vmm bins
-	scripts/in-kvm.sh --timeout 3000 -- target/release/husk-bench-devices --mib $${MIB:-256} --files $${FILES:-10000}
+	scripts/in-kvm.sh --timeout 3000 --rw-dir build/bench-devices -- $(REPORT) --out $(CURDIR)/build/bench-devices --sections devices --dev-mib $${MIB:-256} --dev-files $${FILES:-10000}
 
 # Host-native container start through the agent against runc (cgroup-v1 feature: this
 # host's cgroups are v1; the guest binary is v2 only).

@@ -15,6 +15,8 @@ packages=(
     # the shim's tests and the demo: a private containerd (and runc beside it), ctr,
     # script(1) for `ctr task exec -t`
     containerd runc bsdutils
+    # the report's third runtime (`make report`)
+    crun
     # pod networking tests and benchmark: CNI plugins (bridge, host-local, loopback in
     # /usr/lib/cni; portmap needs iptables), ip netns / tuntap and tc
     containernetworking-plugins iptables iproute2

@@ -190,8 +190,15 @@ impl Containerd {
     /// CAP_SYS_RESOURCE), and the CNI network configs in `cni_conf_dir`. `ctr` then
     /// works in CRI's namespace, `k8s.io`; [`Containerd::cri_socket`] is the endpoint.
     pub fn start_cri(husk: &HuskToml, cni_conf_dir: &Path) -> Result<Self> {
+        Self::start_cri_with(husk, cni_conf_dir, "")
+    }
+
+    /// As [`Containerd::start_cri`], with `extra` appended to containerd's config (more
+    /// CRI runtime handlers, e.g. the report's `crun`).
+    pub fn start_cri_with(husk: &HuskToml, cni_conf_dir: &Path, extra: &str) -> Result<Self> {
         let snippet = std::fs::read_to_string(workspace_root().join("deploy/containerd-husk.toml"))
             .context("read deploy/containerd-husk.toml")?;
+        let snippet = format!("{snippet}\n{extra}");
         Self::start_with(husk, Some((snippet, cni_conf_dir.to_owned())))
     }
 
@@ -337,6 +344,11 @@ state = "{state}"
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(c)
+    }
+
+    /// containerd's own pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// containerd's log (the shims' logs land here too).

@@ -32,11 +32,18 @@ pub struct Node {
 impl Node {
     /// Starts the node; panics (with containerd's log) if it cannot.
     pub fn start() -> Node {
-        crate::cni::check_tools().unwrap();
+        Self::try_start("").unwrap()
+    }
+
+    /// Starts the node with `extra` appended to containerd's config (more runtime
+    /// handlers); the error says what failed.
+    pub fn try_start(extra: &str) -> anyhow::Result<Node> {
+        use anyhow::Context;
+        crate::cni::check_tools()?;
         let n = std::process::id() % 250 + 1;
         let bridge = format!("hcri{n}");
         let prefix = format!("10.89.{n}");
-        let cni = TempDir::new("cri-cni").unwrap();
+        let cni = TempDir::new("cri-cni")?;
         let conflist = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": format!("husk-cri-{n}"),
@@ -56,34 +63,38 @@ impl Node {
         });
         std::fs::write(
             cni.path().join("10-husk-cri.conflist"),
-            serde_json::to_vec_pretty(&conflist).unwrap(),
-        )
-        .unwrap();
-        let containerd = Containerd::start_cri(&HuskToml::default(), cni.path()).unwrap();
-        containerd.import_busybox().unwrap();
-        let pause = build_pause_archive(containerd.dir.path()).unwrap();
-        let o = containerd
-            .ctr(&["images", "import", pause.to_str().unwrap()])
-            .unwrap();
-        assert_eq!(o.code(), Some(0), "import pause: {}{}", o.stdout, o.stderr);
+            serde_json::to_vec_pretty(&conflist)?,
+        )?;
+        let containerd = Containerd::start_cri_with(&HuskToml::default(), cni.path(), extra)?;
+        containerd.import_busybox()?;
+        let pause = build_pause_archive(containerd.dir.path())?;
+        let o = containerd.ctr(&["images", "import", &pause.display().to_string()])?;
+        anyhow::ensure!(
+            o.code() == Some(0),
+            "import pause: {}{}",
+            o.stdout,
+            o.stderr
+        );
         let cri = Cri::connect(
             containerd.cri_socket(),
             boot_timeout() + Duration::from_secs(120),
-        )
-        .unwrap();
+        )?;
         let v = cri
             .version()
-            .unwrap_or_else(|e| panic!("CRI Version: {e}\n{}", containerd.log()));
+            .with_context(|| format!("CRI Version\n{}", containerd.log()))?;
         eprintln!("CRI: {} {}", v.runtime_name, v.runtime_version);
-        assert!(cri.image_present(BUSYBOX_IMAGE).unwrap());
-        Node {
+        anyhow::ensure!(
+            cri.image_present(BUSYBOX_IMAGE)?,
+            "{BUSYBOX_IMAGE} is not in k8s.io"
+        );
+        Ok(Node {
             containerd,
             cri,
             bridge,
             prefix,
-            logs: TempDir::new("cri-logs").unwrap(),
+            logs: TempDir::new("cri-logs")?,
             _cni: cni,
-        }
+        })
     }
 
     /// A pod config as a kubelet sends it (see `husk_cri::pod_config`), its log

@@ -38,6 +38,7 @@ pub mod containerd;
 pub mod cri_node;
 pub mod guest;
 pub mod oci_image;
+pub mod report;
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -94,6 +95,15 @@ pub fn net_probe_bin() -> PathBuf {
     path_from_env(
         "HUSK_NET_PROBE",
         "target/x86_64-unknown-linux-musl/release/husk-net-probe",
+    )
+}
+
+/// The report's in-container workloads (`HUSK_BENCH_PROBE`, default the musl build
+/// `make agent` makes): CPU, syscalls and file I/O, in the test image.
+pub fn bench_probe_bin() -> PathBuf {
+    path_from_env(
+        "HUSK_BENCH_PROBE",
+        "target/x86_64-unknown-linux-musl/release/husk-bench-probe",
     )
 }
 
@@ -266,25 +276,7 @@ pub fn ready_field<'a>(console: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
-/// Median of some durations (the mean of the middle two for an even count); benchmarks'.
-pub fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    let n = v.len();
-    if n == 0 {
-        return Duration::ZERO;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2
-    }
-}
-
-/// Milliseconds, for printing.
-pub fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
+pub use report::stats::{median, ms};
 
 #[cfg(test)]
 mod tests {

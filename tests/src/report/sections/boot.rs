@@ -1,0 +1,230 @@
+//! Boot: husk-vmm against QEMU's microvm (KVM) booting the same guest kernel and
+//! initramfs to husk-agent's ready line, and husk-vmm without its seccomp filters
+//! (`--no-seccomp`) for the filters' cost; interleaved. Reference: QEMU.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::Ctx;
+use crate::report::stats::median_f64;
+use crate::report::{Better, Metric, Plot, SectionResult};
+use crate::{boot_timeout, guest_initramfs, guest_kernel, vmm_bin};
+
+const GUEST_CMDLINE: &str = "quiet husk.test=poweroff";
+const READY: &str = "boot to the agent's ready line";
+const EXIT: &str = "boot and power-off";
+
+struct Sample {
+    ready: Duration,
+    exit: Duration,
+    stderr: String,
+}
+
+/// Spawns `cmd`, returns when it exits: when the ready line appeared and when it exited.
+fn measure(cmd: &mut Command) -> Result<Sample> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut seen = None;
+        let mut tail = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if seen.is_none() && line.contains("husk-agent: ready") {
+                seen = Some(start.elapsed());
+                let _ = tx.send(());
+            }
+            tail.push(line);
+            if tail.len() > 40 {
+                tail.remove(0);
+            }
+        }
+        (seen, tail)
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let deadline = boot_timeout();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("watchdog: boot did not finish in {deadline:?}");
+        }
+        let _ = rx.recv_timeout(Duration::from_millis(10));
+    };
+    let exit = start.elapsed();
+    let (ready, tail) = reader.join().map_err(|_| anyhow::anyhow!("reader"))?;
+    let stderr = err_reader.join().unwrap_or_default();
+    match ready {
+        Some(ready) => Ok(Sample {
+            ready,
+            exit,
+            stderr,
+        }),
+        None => bail!(
+            "no ready line (exit {status}); console tail:\n{}\nstderr:\n{stderr}",
+            tail.join("\n")
+        ),
+    }
+}
+
+fn husk_cmd(seccomp: bool) -> Command {
+    let mut c = Command::new(vmm_bin());
+    if !seccomp {
+        c.arg("--no-seccomp");
+    }
+    c.arg("--kernel")
+        .arg(guest_kernel())
+        .arg("--initramfs")
+        .arg(guest_initramfs())
+        .args(["--memory", "256", "--vcpus", "1", "--exit-stats"])
+        .args(["--cmdline", GUEST_CMDLINE]);
+    c
+}
+
+fn qemu_cmd() -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args([
+        "-M",
+        "microvm,x-option-roms=off,rtc=off",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+    ])
+    .args(["-smp", "1", "-m", "256", "-nodefaults", "-no-user-config"])
+    .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+    .arg("-kernel")
+    .arg(guest_kernel())
+    .arg("-initrd")
+    .arg(guest_initramfs())
+    // The command line husk-vmm gives, but reboot=t: microvm has no i8042, and after the
+    // keyboard reset fails the kernel falls back to a BIOS restart that hangs there. A
+    // triple fault with -no-reboot makes QEMU exit.
+    .args([
+        "-append",
+        &format!("console=ttyS0 reboot=t panic=-1 {GUEST_CMDLINE}"),
+    ]);
+    c
+}
+
+/// A number field of husk-vmm's `--exit-stats` JSON line.
+pub fn field(json: &str, key: &str) -> Option<u64> {
+    let rest = json.split(&format!("\"{key}\":")).nth(1)?;
+    rest.split([',', '}']).next()?.trim().parse().ok()
+}
+
+pub fn section(ctx: &mut Ctx) -> SectionResult {
+    let runs = ctx.sizes.boot_runs;
+    let mut s = SectionResult::new(
+        "boot",
+        "Boot: husk-vmm against QEMU microvm",
+        "qemu-microvm",
+        Plot::Cdf,
+        &format!(
+            "The same guest kernel and initramfs (husk-agent as /init, `{GUEST_CMDLINE}`) booted \
+             {runs} times each, interleaved, with 1 vCPU and 256 MiB: husk-vmm (with its seccomp \
+             filters, the default), husk-vmm `--no-seccomp`, and QEMU `-M microvm` with KVM. \
+             Wall time from spawn to the agent's ready line, and to the VMM's exit after the \
+             guest powers off."
+        ),
+    );
+    s.runtimes = vec![
+        "qemu-microvm".into(),
+        "husk-vmm".into(),
+        "husk-vmm-noseccomp".into(),
+    ];
+    if let Some(why) = crate::kvm_unusable_reason() {
+        for r in s.runtimes.clone() {
+            s.skipped
+                .insert(r, format!("KVM cannot boot a guest here: {why}"));
+        }
+        return s;
+    }
+    for f in [vmm_bin(), guest_kernel(), guest_initramfs()] {
+        if !f.is_file() {
+            for r in s.runtimes.clone() {
+                s.skipped.insert(
+                    r,
+                    format!("{} is missing: run `make image vmm`", f.display()),
+                );
+            }
+            return s;
+        }
+    }
+    // KVM's own exit counters live in debugfs.
+    if !std::path::Path::new("/sys/kernel/debug/kvm").exists() {
+        let _ = Command::new("mount")
+            .args(["-t", "debugfs", "debugfs", "/sys/kernel/debug"])
+            .status();
+    }
+    let mut vmm_exits = Vec::new();
+    let mut kvm_exits = Vec::new();
+    for i in 1..=runs {
+        let cases: [(&str, Command); 3] = [
+            ("husk-vmm", husk_cmd(true)),
+            ("husk-vmm-noseccomp", husk_cmd(false)),
+            ("qemu-microvm", qemu_cmd()),
+        ];
+        for (name, mut cmd) in cases {
+            match measure(&mut cmd) {
+                Ok(m) => {
+                    eprintln!(
+                        "report: boot {i}/{runs} {name}: ready {:.0} ms, exit {:.0} ms",
+                        m.ready.as_secs_f64() * 1e3,
+                        m.exit.as_secs_f64() * 1e3
+                    );
+                    s.metric(READY, None, || {
+                        Metric::new(READY, "ms", Better::Lower).headline()
+                    })
+                    .push(name, m.ready.as_secs_f64() * 1e3);
+                    s.metric(EXIT, None, || Metric::new(EXIT, "ms", Better::Lower))
+                        .push(name, m.exit.as_secs_f64() * 1e3);
+                    if name == "husk-vmm" {
+                        if let Some(stats) =
+                            m.stderr.lines().find(|l| l.starts_with("{\"vmm_exits\""))
+                        {
+                            vmm_exits.extend(field(stats, "vmm_exits").map(|v| v as f64));
+                            kvm_exits.extend(field(stats, "kvm_exits").map(|v| v as f64));
+                        }
+                    }
+                }
+                Err(e) => s.fail(format!("{name} boot {i}: {e:#}")),
+            }
+        }
+    }
+    if let Some(v) = median_f64(&vmm_exits) {
+        s.notes.push(format!(
+            "husk-vmm exits per boot (median): to the VMM {v:.0}, all KVM exits {}.",
+            median_f64(&kvm_exits).map_or("n/a (no debugfs)".into(), |k| format!("{k:.0}"))
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exit_stats_fields() {
+        let j = "{\"vmm_exits\":1234,\"kvm_exits\":56789}";
+        assert_eq!(super::field(j, "vmm_exits"), Some(1234));
+        assert_eq!(super::field(j, "kvm_exits"), Some(56789));
+        assert_eq!(super::field(j, "nope"), None);
+    }
+}

@@ -1,0 +1,55 @@
+//! Start: the wall time of `ctr run --rm IMAGE ID /bin/true` under each runtime, run by
+//! run in turn (for husk: starting husk-vmm and virtiofsd, the guest's boot, and `--rm`'s
+//! delete of task and container).
+
+use super::{Ctx, CTR_RUNTIMES};
+use crate::report::ctr;
+use crate::report::{Better, Metric, Plot, SectionResult};
+
+pub const METRIC: &str = "ctr run --rm busybox true";
+
+pub fn section(ctx: &mut Ctx) -> SectionResult {
+    let runs = ctx.sizes.start_runs;
+    let mut s = SectionResult::new(
+        "start",
+        "Start: ctr run --rm busybox true",
+        "runc",
+        Plot::Cdf,
+        &format!(
+            "The wall time of `ctr run --rm <busybox> <id> /bin/true` (image already imported), \
+             {runs} runs per runtime, interleaved, after one uncounted warm-up each. For husk it \
+             includes starting husk-vmm and virtiofsd, the guest's boot and the teardown."
+        ),
+    );
+    let mut names: Vec<&str> = CTR_RUNTIMES.to_vec();
+    if ctx.husk_unjailed {
+        names.push("husk-nojail");
+        s.notes.push(
+            "`husk-nojail` is husk with `jail = false` (husk-vmm not jailed): the ratio \
+             husk/husk-nojail is the jail's cost."
+                .into(),
+        );
+    }
+    let Some(rts) = ctx.begin(&mut s, &names) else {
+        return s;
+    };
+    let timeout = ctx.timeout;
+    let Ok(c) = ctx.containerd() else { return s };
+    for i in 1..=runs {
+        for rt in &super::rotated(&rts, i) {
+            let id = format!("start-{}-{i}", rt.name);
+            match ctr::run(c, rt, &id, false, &[], &["/bin/true"], timeout) {
+                Ok((d, _)) => {
+                    let ms = d.as_secs_f64() * 1e3;
+                    eprintln!("report: start {i}/{runs} {}: {ms:.0} ms", rt.name);
+                    s.metric(METRIC, None, || {
+                        Metric::new(METRIC, "ms", Better::Lower).headline()
+                    })
+                    .push(&rt.name, ms);
+                }
+                Err(e) => s.fail(e),
+            }
+        }
+    }
+    s
+}
