@@ -66,6 +66,28 @@ pub trait HostOps: Send + Sync {
     fn mountinfo(&self) -> Result<String, MountError>;
 }
 
+/// A shared handle works as the host it points at (a test keeps one to inspect a fake).
+impl<T: HostOps + ?Sized> HostOps for std::sync::Arc<T> {
+    fn mount(
+        &self,
+        fs_type: &str,
+        source: &str,
+        options: &[String],
+        target: &Path,
+    ) -> Result<(), MountError> {
+        (**self).mount(fs_type, source, options, target)
+    }
+    fn bind(&self, source: &Path, target: &Anchored, readonly: bool) -> Result<(), MountError> {
+        (**self).bind(source, target, readonly)
+    }
+    fn unmount(&self, target: &Path) -> Result<(), MountError> {
+        (**self).unmount(target)
+    }
+    fn mountinfo(&self) -> Result<String, MountError> {
+        (**self).mountinfo()
+    }
+}
+
 /// The real thing.
 pub struct RealHost;
 

@@ -27,9 +27,17 @@ pub struct Exit {
 pub struct ExitCell {
     exit: Mutex<Option<Exit>>,
     cond: Condvar,
+    claimed: std::sync::atomic::AtomicBool,
 }
 
 impl ExitCell {
+    /// Takes the right to record the exit: true for the first caller only. The taker
+    /// publishes the exit, then [`Self::set`]s it, so that whoever waits sees the exit
+    /// only after containerd got its TaskExit (and never issues a Delete before it).
+    pub fn claim(&self) -> bool {
+        !self.claimed.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Records the exit; false if one was recorded already (the first one stands).
     pub fn set(&self, exit: Exit) -> bool {
         let mut e = self.exit.lock().unwrap_or_else(|e| e.into_inner());

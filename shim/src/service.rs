@@ -177,21 +177,24 @@ impl Inner {
             p.status = Status::STOPPED;
             (p.pid, Arc::clone(&p.exit))
         };
-        let at = now();
-        if !cell.set(Exit {
-            status: exit_status,
-            at: at.clone(),
-        }) {
+        if !cell.claim() {
             return;
         }
+        let at = now();
         info!("{id} {exec_id}: exit status {exit_status} ({why})");
         let mut ev = TaskExit::new();
         ev.container_id = id.to_owned();
         ev.id = if exec_id.is_empty() { id } else { exec_id }.to_owned();
         ev.pid = pid;
         ev.exit_status = exit_status;
-        ev.exited_at = Some(at).into();
+        ev.exited_at = Some(at.clone()).into();
+        // The event first: a Wait answered before it would let containerd Delete the
+        // process before it heard of its exit.
         self.publish(Box::new(ev));
+        cell.set(Exit {
+            status: exit_status,
+            at,
+        });
     }
 
     /// The VM died: every process still running ends with [`VM_GONE_STATUS`].

@@ -17,9 +17,7 @@ use husk_protocol::ttrpc::{self, Code};
 
 use crate::agent::AgentApi;
 use crate::config::Config;
-use crate::mounts::beneath::Anchored;
-use crate::mounts::tests::FakeHost;
-use crate::mounts::{HostOps, MountError};
+use crate::mounts::HostOps;
 use crate::pod::{Launcher, Pod, Publisher};
 use crate::sandbox::{PodRequest, SandboxError, VmmExitHook};
 
@@ -383,29 +381,5 @@ impl Publisher for Arc<FakePublisher> {
     fn publish(&self, topic: &str, _: &str, event: Box<dyn MessageDyn>) -> Result<(), String> {
         lock(&self.events).push((topic.to_owned(), event));
         Ok(())
-    }
-}
-
-/// A [`FakeHost`] the test keeps a handle on.
-pub struct SharedHost(pub Arc<FakeHost>);
-
-impl HostOps for SharedHost {
-    fn mount(
-        &self,
-        fs_type: &str,
-        source: &str,
-        options: &[String],
-        target: &Path,
-    ) -> Result<(), MountError> {
-        self.0.mount(fs_type, source, options, target)
-    }
-    fn bind(&self, source: &Path, target: &Anchored, readonly: bool) -> Result<(), MountError> {
-        self.0.bind(source, target, readonly)
-    }
-    fn unmount(&self, target: &Path) -> Result<(), MountError> {
-        self.0.unmount(target)
-    }
-    fn mountinfo(&self) -> Result<String, MountError> {
-        self.0.mountinfo()
     }
 }

@@ -17,7 +17,7 @@ use containerd_shim::protos::ttrpc::{Code, Error as RpcError, TtrpcContext};
 use containerd_shim::{ExitSignal, Task};
 use serde_json::{json, Value};
 
-use super::fake::{FakeLauncher, FakePublisher, SharedHost};
+use super::fake::{FakeLauncher, FakePublisher};
 use super::Service;
 use crate::mounts::tests::FakeHost;
 use crate::process::VM_GONE_STATUS;
@@ -62,7 +62,7 @@ fn fixture(tag: &str) -> Fixture {
         "default",
         Box::new(Arc::clone(&events)),
         Box::new(Arc::clone(&launcher)),
-        Box::new(SharedHost(Arc::clone(&host))),
+        Box::new(Arc::clone(&host)),
         Arc::new(ExitSignal::default()),
     );
     Fixture {
