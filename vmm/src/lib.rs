@@ -6,6 +6,7 @@ pub mod boot;
 pub mod config;
 pub mod devices;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 

@@ -4,14 +4,16 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::{Muxer, MuxerError};
 use super::packet::{parse_tx_packet, rx_payload_room, write_rx_packet, MAX_PAYLOAD};
+use super::restore::send_transport_reset;
 use super::{VsockConfig, VsockConfigError};
 use crate::devices::virtio::ratelimit::WarnLimiter;
+use crate::devices::virtio::state::DeviceIdentity;
 use crate::devices::virtio::{
     check_queues, describe_queue, read_config_bytes, ActivateContext, ActivateError, IrqTrigger,
     VirtioDevice, INT_VRING, TYPE_VSOCK, VIRTIO_F_VERSION_1,
@@ -302,6 +304,30 @@ impl VirtioDevice for Vsock {
             .write(1)
             .map_err(ActivateError::EventFd)?;
         Ok(())
+    }
+
+    fn identity(&self) -> DeviceIdentity {
+        DeviceIdentity::Vsock {
+            guest_cid: self.guest_cid,
+        }
+    }
+
+    fn snapshot_queues(&self) -> Result<Vec<QueueState>, String> {
+        let active = self.active.as_ref().ok_or("the device is not active")?;
+        Ok(active.queues.iter().map(|q| q.state()).collect())
+    }
+
+    /// The host ends of the guest's connections are gone (they were the snapshotted
+    /// VMM's sockets): the guest is told to reset them all; its listening sockets stay.
+    fn restored(&mut self) {
+        if let Some(active) = self.active.as_mut() {
+            if send_transport_reset(&active.mem, &mut active.queues[EVT]) {
+                active.irq.trigger(INT_VRING);
+            }
+        }
+        for evt in &self.queue_evts {
+            let _ = evt.write(1);
+        }
     }
 }
 
