@@ -6,8 +6,10 @@
 use virtio_queue::{Queue, QueueT};
 
 use super::MmioTransport;
-use crate::devices::virtio::state::{QueueSnapshot, TransportSnapshot};
-use crate::devices::virtio::{status, ActivateContext, ActivateError, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::state::{DeviceIdentity, QueueSnapshot, TransportSnapshot};
+use crate::devices::virtio::{
+    status, ActivateContext, ActivateError, INT_CONFIG, VIRTIO_F_VERSION_1,
+};
 
 /// Why a saved transport does not fit the device it is restored onto.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,20 @@ pub enum TransportRestoreError {
 }
 
 impl MmioTransport {
+    /// Which device sits behind this transport.
+    pub fn identity(&self) -> DeviceIdentity {
+        self.device().identity()
+    }
+
+    /// After [`MmioTransport::restore`]: a device restored with other properties than the
+    /// saved one (a disk of another size, another CID or MAC) raises a configuration
+    /// change interrupt, so a driver that watches its config space re-reads it.
+    pub fn after_restore(&mut self, saved: &DeviceIdentity) {
+        if self.activated && self.identity() != *saved {
+            self.irq.trigger(INT_CONFIG);
+        }
+    }
+
     /// The transport's state with the VM paused; for an active device its live queues
     /// (an error says why the device cannot be saved now).
     pub fn save(&self) -> Result<TransportSnapshot, String> {
@@ -254,6 +270,15 @@ mod tests {
         // The restored device's queue was notified (buffers made available before).
         assert!(b.block.lock().unwrap().queue_events()[0].read().unwrap() >= 1);
         assert_eq!(b.transport.save().unwrap().queues[0].next_avail, 2);
+        // Same disk size: no configuration change to report.
+        let before = b.transport.irq.status();
+        b.transport.after_restore(&b.transport.identity());
+        assert_eq!(b.transport.irq.status(), before);
+        b.transport.after_restore(&DeviceIdentity::Block {
+            capacity: 1,
+            read_only: false,
+        });
+        assert_ne!(b.transport.irq.status() & INT_CONFIG, 0);
     }
 
     #[test]
