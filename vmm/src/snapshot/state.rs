@@ -246,6 +246,34 @@ pub(crate) mod tests {
         assert_eq!(back.to_payload(), payload);
     }
 
+    /// The fuzz target's seeds (written by `fuzz/seeds/make_seeds.py`, which builds the
+    /// format independently, in Python) are what they claim to be.
+    #[test]
+    fn fuzz_seeds_decode_as_named() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/snapshot_state");
+        let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+        for name in ["valid_one_vcpu", "valid_two_devices"] {
+            let file = read(name);
+            let payload = crate::snapshot::format::decode_state(&file).unwrap();
+            VmSnapshot::from_payload(payload).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let file = read("misplaced_device");
+        let payload = crate::snapshot::format::decode_state(&file).unwrap();
+        assert!(matches!(
+            VmSnapshot::from_payload(payload),
+            Err(StateError::Placement { .. })
+        ));
+        let mem = read("memory_header");
+        crate::snapshot::format::check_memory_header(
+            &mem,
+            crate::snapshot::format::MEMORY_DATA_OFFSET + (256 << 20),
+            &[5; 16],
+            256 << 20,
+        )
+        .unwrap();
+    }
+
     #[test]
     fn refusals() {
         let check = |f: &dyn Fn(&mut VmSnapshot)| {
