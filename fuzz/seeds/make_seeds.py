@@ -467,6 +467,8 @@ def state_file(payload):
 
 def snapshot_seeds():
     yield "valid_one_vcpu", state_file(snapshot_payload())
+    # A payload alone: the target also reads its input as one.
+    yield "payload_only", snapshot_payload()
     yield "valid_two_devices", state_file(snapshot_payload(1, 2))
     # Right header and checksum, a payload that fails a check (device misplaced).
     bad = snapshot_payload().replace(b'"irq":5', b'"irq":6')
