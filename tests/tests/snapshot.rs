@@ -9,16 +9,18 @@
 //! test host where needed).
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::IntoRawFd;
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use husk_guest_probe::{Count, Hasher, PROBE_PORT};
+use husk_guest_probe::{hash_reader, stream_hash, write_stream, Count, Hasher, PROBE_PORT};
 use husk_protocol::agent::{self, ServingStatus};
 use husk_protocol::agent_ttrpc::AgentClient;
 use husk_protocol::{ttrpc, AGENT_VSOCK_PORT};
 use husk_tests::guest::{Guest, GuestOptions, TempDir, Virtiofsd};
+use husk_tests::tap::{host_tap, ip};
 use husk_tests::{boot_timeout, guest_initramfs, kvm_available, run_with_watchdog, vmm_bin};
 
 /// Prints a figure or a finding on stderr itself, past libtest's capture of `eprintln!`,
@@ -33,6 +35,19 @@ fn probe_guest(snap: &Path, vcpus: u8) -> Guest {
         vcpus,
         memory_mib: 256,
         args: vec!["--snapshot-to".into(), snap.display().to_string()],
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// Boots the probe (one vCPU) with `--snapshot-to <snap>` and more devices.
+fn probe_guest_with(snap: &Path, devices: &[String]) -> Guest {
+    let mut args = vec!["--snapshot-to".into(), snap.display().to_string()];
+    args.extend_from_slice(devices);
+    Guest::start(GuestOptions {
+        vcpus: 1,
+        memory_mib: 256,
+        args,
         ..Default::default()
     })
     .unwrap()
@@ -269,20 +284,15 @@ fn a_restored_guest_uses_its_own_virtiofsd_and_disk() {
     // The template: a virtio-fs device the guest probed but never mounted, and a disk it
     // never read.
     let vfs_a = Virtiofsd::start(&share_a, dir.path().join("a.sock"));
-    let g = Guest::start(GuestOptions {
-        vcpus: 1,
-        memory_mib: 256,
-        args: vec![
+    let g = probe_guest_with(
+        &snap,
+        &[
             "--fs".into(),
             fs(&vfs_a.socket),
             "--block".into(),
             block(&img_a),
-            "--snapshot-to".into(),
-            snap.display().to_string(),
         ],
-        ..Default::default()
-    })
-    .unwrap();
+    );
     assert_eq!(ticks(&g), 1);
     snapshot(g, &snap);
     drop(vfs_a);
@@ -352,6 +362,93 @@ fn a_restored_guest_uses_its_own_virtiofsd_and_disk() {
         r.stderr_text()
     );
     assert_eq!(r.power_off().unwrap(), 0);
+}
+
+#[test]
+#[ignore = "boots a guest on KVM: `make test` runs it, in the test host where needed"]
+fn a_restored_guest_sends_and_receives_on_its_own_tap() {
+    let test = "a_restored_guest_sends_and_receives_on_its_own_tap";
+    if !kvm_available(test) {
+        return;
+    }
+    const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 78, 1);
+    const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 78, 2);
+    const MAC_A: &str = "02:48:55:53:4b:0a";
+    const MAC_B: &str = "02:48:55:53:4b:0b";
+    let n: u64 = 4 << 20;
+    let snap = TempDir::new("snap-net").unwrap();
+    // The template's tap: the guest probed the device but never configured eth0.
+    let Some(tap_a) = host_tap(test, "hksa") else {
+        return;
+    };
+    let g = probe_guest_with(
+        snap.path(),
+        &[
+            "--net".into(),
+            format!("fd={},mac={MAC_A}", tap_a.fd.as_raw_fd()),
+        ],
+    );
+    snapshot(g, snap.path());
+    drop(tap_a);
+
+    // The pod's tap, with the host side of its network.
+    let Some(tap_b) = host_tap(test, "hksb") else {
+        return;
+    };
+    ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", &tap_b.name]);
+    ip(&["link", "set", "dev", &tap_b.name, "up"]);
+    let r = Guest::restore(
+        snap.path(),
+        &[
+            "--net".into(),
+            format!("fd={},mac={MAC_B}", tap_b.fd.as_raw_fd()),
+        ],
+        PROBE_PORT,
+    )
+    .unwrap();
+    // The guest's interface keeps the address it read at probe time (the agent's to
+    // change, issue 13 item 3); frames go out through the new tap whatever it is.
+    let mut s = r.connect(PROBE_PORT).unwrap();
+    s.write_all(b"READ /sys/class/net/eth0/address\n").unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+    report(&format!(
+        "eth0 after the restore: {} (template {MAC_A}, pod {MAC_B})",
+        out.lines().nth(1).unwrap_or("?")
+    ));
+    r.command(&format!("IFUP eth0 {GUEST_IP} 24")).unwrap();
+
+    // Host -> guest.
+    let mut ctl = BufReader::new(r.connect(PROBE_PORT).unwrap());
+    ctl.get_mut().write_all(b"TCPSINK 7100\n").unwrap();
+    let mut line = String::new();
+    ctl.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "READY", "{}", r.explain());
+    let mut t = TcpStream::connect_timeout(&SocketAddr::from((GUEST_IP, 7100)), boot_timeout())
+        .unwrap_or_else(|e| panic!("TCP connect to the restored guest: {e}\n{}", r.explain()));
+    write_stream(&mut t, n, 21).unwrap();
+    t.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    ctl.read_line(&mut reply).unwrap();
+    assert_eq!(
+        reply.trim(),
+        format!("OK {n} {}", stream_hash(n, 21)),
+        "{}",
+        r.explain()
+    );
+    // Guest -> host.
+    let listener = TcpListener::bind((HOST_IP, 7101)).unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        c.set_read_timeout(Some(boot_timeout())).unwrap();
+        hash_reader(&mut c).unwrap()
+    });
+    r.command(&format!("TCPSOURCE {HOST_IP} 7101 {n} 22"))
+        .unwrap();
+    let h = reader.join().unwrap();
+    assert_eq!((h.bytes(), h.value()), (n, stream_hash(n, 22)));
+    assert_eq!(r.power_off().unwrap(), 0);
+    drop(tap_b);
 }
 
 /// Runs `husk-vmm --restore-from dir` with a vsock device and returns (exit code, stderr).
