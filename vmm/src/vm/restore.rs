@@ -11,7 +11,9 @@
 
 use std::sync::mpsc::channel;
 
-use super::build::{add_virtio_devices, create_vm, legacy_devices, snapshot_support, Parts};
+use super::build::{
+    add_virtio_devices, check_xsave_size, create_vm, legacy_devices, snapshot_support, Parts,
+};
 use super::{Vm, VmError};
 use crate::config::RestoreConfig;
 use crate::devices::manager::DeviceManager;
@@ -35,6 +37,8 @@ impl Vm {
             );
         }
         let (kvm, vm_fd) = create_vm()?;
+        // Before any vCPU is restored: KVM_SET_XSAVE must not read past `kvm_xsave`.
+        check_xsave_size(&kvm)?;
         let memory_bytes = state.memory_bytes;
         // A vhost-user backend must map guest RAM, which a private mapping of the file
         // does not allow: with virtio-fs, RAM is a shared memfd holding a copy.
@@ -84,7 +88,7 @@ impl Vm {
             .as_deref()
             .map(|dir| SnapshotTarget::create(dir, memory_bytes))
             .transpose()?;
-        let msr_list = snapshot_support(&kvm, true)?;
+        let msr_list = snapshot_support(&kvm, target.is_some())?;
         tracing::debug!(
             vcpus = vcpus.len(),
             devices = state.devices.len(),
