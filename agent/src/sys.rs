@@ -412,6 +412,48 @@ pub fn set_realtime_clock(sec: i64, nsec: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// `RNDADDENTROPY`: `_IOW('R', 0x03, int[2])` (linux/random.h).
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `RNDRESEEDCRNG`: `_IO('R', 0x07)`.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// `struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }` holding
+/// `bytes`, credited at 8 bits a byte, as the u32 words the ioctl reads.
+pub fn rand_pool_info(bytes: &[u8]) -> Vec<u32> {
+    let mut words = vec![0u32; 2 + bytes.len().div_ceil(4)];
+    words[0] = (bytes.len() * 8) as u32;
+    words[1] = bytes.len() as u32;
+    for (i, chunk) in bytes.chunks(4).enumerate() {
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        words[2 + i] = u32::from_ne_bytes(w);
+    }
+    words
+}
+
+/// Adds `bytes` to the kernel's input pool, credited as entropy (RNDADDENTROPY; needs
+/// CAP_SYS_ADMIN), then has the CRNG reseed from the pool now (RNDRESEEDCRNG) instead of
+/// at its next scheduled reseed, so the very next read of /dev/urandom or getrandom(2)
+/// depends on them.
+pub fn add_entropy_and_reseed(bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let urandom = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/urandom")?;
+    let info = rand_pool_info(bytes);
+    // SAFETY: `info` is a complete rand_pool_info whose buf_size matches the words that
+    // follow its header; the kernel only reads it, within the call.
+    if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG as _, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `sethostname(2)`.
 pub fn set_hostname(name: &str) -> io::Result<()> {
     // SAFETY: the pointer and length describe the bytes of `name`, which
@@ -568,6 +610,23 @@ mod tests {
         assert_eq!(fd_state(f.as_raw_fd()), FdState::DevNull);
         let f = File::open("/proc/self/stat").unwrap();
         assert_eq!(fd_state(f.as_raw_fd()), FdState::Other);
+    }
+
+    #[test]
+    fn rand_pool_info_layout() {
+        let info = rand_pool_info(&[1, 2, 3, 4, 5]);
+        assert_eq!(info[0], 40, "entropy_count in bits");
+        assert_eq!(info[1], 5, "buf_size in bytes");
+        assert_eq!(info[2], u32::from_ne_bytes([1, 2, 3, 4]));
+        assert_eq!(info[3], u32::from_ne_bytes([5, 0, 0, 0]));
+        assert_eq!(info.len(), 4);
+        assert_eq!(rand_pool_info(&[7; 32]).len(), 2 + 8);
+        // The ioctl numbers the kernel defines.
+        let ioc = |dir: libc::c_ulong, nr: libc::c_ulong, size: libc::c_ulong| {
+            (dir << 30) | (size << 16) | (libc::c_ulong::from(b'R') << 8) | nr
+        };
+        assert_eq!(RNDADDENTROPY, ioc(1, 3, 8));
+        assert_eq!(RNDRESEEDCRNG, ioc(0, 7, 0));
     }
 
     #[test]

@@ -408,7 +408,78 @@ def mmio_seeds():
     yield "refusals", bad
 
 
+# ---------------------------------------------------------------- snapshot_state
+
+# Sizes of the KVM structures the state holds as hex (kvm-bindings, x86_64).
+KVM_SIZES = {
+    "regs": 144, "sregs": 312, "xsave": 4096, "xcrs": 392, "debug_regs": 128,
+    "lapic": 1024, "events": 64, "irqchip": 520, "pit": 112, "clock": 48,
+}
+
+
+def kvm_hex(name, prefix=b""):
+    return (prefix + bytes(KVM_SIZES[name] - len(prefix))).hex()
+
+
+def snapshot_payload(vcpus=1, devices=1):
+    import json
+    vcpu = {
+        "cpuid": [{"function": 0, "index": 0, "flags": 0, "eax": 0xD,
+                   "ebx": 0x68747541, "ecx": 0x444D4163, "edx": 0x69746E65}],
+        "msrs": [{"index": 0x10, "data": 123456}, {"index": 0x6E0, "data": 0}],
+        "regs": kvm_hex("regs"), "sregs": kvm_hex("sregs"), "xsave": kvm_hex("xsave"),
+        "xcrs": kvm_hex("xcrs"), "debug_regs": kvm_hex("debug_regs"),
+        "lapic": kvm_hex("lapic"), "mp_state": 0, "events": kvm_hex("events"),
+        "tsc_khz": 2000000,
+    }
+    queue = {"max_size": 256, "next_avail": 2, "next_used": 2, "event_idx": False,
+             "size": 128, "ready": True, "desc_table": 0x100000,
+             "avail_ring": 0x101000, "used_ring": 0x102000}
+    device = lambda i: {
+        "identity": {"vsock": {"guest_cid": 3}},
+        "mmio_base": 0xC0000000 + i * 0x1000, "irq": 5 + i,
+        "transport": {"device_type": 19, "status": 15, "features_sel": 1,
+                      "acked_features_sel": 1, "acked_features": 1 << 32, "queue_sel": 2,
+                      "interrupt_status": 0, "activated": True, "queues": [queue] * 3},
+    }
+    state = {
+        "id": "05" * 16,
+        "vmm_version": "husk-vmm seed",
+        "memory_bytes": 256 << 20,
+        "vcpus": [vcpu] * vcpus,
+        "vm": {"pic_master": kvm_hex("irqchip", u32(0)),
+               "pic_slave": kvm_hex("irqchip", u32(1)),
+               "ioapic": kvm_hex("irqchip", u32(2)),
+               "pit": kvm_hex("pit"), "clock": kvm_hex("clock")},
+        "serial": {"baud_divisor_low": 12, "baud_divisor_high": 0, "interrupt_enable": 0,
+                   "interrupt_identification": 1, "line_control": 3, "line_status": 0x60,
+                   "modem_control": 8, "modem_status": 0xB0, "scratch": 0, "in_buffer": []},
+        "devices": [device(i) for i in range(devices)],
+    }
+    return json.dumps(state, separators=(",", ":")).encode()
+
+
+def state_file(payload):
+    import hashlib
+    return (b"HUSKSNAP" + u32(1) + u32(0) + u64(len(payload))
+            + hashlib.sha256(payload).digest() + payload)
+
+
+def snapshot_seeds():
+    yield "valid_one_vcpu", state_file(snapshot_payload())
+    # A payload alone: the target also reads its input as one.
+    yield "payload_only", snapshot_payload()
+    yield "valid_two_devices", state_file(snapshot_payload(1, 2))
+    # Right header and checksum, a payload that fails a check (device misplaced).
+    bad = snapshot_payload().replace(b'"irq":5', b'"irq":6')
+    yield "misplaced_device", state_file(bad)
+    # A memory file header (id 5*16, 256 MiB) followed by a little RAM.
+    mem = b"HUSKMEM\0" + u32(1) + u32(4096) + bytes([5] * 16) + u64(256 << 20)
+    yield "memory_header", mem + bytes(4096 - len(mem)) + b"\x90" * 64
+
+
 TARGETS = {
+    "snapshot_state": snapshot_seeds,
     "vsock_packet": vsock_seeds,
     "block_request": block_seeds,
     "net_tx": net_seeds,

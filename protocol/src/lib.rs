@@ -125,9 +125,10 @@ mod tests {
             "SetGuestTime",
             "Health",
             "Version",
+            "Restored",
         ] {
             assert!(names.contains(&rpc), "{rpc} missing from the service");
         }
-        assert_eq!(names.len(), 21);
+        assert_eq!(names.len(), 22);
     }
 }

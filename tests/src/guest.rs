@@ -111,23 +111,65 @@ impl Guest {
         for f in [vmm_bin(), guest_kernel(), initramfs.clone()] {
             require_file(&f);
         }
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--kernel".into(),
+            guest_kernel().into(),
+            "--initramfs".into(),
+            initramfs.into(),
+            "--vcpus".into(),
+            opts.vcpus.max(1).to_string().into(),
+            "--memory".into(),
+            opts.memory_mib.max(256).to_string().into(),
+        ];
+        args.extend(opts.args.iter().map(Into::into));
+        args.extend(["--cmdline".into(), format!("quiet {}", opts.cmdline).into()]);
+        let mut g = Self::spawn(args)?;
+        g.wait_console(&ready, boot_timeout())?;
+        Ok(g)
+    }
+
+    /// Restores the snapshot in `snapshot` (`husk-vmm --restore-from`) with a new console,
+    /// a new vsock socket and `args` (the snapshot's other devices), and waits until the
+    /// guest answers on vsock `port` (its program was already up when it was snapshotted;
+    /// the restored console stays silent until the guest prints again).
+    pub fn restore(snapshot: &Path, args: &[String], port: u32) -> Result<Self> {
+        require_file(&vmm_bin());
+        let mut all: Vec<std::ffi::OsString> = vec!["--restore-from".into(), snapshot.into()];
+        all.extend(args.iter().map(Into::into));
+        let mut g = Self::spawn(all)?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = g.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!(
+                    "husk-vmm exited ({status}) after --restore-from\n{}",
+                    g.explain()
+                );
+            }
+            match try_connect_vsock(&g.vsock_uds, port) {
+                Ok(_) => return Ok(g),
+                Err(e) if start.elapsed() > boot_timeout() => {
+                    bail!(
+                        "watchdog: the restored guest never answered: {e:#}\n{}",
+                        g.explain()
+                    )
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Starts husk-vmm with `args` plus a console file and a vsock device in a new dir.
+    fn spawn(args: Vec<std::ffi::OsString>) -> Result<Self> {
         let dir = TempDir::new("guest")?;
         let console = dir.path().join("console.log");
         let stderr_path = dir.path().join("vmm.stderr");
         let vsock_uds = dir.path().join("vsock.sock");
         let mut cmd = Command::new(vmm_bin());
-        cmd.arg("--kernel")
-            .arg(guest_kernel())
-            .arg("--initramfs")
-            .arg(&initramfs)
-            .args(["--vcpus", &opts.vcpus.max(1).to_string()])
-            .args(["--memory", &opts.memory_mib.max(256).to_string()])
+        cmd.args(&args)
             .arg("--console")
             .arg(format!("file:{}", console.display()))
             .arg("--vsock")
             .arg(format!("cid=3,uds={}", vsock_uds.display()))
-            .args(&opts.args)
-            .args(["--cmdline", &format!("quiet {}", opts.cmdline)])
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -138,20 +180,28 @@ impl Guest {
             cmd.env(
                 "HUSK_LOG",
                 "warn,husk_vmm::devices::virtio::vsock=debug,husk_vmm::devices::virtio::fs=info,\
-                 husk_vmm::vcpu=info",
+                 husk_vmm::vcpu=info,husk_vmm::vm=info",
             );
         }
         let child = cmd.spawn().context("spawn husk-vmm")?;
-        let mut g = Self {
+        Ok(Self {
             child: Some(child),
             dir,
             console,
             vsock_uds,
             stderr_path,
             started: Instant::now(),
-        };
-        g.wait_console(&ready, boot_timeout())?;
-        Ok(g)
+        })
+    }
+
+    /// Sends `signal` to husk-vmm.
+    pub fn signal(&self, signal: libc::c_int) -> Result<()> {
+        let pid = self.pid().context("husk-vmm already ended")?;
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
     }
 
     /// The console so far.

@@ -39,6 +39,7 @@ pub mod cri_node;
 pub mod guest;
 pub mod oci_image;
 pub mod report;
+pub mod tap;
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;

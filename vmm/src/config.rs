@@ -147,6 +147,71 @@ pub struct VmConfig {
     /// virtio-net devices on taps, in order (the guest's eth0, eth1, ...).
     #[serde(default)]
     pub net: Vec<NetConfig>,
+    /// Where a snapshot goes when SIGUSR2 asks for one (`vm.state` and `vm.mem`, created
+    /// at start-up).
+    #[serde(default)]
+    pub snapshot_to: Option<PathBuf>,
+}
+
+/// Restoring a snapshot instead of booting: the snapshot directory and this VM's device
+/// backends. The devices must be the snapshot's, in kind, number and order (they are where
+/// the guest found them at boot); their backends are new: another vsock socket, another
+/// virtiofsd, other disk images and taps, another console.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// The snapshot directory (`vm.state`, `vm.mem`).
+    pub restore_from: PathBuf,
+    #[serde(default)]
+    pub console: ConsoleConfig,
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
+    #[serde(default)]
+    pub block: Vec<BlockConfig>,
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
+    /// As [`VmConfig::snapshot_to`]: a restored VM can be snapshotted again.
+    #[serde(default)]
+    pub snapshot_to: Option<PathBuf>,
+}
+
+impl RestoreConfig {
+    /// Checks the device configurations (the snapshot itself is checked when read).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_devices(&self.vsock, &self.block, &self.net, &self.fs)
+    }
+}
+
+/// A config file: a VM to boot, or (with `restore_from`) a snapshot to restore.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigFile {
+    Boot(VmConfig),
+    Restore(RestoreConfig),
+}
+
+impl ConfigFile {
+    /// Reads a JSON config file.
+    pub fn from_json_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_json(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        let value: serde_json::Value = serde_json::from_str(text)?;
+        if value.get("restore_from").is_some() {
+            serde_json::from_value(value).map(Self::Restore)
+        } else {
+            serde_json::from_value(value).map(Self::Boot)
+        }
+    }
 }
 
 impl VmConfig {
@@ -183,52 +248,62 @@ impl VmConfig {
                 source,
             })?;
         }
-        if let Some(vsock) = &self.vsock {
-            vsock.validate().map_err(ConfigError::Vsock)?;
-        }
-        for (index, block) in self.block.iter().enumerate() {
-            block.validate().map_err(|e| ConfigError::Block {
-                index,
-                reason: e.to_string(),
-            })?;
-        }
-        for (index, net) in self.net.iter().enumerate() {
-            net.validate()
-                .map_err(|source| ConfigError::Net { index, source })?;
-            for (first, other) in self.net[..index].iter().enumerate() {
-                if (other.tap.is_some() && other.tap == net.tap)
-                    || (other.fd.is_some() && other.fd == net.fd)
-                {
-                    return Err(ConfigError::DuplicateNetBackend {
-                        first,
-                        second: index,
-                        backend: net.describe(),
-                    });
-                }
-                if let (Some(a), Some(b)) = (other.mac, net.mac) {
-                    if a == b {
-                        return Err(ConfigError::DuplicateMac {
-                            first,
-                            second: index,
-                            mac: a.to_string(),
-                        });
-                    }
-                }
-            }
-        }
-        for (index, fs) in self.fs.iter().enumerate() {
-            fs.validate()
-                .map_err(|source| ConfigError::Fs { index, source })?;
-            if self.fs[..index].iter().any(|other| other.tag == fs.tag) {
-                return Err(ConfigError::DuplicateFsTag(fs.tag.clone()));
-            }
-        }
-        Ok(())
+        validate_devices(&self.vsock, &self.block, &self.net, &self.fs)
     }
 
     pub fn memory_bytes(&self) -> u64 {
         self.memory_mib << 20
     }
+}
+
+/// The checks every device configuration gets, booted or restored.
+fn validate_devices(
+    vsock: &Option<VsockConfig>,
+    block: &[BlockConfig],
+    net: &[NetConfig],
+    fs: &[FsConfig],
+) -> Result<(), ConfigError> {
+    if let Some(vsock) = vsock {
+        vsock.validate().map_err(ConfigError::Vsock)?;
+    }
+    for (index, block) in block.iter().enumerate() {
+        block.validate().map_err(|e| ConfigError::Block {
+            index,
+            reason: e.to_string(),
+        })?;
+    }
+    for (index, n) in net.iter().enumerate() {
+        n.validate()
+            .map_err(|source| ConfigError::Net { index, source })?;
+        for (first, other) in net[..index].iter().enumerate() {
+            if (other.tap.is_some() && other.tap == n.tap)
+                || (other.fd.is_some() && other.fd == n.fd)
+            {
+                return Err(ConfigError::DuplicateNetBackend {
+                    first,
+                    second: index,
+                    backend: n.describe(),
+                });
+            }
+            if let (Some(a), Some(b)) = (other.mac, n.mac) {
+                if a == b {
+                    return Err(ConfigError::DuplicateMac {
+                        first,
+                        second: index,
+                        mac: a.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    for (index, f) in fs.iter().enumerate() {
+        f.validate()
+            .map_err(|source| ConfigError::Fs { index, source })?;
+        if fs[..index].iter().any(|other| other.tag == f.tag) {
+            return Err(ConfigError::DuplicateFsTag(f.tag.clone()));
+        }
+    }
+    Ok(())
 }
 
 fn check_file(path: &std::path::Path) -> std::io::Result<()> {
@@ -264,7 +339,41 @@ mod tests {
             fs: Vec::new(),
             block: Vec::new(),
             net: Vec::new(),
+            snapshot_to: None,
         }
+    }
+
+    #[test]
+    fn config_file_is_a_boot_or_a_restore() {
+        let boot = ConfigFile::from_json(r#"{"kernel": "/k", "snapshot_to": "/snap"}"#).unwrap();
+        assert!(
+            matches!(&boot, ConfigFile::Boot(c) if c.snapshot_to.as_deref() == Some(std::path::Path::new("/snap")))
+        );
+        let restore = ConfigFile::from_json(
+            r#"{"restore_from": "/snap", "console": "off", "vsock": {"guest_cid": 4, "uds_path": "/v"}}"#,
+        )
+        .unwrap();
+        let ConfigFile::Restore(r) = restore else {
+            panic!("not a restore");
+        };
+        assert_eq!(r.console, ConsoleConfig::Off);
+        assert_eq!(r.vsock.as_ref().map(|v| v.guest_cid), Some(4));
+        r.validate().unwrap();
+        // A restore takes no kernel, vCPUs or memory: the snapshot has them.
+        let e = ConfigFile::from_json(r#"{"restore_from": "/snap", "vcpus": 2}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `vcpus`"), "{e}");
+        assert!(ConfigFile::from_json(r#"{"restore_from": "/s", "kernel": "/k"}"#).is_err());
+        // Device checks apply to restores too.
+        let ConfigFile::Restore(mut r) =
+            ConfigFile::from_json(r#"{"restore_from": "/s"}"#).unwrap()
+        else {
+            panic!("not a restore");
+        };
+        r.fs = vec![
+            "tag=a,socket=/x".parse().unwrap(),
+            "tag=a,socket=/y".parse().unwrap(),
+        ];
+        assert!(matches!(r.validate(), Err(ConfigError::DuplicateFsTag(_))));
     }
 
     #[test]

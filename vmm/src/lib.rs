@@ -5,7 +5,9 @@ pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod devices;
+pub mod guest_ram;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 

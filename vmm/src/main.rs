@@ -1,5 +1,6 @@
-//! husk-vmm command line: parse a [`VmConfig`] from flags or a JSON file, boot, and exit
-//! with a code that says how the guest ended (0 poweroff, 1 VMM error, 2 guest kernel
+//! husk-vmm command line: parse a [`VmConfig`] (or, to restore a snapshot, a
+//! [`RestoreConfig`]) from flags or a JSON file, boot or restore, and exit with a code that
+//! says how the guest ended (0 poweroff or snapshot written, 1 VMM error, 2 guest kernel
 //! panic, 3 guest crash).
 
 use std::path::PathBuf;
@@ -7,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use husk_vmm::config::{ConfigFile, RestoreConfig};
 use husk_vmm::devices::virtio::block::BlockConfig;
 use husk_vmm::devices::virtio::fs::FsConfig;
 use husk_vmm::devices::virtio::net::NetConfig;
@@ -22,10 +24,10 @@ use husk_vmm::{ConsoleConfig, Vm, VmConfig, VmExit};
 )]
 struct Cli {
     /// JSON config file (the same fields as the flags); conflicts with the flags.
-    #[arg(long, conflicts_with_all = ["kernel", "initramfs", "cmdline", "vcpus", "memory", "console", "fs", "vsock", "block", "net"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initramfs", "cmdline", "vcpus", "memory", "console", "fs", "vsock", "block", "net", "snapshot_to", "restore_from"])]
     config: Option<PathBuf>,
     /// Guest kernel: ELF vmlinux or bzImage.
-    #[arg(long, required_unless_present = "config")]
+    #[arg(long, required_unless_present_any = ["config", "restore_from"])]
     kernel: Option<PathBuf>,
     /// Initramfs (newc cpio).
     #[arg(long)]
@@ -59,6 +61,15 @@ struct Cli {
     /// random (locally administered).
     #[arg(long, value_name = "SPEC")]
     net: Vec<NetConfig>,
+    /// Snapshot directory: `vm.state` and `vm.mem` are created there now, and written when
+    /// SIGUSR2 asks for a snapshot; the VMM then ends (exit code 0).
+    #[arg(long, value_name = "DIR")]
+    snapshot_to: Option<PathBuf>,
+    /// Restore the VM snapshotted in DIR instead of booting one. vCPUs, memory, kernel and
+    /// command line come from the snapshot; the devices (--vsock, --fs, --block, --net) must
+    /// be the snapshot's, in kind, number and order, with backends of this run's own.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "initramfs", "cmdline", "vcpus", "memory"])]
+    restore_from: Option<PathBuf>,
     /// Print VM exit counts as a JSON line on stderr when the guest ends.
     #[arg(long)]
     exit_stats: bool,
@@ -77,11 +88,22 @@ struct Cli {
 }
 
 impl Cli {
-    fn vm_config(&self) -> anyhow::Result<VmConfig> {
+    fn vm_config(&self) -> anyhow::Result<ConfigFile> {
         if let Some(path) = &self.config {
-            return Ok(VmConfig::from_json_file(path)?);
+            return Ok(ConfigFile::from_json_file(path)?);
         }
-        Ok(VmConfig {
+        if let Some(dir) = &self.restore_from {
+            return Ok(ConfigFile::Restore(RestoreConfig {
+                restore_from: dir.clone(),
+                console: self.console.clone(),
+                vsock: self.vsock.clone(),
+                fs: self.fs.clone(),
+                block: self.block.clone(),
+                net: self.net.clone(),
+                snapshot_to: self.snapshot_to.clone(),
+            }));
+        }
+        Ok(ConfigFile::Boot(VmConfig {
             kernel: self.kernel.clone().context("--kernel is required")?,
             initramfs: self.initramfs.clone(),
             cmdline: self.cmdline.clone(),
@@ -92,7 +114,8 @@ impl Cli {
             fs: self.fs.clone(),
             block: self.block.clone(),
             net: self.net.clone(),
-        })
+            snapshot_to: self.snapshot_to.clone(),
+        }))
     }
 }
 
@@ -131,12 +154,17 @@ fn run(cli: &Cli) -> anyhow::Result<VmExit> {
     let selftest = cli.seccomp_selftest
         || std::env::var("HUSK_SECCOMP_SELFTEST").is_ok_and(|v| !v.is_empty() && v != "0");
     husk_vmm::devices::state_dump::install()?;
-    let vm = Vm::new(&config)?;
+    let vm = match &config {
+        ConfigFile::Boot(c) => Vm::new(c)?,
+        ConfigFile::Restore(r) => Vm::restore(r)
+            .with_context(|| format!("cannot restore {}", r.restore_from.display()))?,
+    };
     let (exit, stats) = vm.run(seccomp, selftest)?;
     match &exit {
         VmExit::PowerOff => tracing::info!("guest powered off"),
         VmExit::Panic(reason) => eprintln!("husk-vmm: guest kernel panic: {reason}"),
         VmExit::Crash(reason) => eprintln!("husk-vmm: guest crashed: {reason}"),
+        VmExit::Snapshotted(dir) => eprintln!("husk-vmm: snapshot written to {}", dir.display()),
     }
     if cli.exit_stats {
         let kvm = stats

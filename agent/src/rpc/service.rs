@@ -7,11 +7,11 @@ use husk_protocol::agent::{
     CloseStdinRequest, CreateContainerRequest, CreateContainerResponse, CreateSandboxRequest,
     DestroySandboxRequest, Empty, ExecProcessRequest, ExecProcessResponse, GetOOMEventRequest,
     HealthRequest, HealthResponse, ListProcessesRequest, ListProcessesResponse, OOMEvent,
-    PauseContainerRequest, RemoveContainerRequest, ResumeContainerRequest, ServingStatus,
-    SetGuestTimeRequest, SignalProcessRequest, StartContainerRequest, StatsContainerRequest,
-    StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest, UpdateNetworkRequest,
-    VersionRequest, VersionResponse, WaitProcessRequest, WaitProcessResponse, WriteStdinRequest,
-    WriteStdinResponse,
+    PauseContainerRequest, RemoveContainerRequest, RestoredRequest, ResumeContainerRequest,
+    ServingStatus, SetGuestTimeRequest, SignalProcessRequest, StartContainerRequest,
+    StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest,
+    UpdateNetworkRequest, VersionRequest, VersionResponse, WaitProcessRequest, WaitProcessResponse,
+    WriteStdinRequest, WriteStdinResponse,
 };
 use husk_protocol::ttrpc::{self, Code, TtrpcContext};
 use husk_protocol::{agent_ttrpc, API_VERSION};
@@ -297,6 +297,13 @@ impl agent_ttrpc::Agent for AgentService {
             .set_time(req.sec, req.nsec)
             .map(|()| Empty::new())
             .map_err(|e| status("SetGuestTime", &e))
+    }
+
+    fn restored(&self, _ctx: &TtrpcContext, req: RestoredRequest) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .restored(&req)
+            .map(|()| Empty::new())
+            .map_err(|e| status("Restored", &e))
     }
 
     fn pause_container(

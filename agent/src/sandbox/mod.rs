@@ -9,6 +9,7 @@
 
 mod pod_spec;
 pub mod resources;
+pub mod restored;
 pub mod setup;
 
 use std::collections::HashMap;
@@ -642,11 +643,7 @@ impl Sandbox {
 
     /// SetGuestTime: the guest's clock; on the host the clock is left alone.
     pub fn set_time(&self, sec: i64, nsec: u32) -> Result<()> {
-        if nsec >= 1_000_000_000 || sec < 0 {
-            return Err(SandboxError::InvalidArgument(format!(
-                "Invalid time {sec}.{nsec:09}: nsec must be below 1e9, sec not negative"
-            )));
-        }
+        restored::check_time(sec, nsec)?;
         match self.target {
             Target::Guest => {
                 sys::set_realtime_clock(sec, nsec).map_err(|source| SandboxError::Io {

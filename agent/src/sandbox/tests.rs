@@ -135,3 +135,56 @@ fn sandbox_setup_checks_everything_before_applying() {
     };
     assert!(!root.join("etc/hostname").exists());
 }
+
+#[test]
+fn restored_checks_everything_before_applying() {
+    use husk_protocol::agent::RestoredRequest;
+    // Each test gets a root of its own: `sandbox()` shares one per process.
+    let root = std::env::temp_dir().join(format!(
+        "husk-sandbox-restored-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let sb = Sandbox::new(
+        &root,
+        Arc::new(Reaper::new()),
+        Target::Host(root.join("sandbox")),
+    )
+    .unwrap();
+    let hostname = root.join("sandbox/etc/hostname");
+    let good = || {
+        let mut r = RestoredRequest::new();
+        r.sec = 1_700_000_000;
+        r.entropy = vec![0x5a; 32];
+        r.hostname = "pod-7".into();
+        r
+    };
+    let mut r = good();
+    r.entropy = vec![1; 31];
+    let e = sb.restored(&r).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.to_string().contains("entropy: 31 bytes"), "{e}");
+    r.entropy = vec![1; 513];
+    assert_eq!(kind(sb.restored(&r)), ErrorKind::InvalidArgument);
+    let mut r = good();
+    r.nsec = 1_000_000_000;
+    assert_eq!(kind(sb.restored(&r)), ErrorKind::InvalidArgument);
+    let mut r = good();
+    r.hostname = "bad/host".into();
+    assert_eq!(kind(sb.restored(&r)), ErrorKind::InvalidArgument);
+    // Nothing was applied by the refused requests.
+    assert!(!hostname.exists());
+
+    // A good one, on the host: the host's clock and RNG are left alone, the hostname
+    // lands in the state root with /etc/hosts.
+    sb.restored(&good()).unwrap();
+    assert_eq!(std::fs::read_to_string(&hostname).unwrap(), "pod-7\n");
+    let hosts = std::fs::read_to_string(root.join("sandbox/etc/hosts")).unwrap();
+    assert!(hosts.contains("localhost"), "{hosts}");
+    // No hostname: left as it was.
+    let mut r = good();
+    r.hostname.clear();
+    sb.restored(&r).unwrap();
+    assert_eq!(std::fs::read_to_string(&hostname).unwrap(), "pod-7\n");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -19,6 +19,13 @@
 //! - `TCPSOURCE <ipv4> <port> <n> <seed>`: connects over TCP, sends n bytes of
 //!   `stream(seed)`, shuts down its side, waits for the peer to close; replies `OK <n>`.
 //! - `POWEROFF`: replies `OK`, syncs and restarts the machine (the VMM's clean exit).
+//! - `COUNTER`: starts (once) a thread that counts in memory with [`Count::step`], which
+//!   keeps its state in integer and floating-point registers, publishing it every
+//!   [`COUNT_BATCH`] steps and sleeping 1 ms between batches; replies `OK`.
+//! - `COUNT`: replies `OK <i> <acc> <f bits>`, the last published [`Count`] (0 before one).
+//!   The host recomputes `Count::at(i)` to check it: a snapshot that lost a register, a
+//!   page or a timer shows up as a wrong value or a counter that stopped.
+//! - `TICK`: adds one to a counter in memory and replies `OK <value>`.
 //!
 //! Errors reply `ERR <message>`.
 
@@ -233,5 +240,45 @@ mod tests {
         z.update(&[0]);
         assert_ne!(z.value(), Hasher::default().value());
         assert_ne!(stream_hash(1000, 1), stream_hash(1001, 1));
+    }
+}
+
+/// Steps between two publications of the probe's counter.
+pub const COUNT_BATCH: u64 = 1 << 14;
+
+/// The probe's counting: each step mixes the step number into an integer and a
+/// floating-point accumulator, so its state lives in general and SSE registers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Count {
+    pub i: u64,
+    pub acc: u64,
+    pub f: f64,
+}
+
+impl Count {
+    pub fn start() -> Self {
+        Self {
+            i: 0,
+            acc: 0x9e37_79b9_7f4a_7c15,
+            f: 1.0,
+        }
+    }
+
+    #[inline(always)]
+    pub fn step(&mut self) {
+        self.i += 1;
+        self.acc = (self.acc ^ self.i)
+            .wrapping_mul(0x2545_f491_4f6c_dd1d)
+            .rotate_left(17);
+        self.f = self.f * 0.999_999_7 + (self.i & 0xff) as f64;
+    }
+
+    /// The state after `i` steps.
+    pub fn at(i: u64) -> Self {
+        let mut c = Self::start();
+        for _ in 0..i {
+            c.step();
+        }
+        c
     }
 }

@@ -10,10 +10,34 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use husk_guest_probe::{hash_reader, write_stream, PROBE_PORT};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
+
+use husk_guest_probe::{hash_reader, write_stream, Count, COUNT_BATCH, PROBE_PORT};
 use husk_vsock_sys::HOST_CID;
 
 const MAX_LINE: usize = 4096;
+
+/// The last state the counting thread published (`COUNTER`, `COUNT`).
+static COUNT: Mutex<Count> = Mutex::new(Count {
+    i: 0,
+    acc: 0,
+    f: 0.0,
+});
+static COUNTING: Once = Once::new();
+/// `TICK`'s counter.
+static TICKS: AtomicU64 = AtomicU64::new(0);
+
+fn count_forever() {
+    let mut c = Count::start();
+    loop {
+        for _ in 0..COUNT_BATCH {
+            c.step();
+        }
+        *COUNT.lock().unwrap_or_else(|e| e.into_inner()) = c;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
 
 fn main() {
     for (fstype, target) in [("proc", "/proc"), ("sysfs", "/sys"), ("devtmpfs", "/dev")] {
@@ -218,6 +242,20 @@ fn run(conn: &mut File, words: &[&str]) -> io::Result<Option<String>> {
             s.read_to_end(&mut rest)?;
             Ok(Some(format!("OK {n}\n")))
         }
+        "COUNTER" => {
+            COUNTING.call_once(|| {
+                std::thread::spawn(count_forever);
+            });
+            Ok(Some("OK\n".into()))
+        }
+        "COUNT" => {
+            let c = *COUNT.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(Some(format!("OK {} {} {}\n", c.i, c.acc, c.f.to_bits())))
+        }
+        "TICK" => Ok(Some(format!(
+            "OK {}\n",
+            TICKS.fetch_add(1, Ordering::SeqCst) + 1
+        ))),
         "POWEROFF" => Ok(Some("OK\n".into())),
         other => Err(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -1,7 +1,8 @@
 //! Placing virtio devices: one 4 KiB MMIO window and one IOAPIC pin each, their queue
 //! notifications wired to KVM ioeventfds and their interrupt to a KVM irqfd, announced to
 //! the guest on the kernel command line (`virtio_mmio.device=4K@<base>:<irq>`), and their
-//! event handling added to the VMM's event loop.
+//! event handling added to the VMM's event loop. The n-th device always gets the same
+//! window and pin ([`placement`]), which is what lets a snapshot's devices be put back.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +12,8 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::{Bus, BusError};
-use super::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
+use super::virtio::mmio::{MmioTransport, TransportRestoreError, MMIO_LEN, NOTIFY_OFFSET};
+use super::virtio::state::DeviceSnapshot;
 use super::virtio::{IrqTrigger, VirtioDevice};
 use crate::arch::x86_64::layout;
 
@@ -20,6 +22,16 @@ pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// First IOAPIC pin for virtio devices (0-4 are the PIT, keyboard, cascade and COM ports).
 const FIRST_IRQ: u32 = 5;
+/// Most virtio devices: one per IOAPIC pin left.
+pub const MAX_VIRTIO_DEVICES: usize = (layout::IOAPIC_PINS as u32 - FIRST_IRQ) as usize;
+
+/// The MMIO window base and IOAPIC pin of the `index`-th virtio device.
+pub fn placement(index: usize) -> (u64, u32) {
+    (
+        layout::MMIO_GAP_START + index as u64 * MMIO_LEN,
+        FIRST_IRQ + index as u32,
+    )
+}
 
 /// Errors placing a device.
 #[derive(Debug, thiserror::Error)]
@@ -38,10 +50,32 @@ pub enum DeviceManagerError {
     EventManager(#[source] event_manager::Error),
 }
 
+/// Errors putting a snapshot's devices back.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceRestoreError {
+    #[error("The snapshot has {saved} virtio devices, the configuration {configured}")]
+    Count { saved: usize, configured: usize },
+    #[error("Virtio device {index}: {reason}")]
+    Mismatch { index: usize, reason: String },
+    #[error("Virtio device {index} ({kind})")]
+    Transport {
+        index: usize,
+        kind: &'static str,
+        #[source]
+        source: TransportRestoreError,
+    },
+}
+
+/// A device placed on the bus.
+struct Placed {
+    base: u64,
+    irq: u32,
+    transport: Arc<Mutex<MmioTransport>>,
+}
+
 /// Places devices one after another from the start of the MMIO gap.
 pub struct DeviceManager {
-    next_base: u64,
-    next_irq: u32,
+    placed: Vec<Placed>,
     cmdline: Vec<String>,
     pub mmio: Bus,
     pub event_manager: EventManager<Subscriber>,
@@ -50,8 +84,7 @@ pub struct DeviceManager {
 impl DeviceManager {
     pub fn new() -> Result<Self, DeviceManagerError> {
         Ok(Self {
-            next_base: layout::MMIO_GAP_START,
-            next_irq: FIRST_IRQ,
+            placed: Vec::new(),
             cmdline: Vec::new(),
             mmio: Bus::new(),
             event_manager: EventManager::new().map_err(DeviceManagerError::EventManager)?,
@@ -68,10 +101,10 @@ impl DeviceManager {
     where
         D: VirtioDevice + MutEventSubscriber + Send + 'static,
     {
-        if self.next_irq >= u32::from(layout::IOAPIC_PINS) {
+        if self.placed.len() >= MAX_VIRTIO_DEVICES {
             return Err(DeviceManagerError::NoIrq);
         }
-        let (base, irq) = (self.next_base, self.next_irq);
+        let (base, irq) = placement(self.placed.len());
         let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceManagerError::EventFd)?;
         vm_fd
             .register_irqfd(&irq_evt, irq)
@@ -82,17 +115,19 @@ impl DeviceManager {
                 .map_err(DeviceManagerError::Ioeventfd)?;
         }
         let device = Arc::new(Mutex::new(device));
-        let transport = MmioTransport::new(
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
             device.clone(),
             mem.clone(),
             Arc::new(IrqTrigger::new(irq_evt)),
-        );
-        self.mmio
-            .insert(Arc::new(Mutex::new(transport)), base, MMIO_LEN)?;
+        )));
+        self.mmio.insert(transport.clone(), base, MMIO_LEN)?;
         self.event_manager.add_subscriber(device);
         self.cmdline.push(mmio_cmdline(base, irq));
-        self.next_base += MMIO_LEN;
-        self.next_irq += 1;
+        self.placed.push(Placed {
+            base,
+            irq,
+            transport,
+        });
         Ok(())
     }
 
@@ -100,6 +135,91 @@ impl DeviceManager {
     pub fn cmdline(&self) -> String {
         self.cmdline.join(" ")
     }
+
+    /// Handles on the placed devices, for snapshots while the VM runs.
+    pub fn devices(&self) -> PlacedDevices {
+        PlacedDevices(
+            self.placed
+                .iter()
+                .map(|p| (p.base, p.irq, p.transport.clone()))
+                .collect(),
+        )
+    }
+
+    /// Puts a snapshot's device states onto the devices placed from the restore's
+    /// configuration, in order: the same kinds, each one able to stand in for the saved
+    /// one (see `DeviceIdentity::mismatch`), then each transport restored (which
+    /// activates the devices the guest had started).
+    pub fn restore(&self, saved: &[DeviceSnapshot]) -> Result<(), DeviceRestoreError> {
+        if saved.len() != self.placed.len() {
+            return Err(DeviceRestoreError::Count {
+                saved: saved.len(),
+                configured: self.placed.len(),
+            });
+        }
+        for (index, (s, p)) in saved.iter().zip(&self.placed).enumerate() {
+            let identity = lock(&p.transport).identity();
+            if let Some(reason) = identity.mismatch(&s.identity) {
+                return Err(DeviceRestoreError::Mismatch { index, reason });
+            }
+            if (s.mmio_base, s.irq) != (p.base, p.irq) {
+                return Err(DeviceRestoreError::Mismatch {
+                    index,
+                    reason: format!("saved at {:#x} irq {}", s.mmio_base, s.irq),
+                });
+            }
+        }
+        for (index, (s, p)) in saved.iter().zip(&self.placed).enumerate() {
+            let mut t = lock(&p.transport);
+            t.restore(&s.transport)
+                .map_err(|source| DeviceRestoreError::Transport {
+                    index,
+                    kind: s.identity.kind(),
+                    source,
+                })?;
+            t.after_restore(&s.identity);
+        }
+        Ok(())
+    }
+}
+
+/// The placed devices, shared with the bus.
+pub struct PlacedDevices(Vec<(u64, u32, Arc<Mutex<MmioTransport>>)>);
+
+impl PlacedDevices {
+    /// Every device's state, with the VM paused; an error names the device that cannot be
+    /// saved now and why.
+    pub fn save(&self) -> Result<Vec<DeviceSnapshot>, String> {
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(index, (base, irq, t))| {
+                let t = lock(t);
+                let identity = t.identity();
+                let transport = t
+                    .save()
+                    .map_err(|e| format!("virtio device {index} ({}): {e}", identity.kind()))?;
+                Ok(DeviceSnapshot {
+                    identity,
+                    mmio_base: *base,
+                    irq: *irq,
+                    transport,
+                })
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn lock(t: &Arc<Mutex<MmioTransport>>) -> std::sync::MutexGuard<'_, MmioTransport> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn mmio_cmdline(base: u64, irq: u32) -> String {
@@ -116,5 +236,13 @@ mod tests {
             mmio_cmdline(0xc000_1000, 6),
             "virtio_mmio.device=4K@0xc0001000:6"
         );
+    }
+
+    #[test]
+    fn placement_is_fixed_per_index() {
+        assert_eq!(placement(0), (layout::MMIO_GAP_START, 5));
+        assert_eq!(placement(2), (layout::MMIO_GAP_START + 0x2000, 7));
+        let (_, last) = placement(MAX_VIRTIO_DEVICES - 1);
+        assert_eq!(last, u32::from(layout::IOAPIC_PINS) - 1);
     }
 }

@@ -40,8 +40,9 @@ pub enum StateDumpError {
     Sigaction(#[source] std::io::Error),
 }
 
-extern "C" fn on_sigusr1(_: libc::c_int) {
-    GENERATION.fetch_add(1, Ordering::SeqCst);
+/// Kicks every registered vCPU thread out of KVM_RUN (async-signal-safe: the SIGUSR1
+/// handler calls it; so does a snapshot, to stop the vCPUs).
+pub fn kick_vcpus() {
     for slot in &VCPU_THREADS {
         let t = slot.load(Ordering::SeqCst);
         if t != 0 {
@@ -50,6 +51,11 @@ extern "C" fn on_sigusr1(_: libc::c_int) {
             unsafe { libc::pthread_kill(t as libc::pthread_t, kick_signal()) };
         }
     }
+}
+
+extern "C" fn on_sigusr1(_: libc::c_int) {
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+    kick_vcpus();
     for slot in &LISTENER_FDS {
         let fd = slot.load(Ordering::Relaxed);
         if fd >= 0 {

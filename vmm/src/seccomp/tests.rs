@@ -96,14 +96,19 @@ const MAIN: &[&str] = &[
     "close",
     "exit",
     "exit_group",
+    "fsync",
+    "ftruncate",
     "futex",
     "getpid",
     "gettid",
+    "ioctl",
+    "lseek",
     "madvise",
     "mmap",
     "mprotect",
     "mremap",
     "munmap",
+    "pwrite64",
     "read",
     "rt_sigprocmask",
     "rt_sigreturn",
@@ -221,10 +226,40 @@ const TUN: u64 = b'T' as u64;
 
 /// The ioctl numbers the lists may name, computed from the kernel's definitions.
 fn known_ioctls() -> BTreeMap<&'static str, u64> {
-    use kvm_bindings::{kvm_lapic_state, kvm_mp_state, kvm_msrs, kvm_regs, kvm_sregs};
+    use kvm_bindings::{
+        kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+        kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    };
     use std::mem::size_of;
     BTreeMap::from([
         ("KVM_RUN", ioc(0, KVMIO, 0x80, 0)),
+        (
+            "KVM_GET_IRQCHIP",
+            ioc(3, KVMIO, 0x62, size_of::<kvm_irqchip>()),
+        ),
+        (
+            "KVM_GET_CLOCK",
+            ioc(2, KVMIO, 0x7c, size_of::<kvm_clock_data>()),
+        ),
+        (
+            "KVM_GET_CPUID2",
+            ioc(3, KVMIO, 0x91, size_of::<kvm_cpuid2>()),
+        ),
+        (
+            "KVM_GET_PIT2",
+            ioc(2, KVMIO, 0x9f, size_of::<kvm_pit_state2>()),
+        ),
+        (
+            "KVM_GET_VCPU_EVENTS",
+            ioc(2, KVMIO, 0x9f, size_of::<kvm_vcpu_events>()),
+        ),
+        (
+            "KVM_GET_DEBUGREGS",
+            ioc(2, KVMIO, 0xa1, size_of::<kvm_debugregs>()),
+        ),
+        ("KVM_GET_TSC_KHZ", ioc(0, KVMIO, 0xa3, 0)),
+        ("KVM_GET_XSAVE", ioc(2, KVMIO, 0xa4, size_of::<kvm_xsave>())),
+        ("KVM_GET_XCRS", ioc(2, KVMIO, 0xa6, size_of::<kvm_xcrs>())),
         ("KVM_GET_REGS", ioc(2, KVMIO, 0x81, size_of::<kvm_regs>())),
         ("KVM_GET_SREGS", ioc(2, KVMIO, 0x83, size_of::<kvm_sregs>())),
         ("KVM_GET_MSRS", ioc(3, KVMIO, 0x88, size_of::<kvm_msrs>())),

@@ -6,7 +6,7 @@ pub mod serial;
 
 pub use console::{ConsoleSink, GuestPanic};
 pub use i8042::I8042;
-pub use serial::Serial;
+pub use serial::{Serial, SerialSnapshot};
 
 /// COM1.
 pub const SERIAL_PORT_BASE: u64 = 0x3f8;

@@ -22,12 +22,13 @@ pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod ratelimit;
+pub mod state;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -101,6 +102,15 @@ impl IrqTrigger {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// After a restore: the InterruptStatus the guest had not acknowledged, raised again
+    /// (an interrupt the guest already took shows up as a spurious one, which drivers
+    /// tolerate; one it had not taken is not lost).
+    pub fn restore_status(&self, bits: u32) {
+        if bits != 0 {
+            self.trigger(bits);
+        }
+    }
+
     pub fn irqfd(&self) -> &EventFd {
         &self.evt
     }
@@ -161,6 +171,25 @@ pub trait VirtioDevice: Send {
     /// reset once active (the transport then reports DEVICE_NEEDS_RESET).
     fn reset(&mut self) -> bool {
         false
+    }
+
+    /// Which device this is, as a snapshot records it.
+    fn identity(&self) -> state::DeviceIdentity;
+
+    /// For a snapshot of the paused VM (no vCPU runs, the event loop is parked): the
+    /// queues as the active device has advanced them (the transport's copies stay as the
+    /// driver configured them). An error says why the device cannot be saved now.
+    fn snapshot_queues(&self) -> Result<Vec<QueueState>, String>;
+
+    /// After a restore activated the device with its saved queues: what a fresh
+    /// activation does not do. By default, one notification per queue, so that buffers the
+    /// guest made available before the snapshot are seen.
+    fn restored(&mut self) {
+        for evt in self.queue_events() {
+            if let Err(e) = evt.write(1) {
+                tracing::warn!("cannot notify a restored queue: {e}");
+            }
+        }
     }
 }
 

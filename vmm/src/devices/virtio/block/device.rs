@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::{GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{self, DiskBackend, DiskProperties, RequestType, ID_LEN, SECTOR_SIZE};
 use super::{BlockConfig, BlockError, QUEUE_MAX_SIZE};
 use crate::devices::virtio::ratelimit::WarnLimiter;
+use crate::devices::virtio::state::DeviceIdentity;
 use crate::devices::virtio::{
     check_queues, read_config_bytes, ActivateContext, ActivateError, IrqTrigger, VirtioDevice,
     TYPE_BLOCK, VIRTIO_F_VERSION_1,
@@ -355,6 +356,20 @@ impl VirtioDevice for Block {
         // The disk stays open; the next activation brings new queues.
         self.active = None;
         true
+    }
+
+    fn identity(&self) -> DeviceIdentity {
+        DeviceIdentity::Block {
+            capacity: self.props.capacity,
+            read_only: self.props.read_only,
+        }
+    }
+
+    /// Requests run to completion on the event loop, so with the loop parked none is
+    /// half done: the queue's indices are the whole state.
+    fn snapshot_queues(&self) -> Result<Vec<QueueState>, String> {
+        let active = self.active.as_ref().ok_or("the device is not active")?;
+        Ok(vec![active.queue.state()])
     }
 }
 

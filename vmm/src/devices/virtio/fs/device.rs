@@ -4,12 +4,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueState, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::vhost_user::{Backend, FsError, REQUEST_TIMEOUT};
 use super::{FsConfig, CONFIG_SPACE_LEN};
+use crate::devices::virtio::state::DeviceIdentity;
 use crate::devices::virtio::{
     check_queues, describe_queue, read_config_bytes, ActivateContext, ActivateError, IrqTrigger,
     VirtioDevice, TYPE_FS,
@@ -215,6 +216,57 @@ impl VirtioDevice for Fs {
             }
         }
     }
+
+    fn identity(&self) -> DeviceIdentity {
+        DeviceIdentity::Fs {
+            tag: self.tag.clone(),
+            request_queues: (self.queue_sizes.len() - 1) as u16,
+        }
+    }
+
+    /// virtiofsd, not us, advances these queues: their state is read from the rings in
+    /// guest memory. A request virtiofsd has not answered (the driver's available index
+    /// ahead of the used index) cannot be saved, since its answer would be lost: the
+    /// snapshot is refused (take it of a guest that has not mounted the share, or is idle).
+    fn snapshot_queues(&self) -> Result<Vec<QueueState>, String> {
+        let (mem, queues) = self
+            .active_queues
+            .as_ref()
+            .ok_or("the device is not active")?;
+        queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let mut state = q.state();
+                if !q.ready() {
+                    return Ok(state);
+                }
+                let read = |addr: u64, what: &str| {
+                    mem.read_obj::<u16>(GuestAddress(addr + 2))
+                        .map(u16::from_le)
+                        .map_err(|e| {
+                            format!("virtio-fs {}: queue {i}'s {what} ring: {e}", self.tag)
+                        })
+                };
+                let avail = read(q.avail_ring(), "available")?;
+                let used = read(q.used_ring(), "used")?;
+                if avail != used {
+                    return Err(format!(
+                        "virtio-fs {}: {} request(s) in flight on queue {i}; snapshot a guest \
+                         whose share is idle or not mounted",
+                        self.tag,
+                        avail.wrapping_sub(used)
+                    ));
+                }
+                state.next_avail = used;
+                state.next_used = used;
+                Ok(state)
+            })
+            .collect()
+    }
+
+    /// The rings are virtiofsd's: a notification here would only wake it for nothing.
+    fn restored(&mut self) {}
 }
 
 #[cfg(test)]

@@ -301,7 +301,12 @@ impl Backend {
             let f = &mut self.frontend;
             request("SET_VRING_NUM", f.set_vring_num(index, ring.queue_size))?;
             request("SET_VRING_ADDR", f.set_vring_addr(index, &ring))?;
-            request("SET_VRING_BASE", f.set_vring_base(index, 0))?;
+            // The driver's position: 0 on a fresh activation, where the guest left the
+            // ring on one restored from a snapshot.
+            request(
+                "SET_VRING_BASE",
+                f.set_vring_base(index, queues[index].next_avail()),
+            )?;
             request("SET_VRING_CALL", f.set_vring_call(index, call))?;
             request("SET_VRING_KICK", f.set_vring_kick(index, kick))?;
             if acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {

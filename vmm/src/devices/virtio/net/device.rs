@@ -18,7 +18,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -27,6 +27,7 @@ use super::tap::{Tap, TapError, TapIo};
 use super::tx::{self, TxState, TxWait};
 use super::{MacAddr, NetConfig, NetConfigError, QUEUE_MAX_SIZE};
 use crate::devices::virtio::ratelimit::WarnLimiter;
+use crate::devices::virtio::state::DeviceIdentity;
 use crate::devices::virtio::{
     check_queues, describe_queue, read_config_bytes, ActivateContext, ActivateError, IrqTrigger,
     VirtioDevice, INT_VRING, TYPE_NET, VIRTIO_F_VERSION_1,
@@ -538,5 +539,24 @@ impl<T: TapIo + AsRawFd + Send + 'static> VirtioDevice for Net<T> {
             tracing::warn!("virtio-net {}: cannot signal the reset: {e}", self.name);
         }
         true
+    }
+
+    fn identity(&self) -> DeviceIdentity {
+        DeviceIdentity::Net {
+            mac: self.mac.to_string(),
+        }
+    }
+
+    /// A received frame the guest had no buffers for is not saved (its collected buffers
+    /// are still available in the ring: a frame lost, as on any network). A transmitted
+    /// frame the tap refused with EAGAIN was taken from the ring last: the saved tx queue
+    /// hands that chain out again, so the restored device sends it.
+    fn snapshot_queues(&self) -> Result<Vec<QueueState>, String> {
+        let active = self.active.as_ref().ok_or("the device is not active")?;
+        let mut tx = active.tx_queue.state();
+        if self.tx.is_blocked() {
+            tx.next_avail = tx.next_avail.wrapping_sub(1);
+        }
+        Ok(vec![active.rx_queue.state(), tx])
     }
 }

@@ -4,14 +4,16 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::muxer::{Muxer, MuxerError};
 use super::packet::{parse_tx_packet, rx_payload_room, write_rx_packet, MAX_PAYLOAD};
+use super::restore::send_transport_reset;
 use super::{VsockConfig, VsockConfigError};
 use crate::devices::virtio::ratelimit::WarnLimiter;
+use crate::devices::virtio::state::DeviceIdentity;
 use crate::devices::virtio::{
     check_queues, describe_queue, read_config_bytes, ActivateContext, ActivateError, IrqTrigger,
     VirtioDevice, INT_VRING, TYPE_VSOCK, VIRTIO_F_VERSION_1,
@@ -60,6 +62,10 @@ pub struct Vsock {
     metrics: Arc<VsockMetrics>,
     /// Signalled on SIGUSR1 (see `state_dump`); taken when the event loop registers us.
     pub(super) dump_evt: Option<&'static EventFd>,
+    /// A restore sent the guest a transport reset it has not handled yet (it notifies
+    /// the event queue once it has): nothing goes to the guest's rx queue until then, or
+    /// a connection made meanwhile would be reset along with the old ones.
+    pub(super) reset_pending: bool,
 }
 
 impl Vsock {
@@ -78,6 +84,7 @@ impl Vsock {
             warn: WarnLimiter::default(),
             metrics: Arc::new(VsockMetrics::default()),
             dump_evt: None,
+            reset_pending: false,
         })
     }
 
@@ -142,6 +149,9 @@ impl Vsock {
 
     /// Moves pending packets into guest rx buffers.
     pub(super) fn process_rx(&mut self) {
+        if self.reset_pending {
+            return;
+        }
         let Some(active) = self.active.as_mut() else {
             return;
         };
@@ -302,6 +312,32 @@ impl VirtioDevice for Vsock {
             .write(1)
             .map_err(ActivateError::EventFd)?;
         Ok(())
+    }
+
+    fn identity(&self) -> DeviceIdentity {
+        DeviceIdentity::Vsock {
+            guest_cid: self.guest_cid,
+        }
+    }
+
+    fn snapshot_queues(&self) -> Result<Vec<QueueState>, String> {
+        let active = self.active.as_ref().ok_or("the device is not active")?;
+        Ok(active.queues.iter().map(|q| q.state()).collect())
+    }
+
+    /// The host ends of the guest's connections are gone (they were the snapshotted
+    /// VMM's sockets): the guest is told to reset them all; its listening sockets stay.
+    fn restored(&mut self) {
+        if let Some(active) = self.active.as_mut() {
+            if send_transport_reset(&active.mem, &mut active.queues[EVT]) {
+                self.reset_pending = true;
+                active.irq.trigger(INT_VRING);
+            }
+        }
+        // Not the event queue: its notification is how the guest says it took the reset.
+        for q in [RX, TX] {
+            let _ = self.queue_evts[q].write(1);
+        }
     }
 }
 
@@ -601,6 +637,51 @@ mod tests {
         assert_eq!(&data, b"xyz");
         assert_eq!(used(&rxq), [(0, 44), (1, 47)]);
         assert_eq!(used(&txq), [(0, 0), (1, 0)]);
+    }
+
+    #[test]
+    fn after_a_restore_nothing_reaches_the_guest_before_it_took_the_reset() {
+        let mem = test_mem();
+        let Setup {
+            dir,
+            mut dev,
+            rxq,
+            irq,
+            ..
+        } = setup(&mem);
+        // The guest's event buffer (the setup's event queue is at QADDR[EVT]).
+        let evq = MockSplitQueue::create(&mem, GuestAddress(QADDR[EVT]), QLEN);
+        push_chain(&evq, 0, &[(0x3f_0000, 4, true)]);
+        mem.write_obj(0xffu32, GuestAddress(0x3f_0000)).unwrap();
+        dev.restored();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x3f_0000)).unwrap(), 0);
+        assert_eq!(evq.used().idx().load(), 1);
+        assert_ne!(irq.status() & INT_VRING, 0);
+        let evt_evt = dev.queue_evts[EVT].try_clone().unwrap();
+        let dev = Arc::new(Mutex::new(dev));
+        let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+        em.add_subscriber(dev.clone());
+        let mut run = || {
+            for _ in 0..5 {
+                em.run_with_timeout(10).unwrap();
+            }
+        };
+        // A host program connects at once; the guest has rx buffers.
+        let mut host = UnixStream::connect(dir.0.join("v.sock")).unwrap();
+        host.write_all(b"CONNECT 1024\n").unwrap();
+        push_chain(&rxq, 0, &[(0x20_0000, 4096 + 44, true)]);
+        run();
+        assert_eq!(
+            rxq.used().idx().load(),
+            0,
+            "held until the reset is handled"
+        );
+        // The guest handled the event and refilled the queue: the request goes out.
+        evt_evt.write(1).unwrap();
+        run();
+        assert_eq!(rxq.used().idx().load(), 1);
+        let req = read_hdr(&mem, 0x20_0000);
+        assert_eq!((req.op, req.dst_port), (op::REQUEST, 1024));
     }
 
     #[test]

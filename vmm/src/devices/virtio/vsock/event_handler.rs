@@ -59,8 +59,13 @@ impl MutEventSubscriber for Vsock {
                 match q {
                     TX => self.process_tx(),
                     RX => self.process_rx(),
-                    // We never send transport events; the guest's event buffers just wait.
-                    EVT => {}
+                    // The guest refilled its event queue: after a restore, that means it
+                    // has handled the transport reset, and packets may flow again.
+                    EVT if self.reset_pending => {
+                        self.reset_pending = false;
+                        tracing::debug!("vsock: the guest handled the transport reset");
+                        self.process_rx();
+                    }
                     _ => {}
                 }
             }

@@ -9,13 +9,15 @@
 //! Files: [`packet`] (header and descriptor-chain parsing), [`connection`] (one
 //! connection's state machine and credit accounting), [`muxer`] (the host sockets and the
 //! connection table), [`device`] (the virtio device and its queue processing) and
-//! `event_handler` (the event-loop glue).
+//! `event_handler` (the event-loop glue), `restore` (the transport reset after a snapshot
+//! restore).
 
 pub mod connection;
 pub mod device;
 mod event_handler;
 pub mod muxer;
 pub mod packet;
+mod restore;
 
 use std::path::PathBuf;
 use std::str::FromStr;

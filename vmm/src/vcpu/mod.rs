@@ -1,4 +1,7 @@
-//! One vCPU: its boot-time configuration and the thread that runs it.
+//! One vCPU: its boot-time configuration (or a snapshot's state) and the thread that runs
+//! it, which stops at a clean point when a snapshot asks (`pause`).
+
+pub mod pause;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -8,6 +11,8 @@ use kvm_bindings::{kvm_sregs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
+use self::pause::PauseControl;
+use crate::arch::x86_64::vcpu_state::{VcpuState, VcpuStateError};
 use crate::arch::x86_64::{cpuid, regs};
 use crate::devices::bus::Bus;
 use crate::seccomp::{ThreadClass, ThreadStart};
@@ -60,6 +65,7 @@ pub struct VcpuContext {
     pub mmio: Arc<Bus>,
     pub events: Sender<VmEvent>,
     pub exits: Arc<ExitCounters>,
+    pub pause: Arc<PauseControl>,
 }
 
 pub struct Vcpu {
@@ -122,6 +128,41 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Puts a snapshot's state into this new vCPU (instead of [`Vcpu::configure`]).
+    pub fn restore(&self, state: &VcpuState) -> Result<(), VcpuStateError> {
+        state.restore(&self.fd, self.id)
+    }
+
+    /// On the vCPU thread, asked to pause: completes the access the vCPU last exited for
+    /// (KVM_RUN with `immediate_exit` finishes that instruction and returns EINTR without
+    /// entering the guest; finishing it may need one more port or MMIO access, served
+    /// here), then saves the state and waits.
+    fn pause(&mut self, ctx: &VcpuContext) {
+        for _ in 0..16 {
+            self.fd.set_kvm_immediate_exit(1);
+            let done = match self.fd.run() {
+                Ok(exit) => match handle_io(exit, ctx) {
+                    Ok(()) => false,
+                    Err(other) => {
+                        tracing::warn!(cpu = self.id, "exit {other:?} while pausing");
+                        true
+                    }
+                },
+                Err(e) if e.errno() == libc::EINTR => true,
+                Err(e) => {
+                    tracing::warn!(cpu = self.id, "KVM_RUN while pausing: {e}");
+                    true
+                }
+            };
+            self.fd.set_kvm_immediate_exit(0);
+            if done {
+                break;
+            }
+        }
+        let (id, fd) = (self.id, &self.fd);
+        ctx.pause.park(id, |msrs| VcpuState::save(fd, id, msrs));
+    }
+
     /// Runs the vCPU on a thread named `vcpu<N>` until the guest stops or fails; the
     /// thread installs the vCPU seccomp filter and waits at the start gate first.
     pub fn spawn(
@@ -155,37 +196,19 @@ impl Vcpu {
                 dumped = asked;
                 self.log_state();
             }
+            if ctx.pause.is_requested() {
+                self.pause(ctx);
+            }
             match self.fd.run() {
-                Ok(exit) => match exit {
-                    VcpuExit::IoOut(port, data) => {
-                        ctx.exits.io.fetch_add(1, Ordering::Relaxed);
-                        // Writes to ports with no device (POST code 0x80, absent UARTs and
-                        // PCI config) are dropped, as on real hardware.
-                        ctx.pio.write(u64::from(port), data);
-                    }
-                    VcpuExit::IoIn(port, data) => {
-                        ctx.exits.io.fetch_add(1, Ordering::Relaxed);
-                        if !ctx.pio.read(u64::from(port), data) {
-                            data.fill(0xff);
-                        }
-                    }
-                    VcpuExit::MmioRead(addr, data) => {
-                        ctx.exits.mmio.fetch_add(1, Ordering::Relaxed);
-                        if !ctx.mmio.read(addr, data) {
-                            data.fill(0xff);
-                        }
-                    }
-                    VcpuExit::MmioWrite(addr, data) => {
-                        ctx.exits.mmio.fetch_add(1, Ordering::Relaxed);
-                        ctx.mmio.write(addr, data);
-                    }
-                    VcpuExit::Shutdown => {
+                Ok(exit) => match handle_io(exit, ctx) {
+                    Ok(()) => {}
+                    Err(VcpuExit::Shutdown) => {
                         return VmEvent::TripleFault {
                             cpu: self.id,
                             at: self.registers_line(),
                         };
                     }
-                    VcpuExit::SystemEvent(kind, _) => {
+                    Err(VcpuExit::SystemEvent(kind, _)) => {
                         ctx.exits.other.fetch_add(1, Ordering::Relaxed);
                         return match kind {
                             kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN
@@ -196,7 +219,7 @@ impl Vcpu {
                             },
                         };
                     }
-                    VcpuExit::Hlt => {
+                    Err(VcpuExit::Hlt) => {
                         // Only seen without an in-kernel irqchip: a halted CPU with
                         // nothing to wake it.
                         return VmEvent::Failed {
@@ -204,7 +227,7 @@ impl Vcpu {
                             reason: "vCPU halted with interrupts off".into(),
                         };
                     }
-                    VcpuExit::FailEntry(reason, cpu) => {
+                    Err(VcpuExit::FailEntry(reason, cpu)) => {
                         return VmEvent::Failed {
                             cpu: self.id,
                             reason: format!(
@@ -212,13 +235,13 @@ impl Vcpu {
                             ),
                         };
                     }
-                    VcpuExit::InternalError => {
+                    Err(VcpuExit::InternalError) => {
                         return VmEvent::Failed {
                             cpu: self.id,
                             reason: "KVM internal error (emulation failure)".into(),
                         };
                     }
-                    other => {
+                    Err(other) => {
                         ctx.exits.other.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(cpu = self.id, "ignored vCPU exit {other:?}");
                     }
@@ -292,6 +315,36 @@ impl Vcpu {
             .unwrap_or_else(|e| format!("lapic unreadable: {e}"));
         tracing::info!("vcpu{id} state: mp_state={mp:?} {tsc} {lapic}");
     }
+}
+
+/// Serves a port or MMIO exit; any other exit is handed back.
+fn handle_io<'a>(exit: VcpuExit<'a>, ctx: &VcpuContext) -> Result<(), VcpuExit<'a>> {
+    match exit {
+        VcpuExit::IoOut(port, data) => {
+            ctx.exits.io.fetch_add(1, Ordering::Relaxed);
+            // Writes to ports with no device (POST code 0x80, absent UARTs and PCI config)
+            // are dropped, as on real hardware.
+            ctx.pio.write(u64::from(port), data);
+        }
+        VcpuExit::IoIn(port, data) => {
+            ctx.exits.io.fetch_add(1, Ordering::Relaxed);
+            if !ctx.pio.read(u64::from(port), data) {
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            ctx.exits.mmio.fetch_add(1, Ordering::Relaxed);
+            if !ctx.mmio.read(addr, data) {
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            ctx.exits.mmio.fetch_add(1, Ordering::Relaxed);
+            ctx.mmio.write(addr, data);
+        }
+        other => return Err(other),
+    }
+    Ok(())
 }
 
 const MSR_IA32_TSC: u32 = 0x10;

@@ -14,6 +14,10 @@ use vm_memory::GuestMemoryMmap;
 use super::{status, ActivateContext, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
 
+mod snapshot;
+
+pub use snapshot::TransportRestoreError;
+
 /// Size of one device's register window.
 pub const MMIO_LEN: u64 = 0x1000;
 /// Offset of QueueNotify, where KVM's ioeventfds are registered.
@@ -350,6 +354,12 @@ mod tests {
             self.activations.fetch_add(1, Ordering::SeqCst);
             self.queues_seen.store(ctx.queues.len(), Ordering::SeqCst);
             Ok(())
+        }
+        fn identity(&self) -> crate::devices::virtio::state::DeviceIdentity {
+            crate::devices::virtio::state::DeviceIdentity::Vsock { guest_cid: 42 }
+        }
+        fn snapshot_queues(&self) -> Result<Vec<virtio_queue::QueueState>, String> {
+            Err("a dummy".into())
         }
     }
 
