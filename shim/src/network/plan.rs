@@ -186,8 +186,13 @@ pub fn update_request(
 }
 
 /// husk-vmm's `--net` value for the NIC whose tap is the child's fd `fd`.
-pub fn vmm_net_arg(fd: i32, nic: &Nic) -> String {
-    format!("fd={fd},mac={},mtu={}", format_mac(&nic.mac), nic.mtu)
+pub fn vmm_net(fd: i32, nic: &Nic) -> husk_vm_config::NetConfig {
+    husk_vm_config::NetConfig {
+        tap: None,
+        fd: Some(fd),
+        mac: Some(husk_vm_config::MacAddr(nic.mac)),
+        mtu: u16::try_from(nic.mtu).ok(),
+    }
 }
 
 #[cfg(test)]
@@ -392,8 +397,13 @@ mod tests {
     fn vmm_arguments_name_fd_mac_and_mtu() {
         let (nics, _, _) = cni_bridge_netns();
         assert_eq!(
-            vmm_net_arg(3, &nics[0]),
-            "fd=3,mac=0a:58:0a:58:00:05,mtu=1450"
+            vmm_net(3, &nics[0]),
+            husk_vm_config::NetConfig {
+                tap: None,
+                fd: Some(3),
+                mac: Some("0a:58:0a:58:00:05".parse().unwrap()),
+                mtu: Some(1450),
+            }
         );
     }
 }

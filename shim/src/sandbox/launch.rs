@@ -16,11 +16,16 @@ use crate::jail::{self, JailPlan, JailState};
 use crate::network::{self, Nic};
 use crate::sandbox::PodRequest;
 use crate::spec::SHARED_FS_TAG;
+use husk_vm_config::{ConsoleConfig, FsConfig, VmConfig, VsockConfig};
 
 /// The VMM's own files, in `<pod>/vm` (the jailed VMM's `/run`).
 pub const VSOCK_SOCKET: &str = "vsock.sock";
 pub const FS_SOCKET: &str = "virtiofsd.sock";
 pub const CONSOLE_LOG: &str = "console.log";
+/// husk-vmm's config (`husk-vm-config`'s JSON), written by the shim.
+pub const VM_CONFIG: &str = "vm.json";
+/// The guest's vsock CID (one VM per vsock device: any CID above the host's will do).
+const GUEST_CID: u32 = 3;
 
 /// The pod dir's `vm` dir: the only writable place a jailed VMM has.
 pub fn vm_dir(pod_dir: &Path) -> PathBuf {
@@ -134,9 +139,9 @@ pub struct Launch<'a> {
 }
 
 impl Launch<'_> {
-    /// husk-vmm's arguments; `jailed` gives the paths as the jail shows them.
-    pub fn vmm_args(&self, jailed: bool) -> Vec<OsString> {
-        let vm = vm_dir(self.pod_dir);
+    /// The pod's VM as husk-vmm's config (one typed contract, `husk-vm-config`);
+    /// `jailed` gives the paths as the jail shows them.
+    pub fn vm_config(&self, jailed: bool) -> VmConfig {
         let (kernel, initramfs, run) = if jailed {
             (
                 PathBuf::from(jail::KERNEL_IN_JAIL),
@@ -147,41 +152,70 @@ impl Launch<'_> {
             (
                 self.config.kernel.clone(),
                 self.config.initramfs.clone(),
-                vm.clone(),
+                vm_dir(self.pod_dir),
             )
         };
-        let mut a: Vec<OsString> = Vec::new();
-        let mut push = |k: &str, v: OsString| {
-            a.push(k.into());
-            a.push(v);
-        };
-        push("--id", self.pod_dir.into());
-        push("--kernel", kernel.into());
-        push("--initramfs", initramfs.into());
-        push("--vcpus", self.req.vcpus.to_string().into());
-        push("--memory", self.req.memory_mib.to_string().into());
-        push(
-            "--console",
-            format!("file:{}", run.join(CONSOLE_LOG).display()).into(),
-        );
-        push(
-            "--vsock",
-            format!("cid=3,uds={}", run.join(VSOCK_SOCKET).display()).into(),
-        );
-        push(
-            "--fs",
-            format!(
-                "tag={SHARED_FS_TAG},socket={}",
-                run.join(FS_SOCKET).display()
-            )
-            .into(),
-        );
-        push("--cmdline", self.config.kernel_cmdline.clone().into());
-        for (i, nic) in self.nics.iter().enumerate() {
-            let fd = network::tap::FIRST_CHILD_FD + i as i32;
-            push("--net", network::plan::vmm_net_arg(fd, nic).into());
+        VmConfig {
+            kernel,
+            initramfs: Some(initramfs),
+            cmdline: self.config.kernel_cmdline.clone(),
+            vcpus: self.req.vcpus,
+            memory_mib: self.req.memory_mib,
+            console: ConsoleConfig::File(run.join(CONSOLE_LOG)),
+            vsock: Some(VsockConfig {
+                guest_cid: GUEST_CID,
+                uds_path: run.join(VSOCK_SOCKET),
+            }),
+            fs: vec![FsConfig {
+                tag: SHARED_FS_TAG.into(),
+                socket: run.join(FS_SOCKET),
+                num_request_queues: 1,
+                queue_size: 1024,
+            }],
+            block: Vec::new(),
+            net: self
+                .nics
+                .iter()
+                .enumerate()
+                .map(|(i, nic)| {
+                    network::plan::vmm_net(network::tap::FIRST_CHILD_FD + i as i32, nic)
+                })
+                .collect(),
+            snapshot_to: None,
         }
-        a
+    }
+
+    /// Writes the VM's config into the pod's `vm` dir ([`VM_CONFIG`], the jailed VMM's
+    /// `/run/vm.json`), readable by the VMM.
+    pub fn write_vm_config(&self, jailed: bool) -> Result<(), SandboxError> {
+        let path = vm_dir(self.pod_dir).join(VM_CONFIG);
+        let err = |source| SandboxError::Dir {
+            path: path.clone(),
+            source,
+        };
+        let text = serde_json::to_vec_pretty(&self.vm_config(jailed))
+            .map_err(|e| err(std::io::Error::other(e)))?;
+        std::fs::write(&path, text).map_err(err)?;
+        if let Some(id) = self.jail_id {
+            chown(&path, id)?;
+        }
+        Ok(())
+    }
+
+    /// husk-vmm's arguments: the pod dir (its name in ps) and its config file;
+    /// `jailed` gives the path as the jail shows it.
+    pub fn vmm_args(&self, jailed: bool) -> Vec<OsString> {
+        let run = if jailed {
+            PathBuf::from(jail::RUN_IN_JAIL)
+        } else {
+            vm_dir(self.pod_dir)
+        };
+        vec![
+            "--id".into(),
+            self.pod_dir.into(),
+            "--config".into(),
+            run.join(VM_CONFIG).into(),
+        ]
     }
 
     fn tap_fds(&self) -> (Vec<i32>, Vec<i32>) {
@@ -196,6 +230,7 @@ impl Launch<'_> {
     pub fn spawn(&self) -> Result<i32, SandboxError> {
         let log = self.pod_dir.join("vmm.log");
         let (raw, at) = self.tap_fds();
+        self.write_vm_config(self.jail_id.is_some())?;
         let Some(id) = self.jail_id else {
             let mut cmd = Command::new(&self.config.vmm);
             cmd.args(self.vmm_args(false));
@@ -255,7 +290,7 @@ impl Launch<'_> {
 mod tests {
     use super::*;
 
-    fn args_of(jailed: bool) -> Vec<String> {
+    fn launch_of(jailed: bool, f: impl FnOnce(&Launch<'_>)) {
         let config = Config::default();
         let req = PodRequest {
             namespace: "default",
@@ -268,45 +303,87 @@ mod tests {
             port_forward: false,
             shm: None,
         };
+        let nics = [crate::network::Nic {
+            veth: "eth0".into(),
+            veth_index: 2,
+            tap: "tap0_husk".into(),
+            mac: [0x0a, 0x58, 0x0a, 0x58, 0, 5],
+            mtu: 1450,
+        }];
         let launch = Launch {
             config: &config,
             req: &req,
             pod_dir: Path::new("/run/husk/default/p"),
             jail_id: jailed.then_some(1_500_000_000),
             cgroups: &[],
-            nics: &[],
+            nics: &nics,
             taps: &[],
         };
-        launch
-            .vmm_args(jailed)
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect()
+        f(&launch);
     }
 
     #[test]
     fn a_jailed_vmm_is_given_the_jails_paths_and_an_unjailed_one_the_hosts() {
-        let j = args_of(true).join(" ");
-        assert!(
-            j.starts_with("--id /run/husk/default/p --kernel /kernel --initramfs /initramfs"),
-            "{j}"
-        );
-        for want in [
-            "--vcpus 2 --memory 512",
-            "--console file:/run/console.log",
-            "--vsock cid=3,uds=/run/vsock.sock",
-            "--fs tag=husk-shared,socket=/run/virtiofsd.sock",
-        ] {
-            assert!(j.contains(want), "{want}: {j}");
-        }
-        let h = args_of(false).join(" ");
-        for want in [
-            "--kernel /usr/share/husk/vmlinux",
-            "--console file:/run/husk/default/p/vm/console.log",
-            "--vsock cid=3,uds=/run/husk/default/p/vm/vsock.sock",
-            "socket=/run/husk/default/p/vm/virtiofsd.sock",
-        ] {
-            assert!(h.contains(want), "{want}: {h}");
-        }
+        launch_of(true, |l| {
+            let args: Vec<String> = l
+                .vmm_args(true)
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(
+                args,
+                ["--id", "/run/husk/default/p", "--config", "/run/vm.json"]
+            );
+            let c = l.vm_config(true);
+            assert_eq!(c.kernel, PathBuf::from("/kernel"));
+            assert_eq!(c.initramfs, Some(PathBuf::from("/initramfs")));
+            assert_eq!((c.vcpus, c.memory_mib), (2, 512));
+            assert_eq!(c.console, ConsoleConfig::File("/run/console.log".into()));
+            let v = c.vsock.as_ref().unwrap();
+            assert_eq!(
+                (v.guest_cid, v.uds_path.as_path()),
+                (3, Path::new("/run/vsock.sock"))
+            );
+            assert_eq!(c.fs[0].tag, "husk-shared");
+            assert_eq!(c.fs[0].socket, PathBuf::from("/run/virtiofsd.sock"));
+            assert_eq!(c.net[0].fd, Some(network::tap::FIRST_CHILD_FD));
+            assert_eq!(
+                c.net[0].mac.map(|m| m.to_string()).as_deref(),
+                Some("0a:58:0a:58:00:05")
+            );
+            assert_eq!(c.net[0].mtu, Some(1450));
+        });
+        launch_of(false, |l| {
+            let c = l.vm_config(false);
+            assert_eq!(c.kernel, PathBuf::from("/usr/share/husk/vmlinux"));
+            assert_eq!(
+                c.console,
+                ConsoleConfig::File("/run/husk/default/p/vm/console.log".into())
+            );
+            assert_eq!(
+                c.fs[0].socket,
+                PathBuf::from("/run/husk/default/p/vm/virtiofsd.sock")
+            );
+            assert_eq!(
+                l.vmm_args(false).last().unwrap(),
+                &OsString::from("/run/husk/default/p/vm/vm.json")
+            );
+        });
+    }
+
+    /// What the shim writes is what husk-vmm reads: the same serde structs both ways, and
+    /// it passes the VMM's own checks but for the files (the jail's paths).
+    #[test]
+    fn the_config_the_shim_writes_is_one_husk_vmm_reads() {
+        launch_of(false, |l| {
+            let text = serde_json::to_string(&l.vm_config(false)).unwrap();
+            let back: husk_vm_config::ConfigFile = serde_json::from_str::<VmConfig>(&text)
+                .map(husk_vm_config::ConfigFile::Boot)
+                .unwrap();
+            let husk_vm_config::ConfigFile::Boot(c) = back else {
+                panic!("not a boot config");
+            };
+            assert_eq!(c, l.vm_config(false));
+        });
     }
 }
