@@ -62,7 +62,7 @@ pub struct Config {
     /// far from login users and from the subordinate ids of user namespaces.
     pub jail_id_first: u32,
     pub jail_id_count: u32,
-    /// Extra virtiofsd arguments. Default `["--cache=never", "--sandbox=namespace",
+    /// Extra virtiofsd arguments. Default `["--cache=auto", "--sandbox=namespace",
     /// "--seccomp=kill", "--modcaps=-mknod:-setfcap"]`: virtiofsd in its own mount, PID and
     /// network namespaces with the shared dir as its root, under its seccomp filter.
     pub virtiofsd_args: Vec<String>,
@@ -96,7 +96,7 @@ impl Default for Config {
             max_memory_mib: 8192,
             kernel_cmdline: "quiet".into(),
             virtiofsd_args: [
-                "--cache=never",
+                "--cache=auto",
                 "--sandbox=namespace",
                 "--seccomp=kill",
                 "--modcaps=-mknod:-setfcap",
