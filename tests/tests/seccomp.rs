@@ -256,13 +256,15 @@ fn a_pods_vmm_and_virtiofsd_run_confined() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     run.sort();
-    // (virtiofsd keeps its pid file beside its socket: root's, the VMM can only read it.)
+    // (virtiofsd keeps its pid file beside its socket: root's, the VMM can only read it;
+    // vm.json is the VM's config the shim wrote, husk-vmm --config /run/vm.json.)
     assert_eq!(
         run,
         [
             "console.log",
             "virtiofsd.sock",
             "virtiofsd.sock.pid",
+            "vm.json",
             "vsock.sock"
         ]
     );
