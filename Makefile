@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 GUEST   := build/guest
 MUSL    := x86_64-unknown-linux-musl
-AGENT   := target/$(MUSL)/release/husk-agent
+AGENT   := target/$(MUSL)/guest/husk-agent
 PROBE   := target/$(MUSL)/release/husk-guest-probe
 CARGO   ?= cargo
 # make install: PREFIX for the binaries and guest image, SYSCONFDIR for husk.toml,
@@ -25,7 +25,8 @@ kernel: deps
 	guest-image/build-kernel.sh $(GUEST)
 
 agent: deps
-	$(CARGO) build --release -p husk-agent -p husk-guest-probe -p husk-pause --target $(MUSL)
+	$(CARGO) build --profile guest -p husk-agent --target $(MUSL)
+	$(CARGO) build --release -p husk-guest-probe -p husk-pause --target $(MUSL)
 
 initramfs: agent
 	$(CARGO) run -q --release -p husk-guest-image -- --agent $(AGENT) --out $(GUEST)/initramfs.cpio
