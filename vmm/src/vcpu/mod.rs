@@ -8,7 +8,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_sregs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use self::pause::PauseControl;
@@ -98,7 +98,8 @@ impl Vcpu {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(VcpuError::SupportedCpuid)?;
         let mut entries = supported.as_slice().to_vec();
-        cpuid::patch(&mut entries, self.id, count);
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        cpuid::patch(&mut entries, self.id, count, tsc_deadline);
         let table = CpuId::from_entries(&entries).map_err(|_| VcpuError::CpuidTable)?;
         self.fd.set_cpuid2(&table).map_err(cfg("cpuid"))?;
 
