@@ -177,11 +177,19 @@ mod tests {
         for _ in 0..100_000 {
             sink.write_all(&line).unwrap();
         }
-        sink.write_all(b"Kernel panic - not syncing: late\n").unwrap();
+        sink.write_all(b"Kernel panic - not syncing: late\n")
+            .unwrap();
         let all = out.0.lock().unwrap().clone();
-        assert!(all.len() as u64 <= (4 << 20) + 200, "{} bytes logged", all.len());
+        assert!(
+            all.len() as u64 <= (4 << 20) + 200,
+            "{} bytes logged",
+            all.len()
+        );
         let tail = String::from_utf8_lossy(&all[all.len() - 120..]).into_owned();
-        assert!(tail.contains("over 4 MiB; the rest is not logged"), "{tail}");
+        assert!(
+            tail.contains("over 4 MiB; the rest is not logged"),
+            "{tail}"
+        );
         assert_eq!(all.iter().filter(|b| **b == b'[').count(), 1, "one marker");
         assert_eq!(panic.get().as_deref(), Some("late"));
     }

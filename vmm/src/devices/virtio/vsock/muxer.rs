@@ -347,7 +347,7 @@ impl Muxer {
         let stream = match connect_nonblocking(Path::new(&path)) {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(port = h.dst_port, "vsock: guest connection refused: {e}");
+                crate::guest_debug!(port = h.dst_port, "vsock: guest connection refused: {e}");
                 return self.reply_rst(h);
             }
         };

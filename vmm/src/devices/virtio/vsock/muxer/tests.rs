@@ -172,6 +172,38 @@ fn guest_rst_refuses_host_connection() {
 }
 
 #[test]
+fn a_guest_that_never_answers_keeps_no_host_connection_the_host_gave_up() {
+    let (dir, mut m) = setup();
+    // Answered with nothing: the host program times out and closes.
+    let (host, fd) = host_connect(&dir, &mut m, b"CONNECT 1024\n");
+    m.handle_fd_event(fd, EventSet::IN);
+    assert_eq!(rx(&mut m).unwrap().0.op, op::REQUEST);
+    let ops = m.take_ctl_ops();
+    assert!(
+        ops.iter()
+            .any(|op| matches!(op, CtlOp::Modify(f, e) if *f == fd && *e == EventSet::HANG_UP)),
+        "still polled for a hang-up: {ops:?}"
+    );
+    drop(host);
+    m.handle_fd_event(fd, EventSet::HANG_UP);
+    let (h, _) = rx(&mut m).unwrap();
+    assert_eq!(
+        (h.op, h.src_port, h.dst_port),
+        (op::RST, FIRST_LOCAL_PORT, 1024)
+    );
+    assert_eq!(m.connection_count(), 0);
+    let ops = m.take_ctl_ops();
+    // Out of the epoll set, and then closed.
+    assert!(
+        matches!(ops.as_slice(), [CtlOp::Remove(f, None), CtlOp::Close(_)] if *f == fd),
+        "{ops:?}"
+    );
+    // A late RESPONSE finds no connection: it gets an RST of its own.
+    m.handle_guest_packet(&gpkt(op::RESPONSE, 1024, FIRST_LOCAL_PORT, b""));
+    assert_eq!(rx(&mut m).unwrap().0.op, op::RST);
+}
+
+#[test]
 fn bad_connect_lines_are_closed() {
     for line in [
         &b"CONNECT x\n"[..],
