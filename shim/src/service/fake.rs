@@ -64,6 +64,11 @@ impl FakeAgent {
         self.oom_cond.notify_all();
     }
 
+    /// OOM reports the service has not fetched yet.
+    pub fn pending_ooms(&self) -> usize {
+        lock(&self.ooms).len()
+    }
+
     /// The next call named `call` fails with `code` and `msg`.
     pub fn fail_next(&self, call: &str, code: Code, msg: &str) {
         *lock(&self.fail) = Some((call.to_owned(), code, msg.to_owned()));

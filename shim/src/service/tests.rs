@@ -409,6 +409,27 @@ fn an_oom_kill_in_the_guest_is_published() {
 }
 
 #[test]
+fn an_agent_flooding_oom_events_reaches_containerd_bounded() {
+    let f = fixture("oomflood");
+    f.create("c1", &plain()).unwrap();
+    let start = Instant::now();
+    for _ in 0..1000 {
+        f.launcher.agent.oom("c1");
+        f.launcher.agent.oom("not-in-this-pod");
+    }
+    eventually("the floods read", || f.launcher.agent.pending_ooms() == 0);
+    std::thread::sleep(Duration::from_millis(100));
+    let published = f.events.of::<TaskOOM>();
+    let secs = start.elapsed().as_secs() as usize;
+    assert!(
+        !published.is_empty() && published.len() <= super::oom::OOM_BURST as usize + secs + 1,
+        "{} TaskOOM events in {secs} s",
+        published.len()
+    );
+    assert!(published.iter().all(|e| e.container_id == "c1"));
+}
+
+#[test]
 fn a_pod_that_cannot_start_fails_create_with_the_reason() {
     let f = fixture("nostart");
     *f.launcher.fail.lock().unwrap() = Some("exited with status 1: no /dev/kvm".into());
