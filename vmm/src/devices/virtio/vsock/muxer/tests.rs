@@ -350,6 +350,41 @@ fn connection_table_is_bounded() {
 }
 
 #[test]
+fn data_held_for_host_programs_that_do_not_read_is_bounded_in_all() {
+    let (dir, mut m) = setup();
+    m.max_buffered = 1 << 20;
+    let app = UnixListener::bind(dir.0.join("v.sock_52")).unwrap();
+    let mut hosts = Vec::new();
+    for p in 0..16 {
+        m.handle_guest_packet(&gpkt(op::REQUEST, 100 + p, 52, b""));
+        hosts.push(app.accept().unwrap().0); // never read
+    }
+    while rx(&mut m).is_some() {}
+    let chunk = vec![7u8; 64 << 10];
+    let (mut most, mut reset) = (0, 0);
+    for _ in 0..16 {
+        for p in 0..16 {
+            m.handle_guest_packet(&gpkt(op::RW, 100 + p, 52, &chunk));
+            assert!(m.buffered_total() <= 1 << 20, "{}", m.buffered_total());
+            most = most.max(m.buffered_total());
+        }
+        // The credit updates, which let each connection send on.
+        while let Some((h, _)) = rx(&mut m) {
+            reset += usize::from(h.op == op::RST);
+        }
+    }
+    assert!(most > 1 << 19, "the test never came near the bound: {most}");
+    assert!(reset > 0);
+    // The host programs gone, nothing is held any more.
+    drop(hosts);
+    for fd in m.fd_keys.keys().copied().collect::<Vec<_>>() {
+        m.handle_fd_event(fd, EventSet::OUT | EventSet::HANG_UP);
+    }
+    while rx(&mut m).is_some() {}
+    assert_eq!(m.buffered_total(), 0);
+}
+
+#[test]
 fn guest_that_never_reads_bounds_host_reads() {
     let (dir, mut m) = setup();
     let app = UnixListener::bind(dir.0.join("v.sock_52")).unwrap();
