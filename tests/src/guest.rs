@@ -88,6 +88,10 @@ pub struct GuestOptions {
     pub initramfs: Option<PathBuf>,
     /// The console line that says the guest is up (default `husk-probe: ready`).
     pub ready_line: Option<String>,
+    /// The guest kernel (default: [`guest_kernel`]).
+    pub kernel: Option<PathBuf>,
+    /// husk-vmm's `HUSK_LOG` (default: the caller's, else vsock reasons at debug).
+    pub log: Option<String>,
 }
 
 /// A running guest.
@@ -108,7 +112,8 @@ impl Guest {
             .ready_line
             .clone()
             .unwrap_or_else(|| "husk-probe: ready".to_owned());
-        for f in [vmm_bin(), guest_kernel(), initramfs.clone()] {
+        let kernel = opts.kernel.clone().unwrap_or_else(guest_kernel);
+        for f in [vmm_bin(), kernel.clone(), initramfs.clone()] {
             require_file(&f);
         }
         let dir = TempDir::new("guest")?;
@@ -117,7 +122,7 @@ impl Guest {
         let vsock_uds = dir.path().join("vsock.sock");
         let mut cmd = Command::new(vmm_bin());
         cmd.arg("--kernel")
-            .arg(guest_kernel())
+            .arg(&kernel)
             .arg("--initramfs")
             .arg(&initramfs)
             .args(["--vcpus", &opts.vcpus.max(1).to_string()])
@@ -134,7 +139,9 @@ impl Guest {
             .stderr(std::fs::File::create(&stderr_path)?);
         // Unless told otherwise, the VMM says why any vsock connection was reset (debug
         // lines, one per reset), so a failing device test carries the reason.
-        if std::env::var_os("HUSK_LOG").is_none() {
+        if let Some(log) = &opts.log {
+            cmd.env("HUSK_LOG", log);
+        } else if std::env::var_os("HUSK_LOG").is_none() {
             cmd.env(
                 "HUSK_LOG",
                 "warn,husk_vmm::devices::virtio::vsock=debug,husk_vmm::devices::virtio::fs=info,\
@@ -249,6 +256,13 @@ impl Guest {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// husk-vmm's exit status if it has ended (reaping it), without waiting.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
     }
 
     pub fn pid(&self) -> Option<u32> {

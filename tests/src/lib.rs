@@ -39,6 +39,7 @@ pub mod cri_node;
 pub mod guest;
 pub mod oci_image;
 pub mod report;
+pub mod tap;
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -54,7 +55,8 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-pub(crate) fn path_from_env(var: &str, default: &str) -> PathBuf {
+/// `$var`, or `default` below the workspace root.
+pub fn path_from_env(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var)
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(default))

@@ -14,45 +14,13 @@ use std::time::{Duration, Instant};
 use husk_guest_probe::{hash_reader, stream_hash, write_stream, PROBE_PORT};
 use husk_tests::guest::{io_timeout, Guest, GuestOptions};
 use husk_tests::kvm_available;
+use husk_tests::tap::HostTap;
 
 const MIB: u64 = 1 << 20;
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 77, 1);
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 77, 2);
 const MAC: &str = "02:48:55:53:4b:01";
 const MTU: u32 = 1400;
-
-/// A tap this test created: its fd (not close-on-exec, so husk-vmm inherits it) and name.
-/// The tap is not persistent: it goes away with the last fd.
-struct HostTap {
-    fd: OwnedFd,
-    name: String,
-}
-
-impl HostTap {
-    fn create(name: &str) -> std::io::Result<Self> {
-        // SAFETY: a NUL-terminated path; no O_CLOEXEC on purpose (the child inherits it).
-        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just opened and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: `ifreq` is plain old data; zeroes are a valid value.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-            *d = s as libc::c_char;
-        }
-        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as _;
-        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, alive for the call.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self {
-            fd,
-            name: name.to_owned(),
-        })
-    }
-}
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -67,23 +35,6 @@ fn mib_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / MIB as f64 / d.as_secs_f64()
 }
 
-/// A tap of our own, or why the test cannot make one here.
-fn host_tap(test: &str) -> Option<HostTap> {
-    let name = format!("hknet{}", std::process::id() % 100_000);
-    match HostTap::create(&name) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let msg =
-                format!("{test}: cannot create tap {name} (needs root and /dev/net/tun): {e}");
-            if std::env::var("HUSK_REQUIRE_KVM").as_deref() == Ok("1") {
-                panic!("{msg}");
-            }
-            eprintln!("SKIPPED {msg}");
-            None
-        }
-    }
-}
-
 #[test]
 #[ignore = "boots a guest on KVM: `make test` runs it, in the test host where needed"]
 fn eth0_has_the_mac_and_mtu_and_tcp_crosses_both_ways() {
@@ -91,7 +42,7 @@ fn eth0_has_the_mac_and_mtu_and_tcp_crosses_both_ways() {
     if !kvm_available(test) {
         return;
     }
-    let Some(tap) = host_tap(test) else {
+    let Some(tap) = HostTap::for_test(test, "hknet") else {
         return;
     };
     ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", &tap.name]);
