@@ -57,6 +57,18 @@ fn show(o: &Outcome) -> String {
     )
 }
 
+/// `ctr run -d ... ID sleep 3600` under husk (with husk.toml `config` if given), RUNNING.
+fn run_detached(c: &Containerd, id: &str, config: Option<&str>) {
+    let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+    if let Some(path) = config {
+        args.extend(["--runtime-config-path", path]);
+    }
+    args.extend([BUSYBOX_IMAGE, id, "sleep", "3600"]);
+    let o = c.ctr(&args).unwrap();
+    assert_eq!(o.code(), Some(0), "{id}: {}\n{}", show(&o), c.log());
+    wait_status(c, id, "RUNNING", Duration::from_secs(120));
+}
+
 fn wait_status(c: &Containerd, id: &str, want: &str, timeout: Duration) {
     let start = Instant::now();
     while c.task_status(id).as_deref() != Some(want) {
@@ -115,40 +127,12 @@ fn a_hostile_agent_fails_its_pod_cleanly_and_leaves_the_others_alone() {
     });
 
     // A well-behaved pod first.
-    let o = c
-        .ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            BUSYBOX_IMAGE,
-            "good",
-            "sleep",
-            "3600",
-        ])
-        .unwrap();
-    assert_eq!(o.code(), Some(0), "{}\n{}", show(&o), c.log());
-    wait_status(&c, "good", "RUNNING", Duration::from_secs(120));
+    run_detached(&c, "good", None);
 
     let config = hostile_config.display().to_string();
     // From before the pod starts: its OOM flood starts with it.
     let started = Instant::now();
-    let o = c
-        .ctr(&[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            "--runtime-config-path",
-            &config,
-            BUSYBOX_IMAGE,
-            "multi",
-            "sleep",
-            "3600",
-        ])
-        .unwrap();
-    assert_eq!(o.code(), Some(0), "{}\n{}", show(&o), c.log());
-    wait_status(&c, "multi", "RUNNING", Duration::from_secs(120));
+    run_detached(&c, "multi", Some(&config));
     let shim = c
         .pod_pid("multi", "shim")
         .expect("the hostile pod's shim pid");

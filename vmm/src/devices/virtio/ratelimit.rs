@@ -323,17 +323,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn virtio_queue_records_are_limited_and_others_pass() {
-        use log::Log;
+    /// What `f` logs at up to `level`, formatted.
+    fn captured(level: tracing::Level, f: impl FnOnce()) -> String {
         let out = Capture::default();
         let sub = tracing_subscriber::fmt()
             .with_writer(out.clone())
-            .with_max_level(tracing::Level::DEBUG)
+            .with_max_level(level)
             .with_ansi(false)
             .finish();
+        with_default(sub, f);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn virtio_queue_records_are_limited_and_others_pass() {
+        use log::Log;
         let bridge = LogBridge::default();
-        with_default(sub, || {
+        let text = captured(tracing::Level::DEBUG, || {
             for target in ["virtio_queue::queue", "vhost::vhost_user"] {
                 for i in 0..100 {
                     bridge.log(
@@ -346,7 +353,6 @@ mod tests {
                 }
             }
         });
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
         assert_eq!(count("of virtio_queue"), SITE_BURST as usize, "{text}");
         assert_eq!(count("of vhost"), 100, "{text}");
@@ -354,19 +360,12 @@ mod tests {
 
     #[test]
     fn the_macros_log_a_burst_per_site_and_name_what_they_dropped() {
-        let out = Capture::default();
-        let sub = tracing_subscriber::fmt()
-            .with_writer(out.clone())
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .finish();
-        with_default(sub, || {
+        let text = captured(tracing::Level::DEBUG, || {
             for i in 0..1000 {
                 crate::guest_warn!(n = i, "site one");
                 crate::guest_debug!("site two {i}");
             }
         });
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
         assert_eq!(count("site one"), SITE_BURST as usize, "{text}");
         assert_eq!(count("site two"), SITE_BURST as usize, "{text}");
@@ -376,12 +375,6 @@ mod tests {
             "{text}"
         );
         // Nothing is formatted for a level that is off.
-        let quiet = Capture::default();
-        let sub = tracing_subscriber::fmt()
-            .with_writer(quiet.clone())
-            .with_max_level(tracing::Level::WARN)
-            .finish();
-        with_default(sub, || crate::guest_debug!("never"));
-        assert!(quiet.0.lock().unwrap().is_empty());
+        assert!(captured(tracing::Level::WARN, || crate::guest_debug!("never")).is_empty());
     }
 }

@@ -148,8 +148,12 @@ impl<'a> Vsock<'a> {
     }
 
     /// Collects packets from the rx ring until `done` says so or `timeout`, giving each
-    /// buffer back as soon as it is read.
-    fn recv(&mut self, timeout: Duration, mut done: impl FnMut(&[Hdr]) -> bool) -> Vec<Hdr> {
+    /// buffer back as soon as it is read; a data packet's payload is kept too.
+    fn recv_data(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&[(Hdr, Vec<u8>)]) -> bool,
+    ) -> Vec<(Hdr, Vec<u8>)> {
         let start = Instant::now();
         let mut got = Vec::new();
         while !done(&got) && start.elapsed() < timeout {
@@ -160,10 +164,19 @@ impl<'a> Vsock<'a> {
                     continue;
                 }
                 let off = layout::VSOCK_RX_BUFS + u64::from(id) * u64::from(RX_BUF);
-                let raw: Vec<u8> = (0..HDR as u64)
-                    .map(|k| self.rx.mem.read::<u8>(off + k))
-                    .collect();
-                got.push(Hdr::parse(&raw));
+                let read = |from: u64, n: u64| -> Vec<u8> {
+                    (0..n)
+                        .map(|k| self.rx.mem.read::<u8>(off + from + k))
+                        .collect()
+                };
+                let h = Hdr::parse(&read(0, HDR as u64));
+                let n = h.len.min(len - HDR as u32).min(RX_BUF - HDR as u32);
+                let payload = if h.op == OP_RW {
+                    read(HDR as u64, u64::from(n))
+                } else {
+                    Vec::new()
+                };
+                got.push((h, payload));
                 self.rx.publish(id);
             }
             self.d.notify(0);
@@ -171,12 +184,14 @@ impl<'a> Vsock<'a> {
         got
     }
 
-    /// The payload bytes of the rx buffer that holds a packet whose header is `h`.
-    fn payload_of(&self, id: u16, len: u32) -> Vec<u8> {
-        let off = layout::VSOCK_RX_BUFS + u64::from(id) * u64::from(RX_BUF) + HDR as u64;
-        (0..u64::from(len))
-            .map(|k| self.rx.mem.read::<u8>(off + k))
-            .collect()
+    /// [`Vsock::recv_data`] for headers only.
+    fn recv(&mut self, timeout: Duration, mut done: impl FnMut(&[Hdr]) -> bool) -> Vec<Hdr> {
+        let mut hdrs = Vec::new();
+        self.recv_data(timeout, |got| {
+            hdrs.extend(got[hdrs.len()..].iter().map(|(h, _)| *h));
+            done(&hdrs)
+        });
+        hdrs
     }
 }
 
@@ -385,27 +400,13 @@ fn echo(ctx: &Ctx, v: &mut Vsock) {
     let mut h = v.hdr(port, 7003, OP_RW);
     h.len = 4;
     v.send(&[(h, v.mem_base + ping, 4)]);
-    // The answer: find its buffer by scanning the used ring as recv does, keeping ids.
-    let start = Instant::now();
-    let mut pong = None;
-    while pong.is_none() && start.elapsed() < Duration::from_secs(60) {
-        for (id, len) in v.rx.wait_used(1, Duration::from_millis(200)) {
-            let id = id as u16;
-            if id >= v.rx.size || (len as usize) < HDR {
-                continue;
-            }
-            let off = layout::VSOCK_RX_BUFS + u64::from(id) * u64::from(RX_BUF);
-            let raw: Vec<u8> = (0..HDR as u64)
-                .map(|k| v.rx.mem.read::<u8>(off + k))
-                .collect();
-            let h = Hdr::parse(&raw);
-            if h.op == OP_RW && h.dst_port == port {
-                pong = Some(v.payload_of(id, h.len.min(RX_BUF - HDR as u32)));
-            }
-            v.rx.publish(id);
-        }
-        v.d.notify(0);
-    }
+    let got = v.recv_data(Duration::from_secs(60), |g| {
+        g.iter().any(|(h, _)| h.op == OP_RW && h.dst_port == port)
+    });
+    let pong = got
+        .into_iter()
+        .find(|(h, _)| h.op == OP_RW && h.dst_port == port)
+        .map(|(_, p)| p);
     match pong {
         Some(p) if p == b"pong" => say("vsock echo ok"),
         other => ctx.fail(&format!("vsock: echo answered {other:?}")),
