@@ -284,8 +284,9 @@ fn read_responses(
 }
 
 /// Decodes a ttrpc `Response` (status = 1, payload = 2) by hand: the status's code and
-/// message (cut, see [`MAX_MESSAGE`]) and never its details.
-fn decode_response(body: &[u8]) -> protobuf::Result<Reply> {
+/// message (cut, see [`MAX_MESSAGE`]) and never its details. Public for the fuzz target
+/// (`fuzz/fuzz_targets/agent_replies.rs`).
+pub fn decode_response(body: &[u8]) -> protobuf::Result<Result<Vec<u8>, ttrpc::Error>> {
     let mut is = CodedInputStream::from_bytes(body);
     let mut status = None;
     let mut payload = Vec::new();

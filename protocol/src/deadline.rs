@@ -74,25 +74,26 @@ impl Read for ReadBy<'_> {
 }
 
 /// Guest-supplied text as the host shows it (in errors to containerd, in logs): at most
-/// `max` bytes (cut at a character boundary, saying how much was cut), control characters
-/// but newline and tab replaced, so that a hostile agent cannot flood or forge lines.
+/// `max` bytes (whole characters, saying how much of the input was cut), control
+/// characters but newline and tab replaced, so that a hostile agent cannot flood or forge
+/// lines.
 pub fn guest_text(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
+    let mut out = String::with_capacity(s.len().min(max));
+    let mut taken = 0;
+    for (at, c) in s.char_indices() {
+        let shown = if c.is_control() && c != '\n' && c != '\t' {
+            '\u{fffd}'
+        } else {
+            c
+        };
+        if out.len() + shown.len_utf8() > max {
+            break;
+        }
+        out.push(shown);
+        taken = at + c.len_utf8();
     }
-    let mut out: String = s[..end]
-        .chars()
-        .map(|c| {
-            if c.is_control() && c != '\n' && c != '\t' {
-                '\u{fffd}'
-            } else {
-                c
-            }
-        })
-        .collect();
-    if end < s.len() {
-        out.push_str(&format!(" [{} more bytes cut]", s.len() - end));
+    if taken < s.len() {
+        out.push_str(&format!(" [{} more bytes cut]", s.len() - taken));
     }
     out
 }
@@ -154,5 +155,8 @@ mod tests {
         assert_eq!(guest_text("éé", 3), "é [2 more bytes cut]");
         let huge = "x".repeat(4 << 20);
         assert!(guest_text(&huge, 4096).len() < 4200);
+        // Replacements count against the bound too (U+FFFD is three bytes).
+        let escapes = "\x1b".repeat(10_000);
+        assert!(guest_text(&escapes, 4096).len() < 4200);
     }
 }

@@ -28,6 +28,14 @@ use husk_tests::report::ctr::parse_guest_ram;
 use husk_tests::tap::{HostTap, PacketSocket};
 use husk_tests::{kvm_available, path_from_env};
 
+/// A line on stderr past the test harness's capture: progress shows live, and the
+/// integration runner's silence watchdog sees it.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 const DISK_MARK: &[u8] = b"HUSK-HOSTILE-DISK";
 const NET_MARK: &[u8] = b"HUSK-HOSTILE-NET";
 /// What husk-vmm's log may hold after the run: the VM's budget of guest-triggered lines
@@ -181,6 +189,7 @@ fn a_guest_that_abuses_every_device_leaves_the_vmm_and_its_neighbour_standing() 
     std::fs::write(&disk, &image).unwrap();
 
     // The neighbour first: a plain probe guest on the production kernel.
+    note!("starting the neighbour guest");
     let neighbour = Arc::new(
         Guest::start(GuestOptions {
             memory_mib: 256,
@@ -190,6 +199,7 @@ fn a_guest_that_abuses_every_device_leaves_the_vmm_and_its_neighbour_standing() 
     );
     let neighbour_pid = neighbour.pid().unwrap();
     let neighbour_rss = own_rss_kib(neighbour_pid);
+    note!("neighbour up; starting the hostile guest");
 
     let mut g = Guest::start(GuestOptions {
         memory_mib: 256,
@@ -247,7 +257,7 @@ fn a_guest_that_abuses_every_device_leaves_the_vmm_and_its_neighbour_standing() 
             .filter(|l| l.starts_with("hostile: "))
             .skip(shown)
         {
-            eprintln!("{line}");
+            note!("{line}");
             shown += 1;
         }
         if console.contains("hostile: vsock half-open ready")
@@ -340,7 +350,7 @@ fn a_guest_that_abuses_every_device_leaves_the_vmm_and_its_neighbour_standing() 
 
     // Memory: bounded at the peak, and given back.
     let peak = peak.load(Ordering::Relaxed);
-    eprintln!(
+    note!(
         "husk-vmm own RSS (without guest RAM): at boot {at_boot} KiB, peak {peak} KiB, after \
          the vsock steps {after_vsock:?} KiB; the neighbour's at boot {neighbour_rss:?} KiB"
     );
@@ -356,7 +366,7 @@ fn a_guest_that_abuses_every_device_leaves_the_vmm_and_its_neighbour_standing() 
 
     // The log: bounded whatever the guest did.
     let lines = log.lines().count();
-    eprintln!("husk-vmm log: {lines} lines, {} bytes", log.len());
+    note!("husk-vmm log: {lines} lines, {} bytes", log.len());
     assert!(
         lines <= LOG_LINES_MAX,
         "husk-vmm logged {lines} lines:\n{}",
@@ -364,7 +374,7 @@ fn a_guest_that_abuses_every_device_leaves_the_vmm_and_its_neighbour_standing() 
     );
 
     // The neighbour answered throughout, and still does.
-    eprintln!("neighbour: {pings} echo round trips during the abuse");
+    note!("neighbour: {pings} echo round trips during the abuse");
     assert!(
         ping_failures.is_empty() && pings > 0,
         "the other guest failed {} of {} echoes: {ping_failures:?}",

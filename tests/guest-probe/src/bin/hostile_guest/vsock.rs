@@ -184,6 +184,20 @@ impl<'a> Vsock<'a> {
         got
     }
 
+    /// Packets until none came for `quiet` (a flood's answers, however many got through).
+    fn recv_until_quiet(&mut self, quiet: Duration) -> Vec<Hdr> {
+        let mut hdrs = Vec::new();
+        let mut last = Instant::now();
+        self.recv_data(Duration::from_secs(300), |got| {
+            if got.len() > hdrs.len() {
+                hdrs.extend(got[hdrs.len()..].iter().map(|(h, _)| *h));
+                last = Instant::now();
+            }
+            last.elapsed() > quiet
+        });
+        hdrs
+    }
+
     /// [`Vsock::recv_data`] for headers only.
     fn recv(&mut self, timeout: Duration, mut done: impl FnMut(&[Hdr]) -> bool) -> Vec<Hdr> {
         let mut hdrs = Vec::new();
@@ -254,7 +268,7 @@ pub fn run(ctx: &Ctx, d: &Device) {
     }
     let used = v.send(&pkts);
     v.post_all_rx();
-    let rsts = v.recv(Duration::from_secs(10), |g| g.len() >= 2500);
+    let rsts = v.recv_until_quiet(Duration::from_secs(3));
     say(&format!(
         "vsock bad-packets sent={} used={used} rst_back={}",
         pkts.len(),
@@ -274,7 +288,7 @@ pub fn run(ctx: &Ctx, d: &Device) {
         .map(|k| (v.hdr(44_000 + k, 20_000 + k, OP_REQUEST), 0, 0))
         .collect();
     v.send(&reqs);
-    let rsts = v.recv(Duration::from_secs(60), |g| g.len() >= 2000);
+    let rsts = v.recv_until_quiet(Duration::from_secs(3));
     say(&format!(
         "vsock request-flood sent={} rst_back={}",
         reqs.len(),
