@@ -135,7 +135,9 @@ fn a_hostile_agent_fails_its_pod_cleanly_and_leaves_the_others_alone() {
     });
 
     // A well-behaved pod first.
+    note!("starting the well-behaved pod");
     run_detached(&c, "good", None);
+    note!("starting the hostile pod");
 
     let config = hostile_config.display().to_string();
     // From before the pod starts: its OOM flood starts with it.
@@ -160,6 +162,7 @@ fn a_hostile_agent_fails_its_pod_cleanly_and_leaves_the_others_alone() {
     };
 
     // An error of 100 KiB with 60,000 details: cut, escapes gone, the call failed.
+    note!("{:?}: an oversized error", started.elapsed());
     let o = c.ctr(&["task", "ps", "multi"]).unwrap();
     assert_ne!(o.code(), Some(0), "{}", show(&o));
     assert!(o.stderr.contains("hostile agent: mmm"), "{}", show(&o));
@@ -171,6 +174,7 @@ fn a_hostile_agent_fails_its_pod_cleanly_and_leaves_the_others_alone() {
     );
     assert!(!o.stderr.contains('\x1b'), "terminal escapes passed on");
 
+    note!("{:?}: a stats bomb", started.elapsed());
     // A stats reply of 60,000 empty entries: within the client's frame limit, so it
     // decodes; what it costs is bounded by that limit.
     let o = c.ctr(&["task", "metrics", "multi"]).unwrap();
@@ -180,6 +184,7 @@ fn a_hostile_agent_fails_its_pod_cleanly_and_leaves_the_others_alone() {
     );
 
     // 32 MiB of output, all of it, through the shim.
+    note!("{:?}: 32 MiB of output", started.elapsed());
     let o = c
         .ctr(&["task", "exec", "--exec-id", "flood", "multi", "true"])
         .unwrap();
@@ -187,6 +192,7 @@ fn a_hostile_agent_fails_its_pod_cleanly_and_leaves_the_others_alone() {
     assert_eq!(o.stdout.len(), 32 << 20, "{}", show(&o));
 
     // A stdio handshake trickled a byte every 3 s: cut off by the attach deadline.
+    note!("{:?}: a trickled stdio handshake", started.elapsed());
     let o = c
         .ctr(&["task", "exec", "--exec-id", "trickle", "multi", "true"])
         .unwrap();
@@ -199,6 +205,7 @@ fn a_hostile_agent_fails_its_pod_cleanly_and_leaves_the_others_alone() {
     );
 
     // A frame that never ends: the agent is cut off, the call fails saying why...
+    note!("{:?}: a frame that never ends", started.elapsed());
     let o = c.ctr(&["task", "pause", "multi"]).unwrap();
     assert_ne!(o.code(), Some(0), "{}", show(&o));
     assert!(
@@ -217,6 +224,7 @@ fn a_hostile_agent_fails_its_pod_cleanly_and_leaves_the_others_alone() {
     assert!(peak <= SHIM_RSS_MAX_KIB, "the shim grew to {peak} KiB");
 
     // The other pod never noticed.
+    note!("{:?}: the other pod", started.elapsed());
     let o = c
         .ctr(&[
             "task",

@@ -138,9 +138,9 @@ pub fn block(ctx: &Ctx, d: &Device) {
 /// to be a log line, for the VMM).
 fn resets(ctx: &Ctx, d: &Device, queues: &[u32], at: u64, name: &str) {
     let mut ok = 0;
-    for _ in 0..100 {
+    let cycles = abuse::storm(100, || {
         if !d.negotiate(1 << 32) {
-            continue;
+            return;
         }
         for &qi in queues {
             let q = Queue::new(
@@ -151,8 +151,8 @@ fn resets(ctx: &Ctx, d: &Device, queues: &[u32], at: u64, name: &str) {
             d.setup_queue(qi, &q);
         }
         ok += u32::from(d.driver_ok() & DEVICE_NEEDS_RESET == 0);
-    }
-    say(&format!("{name} reset-cycles activated={ok}/100"));
+    });
+    say(&format!("{name} reset-cycles activated={ok}/{cycles}"));
 }
 
 /// A 60-byte broadcast Ethernet frame carrying [`NET_MARK`], behind a zero vnet header.
@@ -189,8 +189,10 @@ pub fn net(ctx: &Ctx, d: &Device) {
 
     // Frames too short and too long (over 64 KiB), 100 of each, then marked ones.
     let big = base + layout::NET_BUFS + 0x1_0000;
-    for round in 0..200u32 {
-        if round % 2 == 0 {
+    let mut round = 0u32;
+    abuse::storm(200, || {
+        round += 1;
+        if round.is_multiple_of(2) {
             tx.desc(0, big, VNET_HDR + 10, 0, 0);
         } else {
             tx.desc(0, big, 0x1_0000, F_NEXT, 1);
@@ -199,7 +201,7 @@ pub fn net(ctx: &Ctx, d: &Device) {
         tx.publish(0);
         d.notify(1);
         tx.wait_used(1, Duration::from_secs(5));
-    }
+    });
     let frame = marked_frame();
     put(ctx, layout::NET_BUFS, &frame);
     for _ in 0..5 {

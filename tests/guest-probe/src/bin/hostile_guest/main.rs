@@ -20,7 +20,8 @@ mod vsock;
 
 use std::ffi::CString;
 use std::io::Write;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use virtq::{cmdline_devices, ram_end, Device, PhysMap};
 
@@ -47,9 +48,14 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_VSOCK: u32 = 19;
 
+/// When this program started: every line says how long after (`t=` in seconds), so a slow
+/// step shows in the test's output.
+static START: OnceLock<Instant> = OnceLock::new();
+
 pub fn say(msg: &str) {
+    let t = START.get_or_init(Instant::now).elapsed();
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "hostile: {msg}");
+    let _ = writeln!(out, "hostile: {msg} t={:.1}", t.as_secs_f64());
     let _ = out.flush();
 }
 
@@ -69,6 +75,7 @@ impl Ctx {
 }
 
 fn main() {
+    START.get_or_init(Instant::now);
     for (fstype, target) in [("proc", "/proc"), ("sysfs", "/sys"), ("devtmpfs", "/dev")] {
         let _ = std::fs::create_dir_all(target);
         if let Err(e) = mount(fstype, target) {
