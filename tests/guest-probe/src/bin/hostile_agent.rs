@@ -10,7 +10,8 @@
 //! - StatsContainer: 60,000 empty I/O device entries (the same, in a reply);
 //! - PauseContainer: a frame header, a few bytes of its body, then nothing, for ever;
 //! - an exec named `flood`: 32 MiB on its stdout, then its exit;
-//! - an exec named `trickle`: its stdio handshake answered one byte every 3 s.
+//! - an exec named `trickle`: its stdio handshake answered one byte every 3 s, with a
+//!   frame of 1000 bytes (it would take 50 minutes).
 //!
 //! Everything else is answered as husk-agent would. The init process "runs" until the
 //! shim signals it.
@@ -264,7 +265,11 @@ fn serve_stdio(mut conn: File, exits: &Exits) {
     let answer = frame::encode_frame(&StdioAttachResponse::new().write_to_bytes().unwrap())
         .expect("a small frame");
     if attach.exec_id == "trickle" {
-        for b in answer {
+        // Not the real answer: an empty response is a 4-byte frame, trickled whole in
+        // 12 s, well inside the shim's 30 s attach deadline (and the exec then never
+        // ended: the test hung). A frame of 1000 bytes at a byte every 3 s never ends.
+        let endless = frame::encode_frame(&[0u8; 1000]).expect("a frame under MAX_FRAME");
+        for b in endless {
             if conn.write_all(&[b]).is_err() {
                 return;
             }
