@@ -41,6 +41,11 @@ pub trait AgentApi: Send + Sync {
     fn wait_process(&self, ctx: Context, req: &WaitProcessRequest) -> Result<WaitProcessResponse>;
     fn close_stdin(&self, ctx: Context, req: &CloseStdinRequest) -> Result<Empty>;
     fn tty_win_resize(&self, ctx: Context, req: &TtyWinResizeRequest) -> Result<Empty>;
+    /// Why the connection to the agent is closed for good, once it is (after a framing
+    /// violation every call fails; see `husk_protocol::agent_client`).
+    fn closed(&self) -> Option<String> {
+        None
+    }
 }
 
 impl AgentApi for AgentClient {
@@ -97,5 +102,8 @@ impl AgentApi for AgentClient {
     }
     fn tty_win_resize(&self, ctx: Context, req: &TtyWinResizeRequest) -> Result<Empty> {
         AgentClient::tty_win_resize(self, ctx, req)
+    }
+    fn closed(&self) -> Option<String> {
+        AgentClient::closed(self)
     }
 }

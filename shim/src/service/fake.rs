@@ -227,6 +227,11 @@ impl AgentApi for FakeAgent {
         self.call("TtyWinResize", &req.container_id, &req.exec_id)?;
         Ok(Empty::new())
     }
+    fn closed(&self) -> Option<String> {
+        self.closed
+            .load(Ordering::SeqCst)
+            .then(|| "the fake agent is closed".to_owned())
+    }
 }
 
 /// A pod around a [`FakeAgent`], in a temporary directory.
