@@ -193,8 +193,13 @@ fn a_hostile_agent_fails_its_pod_cleanly_and_leaves_the_others_alone() {
 
     // A stdio handshake trickled a byte every 3 s: cut off by the attach deadline.
     note!("{:?}: a trickled stdio handshake", started.elapsed());
+    // The shim's deadline is 30 s; a shim that misses it attaches and waits for an exit
+    // that never comes, so this call gets a watchdog of its own.
     let o = c
-        .ctr(&["task", "exec", "--exec-id", "trickle", "multi", "true"])
+        .ctr_timeout(
+            &["task", "exec", "--exec-id", "trickle", "multi", "true"],
+            Duration::from_secs(120),
+        )
         .unwrap();
     assert_ne!(o.code(), Some(0), "{}", show(&o));
     assert!(
