@@ -255,13 +255,14 @@ fn a_hostile_agent_fails_its_pod_cleanly_and_leaves_the_others_alone() {
         let o = c.ctr(&["container", "rm", id]).unwrap();
         assert_eq!(o.code(), Some(0), "{id}: {}", show(&o));
     }
+    // The test's own `ctr events` goes first: wait_clean counts every ctr left running.
+    let _ = events.kill();
+    let _ = events.wait();
+    let ooms = oom_lines.join().unwrap();
     let left = c.wait_clean(Duration::from_secs(60));
     assert!(left.is_empty(), "left behind:\n{left}\n{}", c.log());
 
     // containerd saw a bounded number of OOM events, all for the pod's container.
-    let _ = events.kill();
-    let _ = events.wait();
-    let ooms = oom_lines.join().unwrap();
     note!(
         "OOM events containerd saw in {:.0} s of an agent reporting 100 a second: {}",
         elapsed.as_secs_f64(),
