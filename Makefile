@@ -7,6 +7,8 @@ GUEST   := build/guest
 MUSL    := x86_64-unknown-linux-musl
 AGENT   := target/$(MUSL)/guest/husk-agent
 PROBE   := target/$(MUSL)/release/husk-guest-probe
+HOSTILE := target/$(MUSL)/release/husk-hostile-guest
+HOSTILE_AGENT := target/$(MUSL)/release/husk-hostile-agent
 CARGO   ?= cargo
 # make install: PREFIX for the binaries and guest image, SYSCONFDIR for husk.toml,
 # DESTDIR a staging root for packages.
@@ -16,13 +18,19 @@ DESTDIR    ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 DIST    := build/dist/husk-$(VERSION)-x86_64
 
-.PHONY: deps kernel agent initramfs image vmm bins lint unit integration test demo demo-pod report bench bench-devices bench-agent bench-shim bench-net bench-pod test-shim test-net test-cri fuzz clean release stage install uninstall dist check test-install test-install-vm
+.PHONY: deps kernel hostile-kernel agent initramfs image hostile-image vmm bins lint unit integration test demo demo-pod report bench bench-devices bench-agent bench-shim bench-net bench-pod test-shim test-net test-cri fuzz clean release stage install uninstall dist check test-install test-install-vm
 
 deps:
 	scripts/install-deps.sh
 
 kernel: deps
 	guest-image/build-kernel.sh $(GUEST)
+
+# The hostile-guest test's kernel: ours plus /dev/mem and no virtio drivers (never
+# shipped; see guest-image/kernel/husk-guest-hostile.fragment). After `kernel` it builds
+# incrementally in the same tree (~4 min on 2 cores), once per cache key.
+hostile-kernel: kernel
+	guest-image/build-kernel.sh $(GUEST)/hostile guest-image/kernel/husk-guest-hostile.fragment
 
 agent: deps
 	$(CARGO) build --profile guest -p husk-agent --target $(MUSL)
@@ -31,8 +39,13 @@ agent: deps
 initramfs: agent
 	$(CARGO) run -q --release -p husk-guest-image -- --agent $(AGENT) --out $(GUEST)/initramfs.cpio
 	$(CARGO) run -q --release -p husk-guest-image -- --agent $(PROBE) --out $(GUEST)/probe-initramfs.cpio
+	$(CARGO) run -q --release -p husk-guest-image -- --agent $(HOSTILE) --out $(GUEST)/hostile-initramfs.cpio
+	$(CARGO) run -q --release -p husk-guest-image -- --agent $(HOSTILE_AGENT) --out $(GUEST)/hostile-agent-initramfs.cpio
 
 image: kernel initramfs
+
+# What tests/tests/hostile_guest.rs boots besides the image.
+hostile-image: hostile-kernel initramfs
 
 # The host binaries as shipped: static (musl) husk-vmm, husk-jailer, containerd-shim-husk-v2 and
 # husk-check. Tests, demo, benchmarks and `make dist` all run these: one release build.
@@ -60,7 +73,7 @@ unit: deps vmm
 # cycles, 16 MiB each way through a pod's network, 1 CRI pod cycle); the long versions
 # are `make test-shim` (50 cycles), `make test-net` (20 cycles, 64 MiB) and `make
 # test-cri` (20 pod cycles).
-integration: image vmm
+integration: image hostile-image vmm
 	HUSK_SHIM_CYCLES=$${HUSK_SHIM_CYCLES:-5} HUSK_NET_CYCLES=$${HUSK_NET_CYCLES:-3} HUSK_NET_TEST_MIB=$${HUSK_NET_TEST_MIB:-16} HUSK_CRI_CYCLES=$${HUSK_CRI_CYCLES:-1} scripts/integration.sh
 
 # Only the containerd shim's end-to-end tests (also part of `make test`, with 5 cycles),

@@ -1,5 +1,7 @@
 //! What the shim reads from the guest's agent: stdio handshake frames (4-byte length,
-//! then protobuf) read back to back from one stream, and the agent's ttrpc replies the
+//! then protobuf) read back to back from one stream, the body of a ttrpc response frame
+//! as the shim's agent client decodes it (status code and a message cut to MAX_MESSAGE,
+//! never the details; the payload as it came), and the agent's ttrpc reply messages the
 //! shim decodes. A frame over MAX_FRAME is refused before anything is allocated; whatever
 //! parses re-encodes to a message that parses the same.
 #![no_main]
@@ -7,6 +9,7 @@
 use std::io::Cursor;
 
 use husk_protocol::agent;
+use husk_protocol::agent_client::{decode_response, MAX_MESSAGE};
 use husk_protocol::frame::{self, FrameError, MAX_FRAME};
 use husk_protocol::protobuf::Message;
 use libfuzzer_sys::fuzz_target;
@@ -39,6 +42,17 @@ fuzz_target!(|data: &[u8]| {
             Err(FrameError::Truncated) => break,
             Err(FrameError::Io(e)) => panic!("a cursor never fails: {e}"),
         }
+    }
+    match decode_response(data) {
+        Ok(Ok(payload)) => assert!(payload.len() <= data.len()),
+        Ok(Err(husk_protocol::ttrpc::Error::RpcStatus(s))) => {
+            assert!(s.details.is_empty());
+            // Cut to MAX_MESSAGE bytes plus the note saying how much was cut.
+            assert!(s.message().len() <= MAX_MESSAGE + 40, "{}", s.message().len());
+            assert!(!s.message().chars().any(|c| c.is_control() && c != '\n' && c != '\t'));
+        }
+        Ok(Err(other)) => panic!("a response decodes to a status or a payload: {other:?}"),
+        Err(_) => {}
     }
     round_trips::<agent::WaitProcessResponse>(data);
     round_trips::<agent::ExecProcessResponse>(data);

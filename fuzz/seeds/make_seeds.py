@@ -244,6 +244,11 @@ def frame(payload):
 def agent_seeds():
     attach = pb_str(1, "c0ffee") + pb_str(2, "exec-1") + pb_int(3, 1)
     yield "stdio_handshake", frame(attach) + frame(b"") + frame(pb_str(1, "no such container"))
+    # ttrpc Responses as the shim's agent client decodes them: an error status with
+    # details and escapes, and a payload.
+    status = pb_int(1, 13) + pb_str(2, "\x1b[31mboom " + "m" * 200) + pb_str(3, b"") * 8
+    yield "response_status", pb_str(1, status)
+    yield "response_payload", pb_str(2, pb_int(1, 42))
     yield "wait_killed", pb_int(1, 137) + pb_int(2, 9) + pb_int(3, 1_700_000_000_000_000_000)
     yield "wait_negative", pb_int(1, -1)
     yield "list_pids_packed", pb_varint((1 << 3) | 2) + pb_varint(3) + bytes([1, 7, 42])

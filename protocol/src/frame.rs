@@ -4,6 +4,10 @@
 //! a length over [`MAX_FRAME`] before allocating anything.
 
 use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crate::deadline::{write_all_by, ReadBy};
 
 /// Largest handshake message either side accepts: a `StdioAttach` holds two ids and an
 /// enum and a `StdioAttachResponse` one error string, so anything near this is not one.
@@ -58,6 +62,19 @@ pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> Result<(), FrameError>
     w.flush().map_err(FrameError::Io)
 }
 
+/// Sends `payload` as one frame on `stream` and reads the peer's one-frame answer, the
+/// whole exchange within `timeout` (not each read: a peer trickling a byte at a time is
+/// cut off too). Leaves the socket's timeouts set; clear them before streaming.
+pub fn exchange(
+    stream: &UnixStream,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, FrameError> {
+    let deadline = Instant::now() + timeout;
+    write_all_by(stream, &encode_frame(payload)?, deadline).map_err(FrameError::Io)?;
+    read_frame(&mut ReadBy { stream, deadline })
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Cursor;
@@ -105,6 +122,40 @@ mod tests {
             encode_frame(&[0; MAX_FRAME + 1]),
             Err(FrameError::TooLong(_))
         ));
+    }
+
+    #[test]
+    fn an_exchange_has_one_deadline_for_all_of_it() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let peer = std::thread::spawn(move || {
+            let got = read_frame(&mut &b).unwrap();
+            // The answer's header, one byte every 100 ms: each read is quick.
+            for byte in encode_frame(b"late").unwrap() {
+                if (&b).write_all(&[byte]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            got
+        });
+        let start = Instant::now();
+        let e = exchange(&a, b"ask", Duration::from_millis(250)).unwrap_err();
+        assert!(
+            matches!(&e, FrameError::Io(io) if io.kind() == io::ErrorKind::TimedOut),
+            "{e}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert_eq!(peer.join().unwrap(), b"ask");
+        // In time: the answer.
+        let (a, b) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            let got = read_frame(&mut &b).unwrap();
+            write_frame(&mut &b, &got).unwrap();
+        });
+        assert_eq!(
+            exchange(&a, b"echo", Duration::from_secs(5)).unwrap(),
+            b"echo"
+        );
     }
 
     #[test]

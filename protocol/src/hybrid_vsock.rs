@@ -3,10 +3,12 @@
 //! is the guest's. The VMM closes the connection when nothing listens on the guest port.
 //! One attempt per call: a caller that waits for a guest to come up retries.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::deadline::{write_all_by, ReadBy};
 
 /// The longest `OK <hostport>` line accepted (the VMM's reply is under 20 bytes).
 pub const MAX_REPLY_LINE: usize = 64;
@@ -33,18 +35,23 @@ pub enum ConnectError {
 }
 
 /// Opens a stream to guest `port` through the VMM's socket `uds`; the handshake may take
-/// at most `timeout` per read or write. The returned stream has no timeouts.
+/// at most `timeout` in all (the VMM answers once the guest accepted, so the guest sets
+/// the pace). The returned stream has no timeouts.
 pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, ConnectError> {
     let s = UnixStream::connect(uds).map_err(|source| ConnectError::Socket {
         path: uds.to_owned(),
         source,
     })?;
+    let deadline = Instant::now() + timeout;
     let io = |source| ConnectError::Io { port, source };
-    s.set_read_timeout(Some(timeout)).map_err(io)?;
-    s.set_write_timeout(Some(timeout)).map_err(io)?;
-    (&s).write_all(format!("CONNECT {port}\n").as_bytes())
-        .map_err(io)?;
-    read_reply_line(&s, port)?;
+    write_all_by(&s, format!("CONNECT {port}\n").as_bytes(), deadline).map_err(io)?;
+    read_reply_line(
+        &mut ReadBy {
+            stream: &s,
+            deadline,
+        },
+        port,
+    )?;
     s.set_read_timeout(None).map_err(io)?;
     s.set_write_timeout(None).map_err(io)?;
     Ok(s)
@@ -52,7 +59,7 @@ pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, C
 
 /// Reads the reply line byte by byte (whatever follows the newline is the guest's) and
 /// returns the host port it names.
-fn read_reply_line(mut s: &UnixStream, port: u32) -> Result<u32, ConnectError> {
+fn read_reply_line(s: &mut impl Read, port: u32) -> Result<u32, ConnectError> {
     let mut line = ReplyLine::default();
     let mut b = [0u8; 1];
     loop {
@@ -121,6 +128,7 @@ pub fn parse_ok_reply(line: &[u8]) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
     use std::os::unix::net::UnixListener;
 
     use super::*;

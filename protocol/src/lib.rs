@@ -8,6 +8,10 @@
 //!   `create_agent` to register it with a `ttrpc::Server`, and the
 //!   [`agent_ttrpc::AgentClient`].
 //!
+//! - [`agent_client`]: the shim's ttrpc client of the agent, for an agent that is not
+//!   trusted (bounded frames, deadlines on every frame, no `Status.details`).
+//! - [`deadline`]: reads and writes that finish by a deadline, and [`deadline::guest_text`]
+//!   for guest-supplied text shown on the host.
 //! - [`frame`]: the stdio port's handshake framing (length-prefixed protobuf).
 //! - [`stdio_attach`]: the client side of that handshake.
 //! - [`hybrid_vsock`]: the host side of husk-vmm's `CONNECT <port>` handshake.
@@ -23,6 +27,8 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/mod.rs"));
 }
 
+pub mod agent_client;
+pub mod deadline;
 pub mod frame;
 pub mod hybrid_vsock;
 pub mod port_forward;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use protobuf::Message;
 
 use crate::agent::{PortForwardRequest, PortForwardResponse};
+use crate::deadline::guest_text;
 use crate::frame::{self, FrameError};
 
 /// Why a forwarded connection could not be opened.
@@ -17,7 +18,7 @@ use crate::frame::{self, FrameError};
 pub enum ForwardError {
     #[error("Port-forward handshake frame")]
     Frame(#[from] FrameError),
-    #[error("Cannot set the handshake timeout")]
+    #[error("Cannot clear the handshake timeouts")]
     Timeout(#[source] io::Error),
     #[error("Cannot encode the PortForwardRequest")]
     Encode(#[source] protobuf::Error),
@@ -33,31 +34,24 @@ pub enum ForwardError {
 }
 
 /// Asks the agent on `stream` (a fresh connection to the port-forward port) to connect
-/// to TCP `port` on the guest's loopback. Each handshake read may take `timeout`; the
-/// returned stream, carrying that connection's bytes, has no timeout.
-pub fn open(
-    mut stream: UnixStream,
-    port: u32,
-    timeout: Duration,
-) -> Result<UnixStream, ForwardError> {
+/// to TCP `port` on the guest's loopback. The handshake may take `timeout` in all; the
+/// returned stream, carrying that connection's bytes, has no timeouts.
+pub fn open(stream: UnixStream, port: u32, timeout: Duration) -> Result<UnixStream, ForwardError> {
     let mut req = PortForwardRequest::new();
     req.port = port;
     let body = req.write_to_bytes().map_err(ForwardError::Encode)?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(ForwardError::Timeout)?;
-    frame::write_frame(&mut stream, &body)?;
-    let reply = frame::read_frame(&mut stream)?;
+    let reply = frame::exchange(&stream, &body, timeout)?;
     let resp = PortForwardResponse::parse_from_bytes(&reply).map_err(ForwardError::Decode)?;
     if !resp.error.is_empty() {
         return Err(ForwardError::Refused {
             port,
-            reason: resp.error,
+            reason: guest_text(&resp.error, frame::MAX_FRAME),
             errno: (resp.errno != 0).then_some(resp.errno),
         });
     }
     stream
         .set_read_timeout(None)
+        .and_then(|()| stream.set_write_timeout(None))
         .map_err(ForwardError::Timeout)?;
     Ok(stream)
 }

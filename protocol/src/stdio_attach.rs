@@ -8,6 +8,7 @@ use std::time::Duration;
 use protobuf::Message;
 
 use crate::agent::{StdioAttach, StdioAttachResponse, StdioStream};
+use crate::deadline::guest_text;
 use crate::frame::{self, FrameError};
 
 /// Why a stream could not be attached.
@@ -15,7 +16,7 @@ use crate::frame::{self, FrameError};
 pub enum AttachError {
     #[error("Stdio handshake frame")]
     Frame(#[from] FrameError),
-    #[error("Cannot set the handshake timeout")]
+    #[error("Cannot clear the handshake timeouts")]
     Timeout(#[source] std::io::Error),
     #[error("Cannot encode the StdioAttach")]
     Encode(#[source] protobuf::Error),
@@ -32,9 +33,9 @@ pub enum AttachError {
 
 /// Attaches stream `which` of process `exec` of `container` (`exec` empty for the
 /// container's init process) on a fresh connection to the stdio port. The handshake may
-/// take at most `timeout` per read; the returned stream has no read timeout.
+/// take at most `timeout` in all; the returned stream has no timeouts.
 pub fn attach(
-    mut stream: UnixStream,
+    stream: UnixStream,
     container: &str,
     exec: &str,
     which: StdioStream,
@@ -45,22 +46,19 @@ pub fn attach(
     req.exec_id = exec.to_owned();
     req.stream = which.into();
     let body = req.write_to_bytes().map_err(AttachError::Encode)?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(AttachError::Timeout)?;
-    frame::write_frame(&mut stream, &body)?;
-    let reply = frame::read_frame(&mut stream)?;
+    let reply = frame::exchange(&stream, &body, timeout)?;
     let resp = StdioAttachResponse::parse_from_bytes(&reply).map_err(AttachError::Decode)?;
     if !resp.error.is_empty() {
         return Err(AttachError::Refused {
             container: container.to_owned(),
             exec: exec.to_owned(),
             stream: which,
-            reason: resp.error,
+            reason: guest_text(&resp.error, frame::MAX_FRAME),
         });
     }
     stream
         .set_read_timeout(None)
+        .and_then(|()| stream.set_write_timeout(None))
         .map_err(AttachError::Timeout)?;
     Ok(stream)
 }

@@ -3,11 +3,13 @@
 //! (`service::fake`), so that create, start, exec, kill, delete, pause and the events
 //! they publish are tested without a VM (runtime-rs: `crates/agent/src/lib.rs`).
 //!
-//! The methods are the generated client's, one for one: a request, the deadline in
-//! `ctx`, the agent's answer or a ttrpc error with its status code.
+//! The methods are the client's, one for one: a request, the deadline in `ctx`, the
+//! agent's answer or a ttrpc error with its status code. The client is
+//! `husk_protocol::agent_client`'s, not the generated ttrpc one: the agent is not trusted,
+//! and that client bounds what its answers can cost the shim.
 
 use husk_protocol::agent::*;
-use husk_protocol::agent_ttrpc::AgentClient;
+use husk_protocol::agent_client::AgentClient;
 use husk_protocol::ttrpc::context::Context;
 use husk_protocol::ttrpc::Result;
 
@@ -39,6 +41,11 @@ pub trait AgentApi: Send + Sync {
     fn wait_process(&self, ctx: Context, req: &WaitProcessRequest) -> Result<WaitProcessResponse>;
     fn close_stdin(&self, ctx: Context, req: &CloseStdinRequest) -> Result<Empty>;
     fn tty_win_resize(&self, ctx: Context, req: &TtyWinResizeRequest) -> Result<Empty>;
+    /// Why the connection to the agent is closed for good, once it is (after a framing
+    /// violation every call fails; see `husk_protocol::agent_client`).
+    fn closed(&self) -> Option<String> {
+        None
+    }
 }
 
 impl AgentApi for AgentClient {
@@ -95,5 +102,8 @@ impl AgentApi for AgentClient {
     }
     fn tty_win_resize(&self, ctx: Context, req: &TtyWinResizeRequest) -> Result<Empty> {
         AgentClient::tty_win_resize(self, ctx, req)
+    }
+    fn closed(&self) -> Option<String> {
+        AgentClient::closed(self)
     }
 }

@@ -4,7 +4,6 @@
 //! monitor (subscribed before spawning), never from `Child::wait`.
 
 use std::collections::HashMap;
-use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex};
@@ -12,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use containerd_shim::monitor::{monitor_subscribe, ExitEvent, Subject, Topic};
 use husk_protocol::agent::{self, ServingStatus};
-use husk_protocol::agent_ttrpc::AgentClient;
+use husk_protocol::agent_client::AgentClient;
+use husk_protocol::deadline::guest_text;
 use husk_protocol::{hybrid_vsock, ttrpc, AGENT_VSOCK_PORT, API_VERSION};
 use tracing::{debug, error, info, warn};
 
@@ -544,14 +544,14 @@ impl Sandbox {
                 message: e.to_string(),
             })?;
         if v.api_version != API_VERSION {
-            return Err(SandboxError::ApiVersion(v.api_version));
+            return Err(SandboxError::ApiVersion(guest_text(&v.api_version, 64)));
         }
         info!(
             "pod {}: agent {} ready after {:?}, guest kernel {}",
             self.id,
-            v.agent_version,
+            guest_text(&v.agent_version, 64),
             start.elapsed(),
-            v.kernel_release
+            guest_text(&v.kernel_release, 64)
         );
         let mut sreq = agent::CreateSandboxRequest::new();
         sreq.hostname = req.hostname.to_owned();
@@ -651,9 +651,7 @@ impl Sandbox {
     fn try_health(&self) -> Result<AgentClient, String> {
         let s = hybrid_vsock::connect(&self.vsock, AGENT_VSOCK_PORT, Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
-        let client = AgentClient::new(
-            ttrpc::Client::new(s.into_raw_fd()).map_err(|e| format!("ttrpc client: {e}"))?,
-        );
+        let client = AgentClient::new(s).map_err(|e| format!("agent client: {e}"))?;
         let h = client
             .health(
                 rpc_ctx(Duration::from_secs(10)),

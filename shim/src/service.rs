@@ -10,7 +10,7 @@ use std::time::Duration;
 use containerd_shim::api::{self, Empty, Status};
 use containerd_shim::event::Event;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
     TaskResumed,
 };
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -39,6 +39,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long Delete waits for the agent's RemoveContainer.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+mod oom;
 mod task;
 
 #[cfg(test)]
@@ -256,40 +257,6 @@ impl Inner {
         if let Err(e) = spawned {
             error!("cannot start a waiter thread: {e}");
         }
-    }
-
-    /// Keeps one GetOOMEvent call outstanding and publishes what it reports.
-    fn spawn_oom_watcher(self: &Arc<Self>, sb: Arc<dyn Pod>) {
-        let inner = Arc::downgrade(self);
-        let _ = std::thread::Builder::new()
-            .name("oom".into())
-            .spawn(move || loop {
-                let r = sb.agent().get_oom_event(
-                    ttrpc::context::Context::default(),
-                    &agent::GetOOMEventRequest::new(),
-                );
-                let Some(inner) = Weak::upgrade(&inner) else {
-                    return;
-                };
-                match r {
-                    Ok(ev) => {
-                        let mut e = TaskOOM::new();
-                        e.container_id = ev.container_id;
-                        inner.publish(Box::new(e));
-                    }
-                    Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::UNIMPLEMENTED => {
-                        warn!("the agent reports no OOM events: {}", s.message());
-                        return;
-                    }
-                    Err(e) => {
-                        if sb.vmm_exit().is_some() || inner.sandbox().is_err() {
-                            return;
-                        }
-                        warn!("GetOOMEvent: {e}");
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
-                }
-            });
     }
 
     /// Opens and attaches the streams a process uses; returns its copiers.

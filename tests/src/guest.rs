@@ -88,6 +88,10 @@ pub struct GuestOptions {
     pub initramfs: Option<PathBuf>,
     /// The console line that says the guest is up (default `husk-probe: ready`).
     pub ready_line: Option<String>,
+    /// The guest kernel (default: [`guest_kernel`]).
+    pub kernel: Option<PathBuf>,
+    /// husk-vmm's `HUSK_LOG` (default: the caller's, else vsock reasons at debug).
+    pub log: Option<String>,
 }
 
 /// A running guest.
@@ -108,12 +112,13 @@ impl Guest {
             .ready_line
             .clone()
             .unwrap_or_else(|| "husk-probe: ready".to_owned());
-        for f in [vmm_bin(), guest_kernel(), initramfs.clone()] {
+        let kernel = opts.kernel.clone().unwrap_or_else(guest_kernel);
+        for f in [vmm_bin(), kernel.clone(), initramfs.clone()] {
             require_file(&f);
         }
         let mut args: Vec<std::ffi::OsString> = vec![
             "--kernel".into(),
-            guest_kernel().into(),
+            kernel.into(),
             "--initramfs".into(),
             initramfs.into(),
             "--vcpus".into(),
@@ -123,7 +128,7 @@ impl Guest {
         ];
         args.extend(opts.args.iter().map(Into::into));
         args.extend(["--cmdline".into(), format!("quiet {}", opts.cmdline).into()]);
-        let mut g = Self::spawn(args)?;
+        let mut g = Self::spawn(args, opts.log.as_deref())?;
         g.wait_console(&ready, boot_timeout())?;
         Ok(g)
     }
@@ -136,7 +141,7 @@ impl Guest {
         require_file(&vmm_bin());
         let mut all: Vec<std::ffi::OsString> = vec!["--restore-from".into(), snapshot.into()];
         all.extend(args.iter().map(Into::into));
-        let mut g = Self::spawn(all)?;
+        let mut g = Self::spawn(all, None)?;
         let start = Instant::now();
         loop {
             if let Some(status) = g.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
@@ -158,8 +163,9 @@ impl Guest {
         }
     }
 
-    /// Starts husk-vmm with `args` plus a console file and a vsock device in a new dir.
-    fn spawn(args: Vec<std::ffi::OsString>) -> Result<Self> {
+    /// Starts husk-vmm with `args` plus a console file and a vsock device in a new dir;
+    /// `log` its HUSK_LOG filter if not the default.
+    fn spawn(args: Vec<std::ffi::OsString>, log: Option<&str>) -> Result<Self> {
         let dir = TempDir::new("guest")?;
         let console = dir.path().join("console.log");
         let stderr_path = dir.path().join("vmm.stderr");
@@ -176,7 +182,9 @@ impl Guest {
             .stderr(std::fs::File::create(&stderr_path)?);
         // Unless told otherwise, the VMM says why any vsock connection was reset (debug
         // lines, one per reset), so a failing device test carries the reason.
-        if std::env::var_os("HUSK_LOG").is_none() {
+        if let Some(log) = log {
+            cmd.env("HUSK_LOG", log);
+        } else if std::env::var_os("HUSK_LOG").is_none() {
             cmd.env(
                 "HUSK_LOG",
                 "warn,husk_vmm::devices::virtio::vsock=debug,husk_vmm::devices::virtio::fs=info,\
@@ -299,6 +307,13 @@ impl Guest {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// husk-vmm's exit status if it has ended (reaping it), without waiting.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
     }
 
     pub fn pid(&self) -> Option<u32> {

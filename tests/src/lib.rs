@@ -55,7 +55,8 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-pub(crate) fn path_from_env(var: &str, default: &str) -> PathBuf {
+/// `$var`, or `default` below the workspace root.
+pub fn path_from_env(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var)
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(default))

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use husk_guest_probe::{hash_reader, stream_hash, write_stream, PROBE_PORT};
 use husk_tests::guest::{io_timeout, Guest, GuestOptions};
 use husk_tests::kvm_available;
-use husk_tests::tap::{host_tap, ip};
+use husk_tests::tap::{ip, HostTap};
 
 const MIB: u64 = 1 << 20;
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 77, 1);
@@ -33,7 +33,7 @@ fn eth0_has_the_mac_and_mtu_and_tcp_crosses_both_ways() {
     if !kvm_available(test) {
         return;
     }
-    let Some(tap) = host_tap(test, "hknet") else {
+    let Some(tap) = HostTap::for_test(test, "hknet") else {
         return;
     };
     ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", &tap.name]);

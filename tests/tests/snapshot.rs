@@ -20,7 +20,7 @@ use husk_protocol::agent::{self, ServingStatus};
 use husk_protocol::agent_ttrpc::AgentClient;
 use husk_protocol::{ttrpc, AGENT_VSOCK_PORT};
 use husk_tests::guest::{Guest, GuestOptions, TempDir, Virtiofsd};
-use husk_tests::tap::{host_tap, ip};
+use husk_tests::tap::{ip, HostTap};
 use husk_tests::{boot_timeout, guest_initramfs, kvm_available, run_with_watchdog, vmm_bin};
 
 /// Prints a figure or a finding on stderr itself, past libtest's capture of `eprintln!`,
@@ -378,7 +378,7 @@ fn a_restored_guest_sends_and_receives_on_its_own_tap() {
     let n: u64 = 4 << 20;
     let snap = TempDir::new("snap-net").unwrap();
     // The template's tap: the guest probed the device but never configured eth0.
-    let Some(tap_a) = host_tap(test, "hksa") else {
+    let Some(tap_a) = HostTap::for_test(test, "hksa") else {
         return;
     };
     let g = probe_guest_with(
@@ -392,7 +392,7 @@ fn a_restored_guest_sends_and_receives_on_its_own_tap() {
     drop(tap_a);
 
     // The pod's tap, with the host side of its network.
-    let Some(tap_b) = host_tap(test, "hksb") else {
+    let Some(tap_b) = HostTap::for_test(test, "hksb") else {
         return;
     };
     ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", &tap_b.name]);

@@ -120,13 +120,22 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
-        .init();
+        .finish();
+    // Not `.init()`: that would pass the rust-vmm crates' `log` records on unlimited.
+    let logging = tracing::subscriber::set_global_default(subscriber)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            husk_vmm::devices::virtio::ratelimit::install_log_bridge().map_err(|e| e.to_string())
+        });
+    if let Err(e) = logging {
+        eprintln!("husk-vmm: cannot set up logging: {e}");
+    }
     let cli = Cli::parse();
     match run(&cli) {
         Ok(exit) => ExitCode::from(exit.exit_code() as u8),

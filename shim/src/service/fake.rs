@@ -62,6 +62,11 @@ impl FakeAgent {
         self.oom_cond.notify_all();
     }
 
+    /// OOM reports the service has not fetched yet.
+    pub fn pending_ooms(&self) -> usize {
+        lock(&self.ooms).len()
+    }
+
     /// The next call named `call` fails with `code` and `msg`.
     pub fn fail_next(&self, call: &str, code: Code, msg: &str) {
         *lock(&self.fail) = Some((call.to_owned(), code, msg.to_owned()));
@@ -219,6 +224,11 @@ impl AgentApi for FakeAgent {
     fn tty_win_resize(&self, _: Context, req: &TtyWinResizeRequest) -> ttrpc::Result<Empty> {
         self.call("TtyWinResize", &req.container_id, &req.exec_id)?;
         Ok(Empty::new())
+    }
+    fn closed(&self) -> Option<String> {
+        self.closed
+            .load(Ordering::SeqCst)
+            .then(|| "the fake agent is closed".to_owned())
     }
 }
 

@@ -80,12 +80,13 @@ impl Task for Service {
             .inner
             .process_info(&req.id, &req.exec_id, |_, p| p.exit.get().is_some())?;
         // A kill of every process of a finished container still reaches the guest (it may
-        // have left children), unless the VM is gone: then nothing is left to signal, and
+        // have left children), unless the VM is gone or its agent cut off (a framing
+        // violation closes the connection for good): then nothing is left to signal, and
         // NOT_FOUND is what lets `ctr task rm -f` (kill all, then delete) go on, as runc.
         let vm_gone = || {
-            self.inner
-                .sandbox()
-                .map_or(true, |sb| sb.vmm_exit().is_some())
+            self.inner.sandbox().map_or(true, |sb| {
+                sb.vmm_exit().is_some() || sb.agent().closed().is_some()
+            })
         };
         if exited && (!req.all || vm_gone()) {
             return Err(status(Code::NOT_FOUND, "process already finished"));

@@ -367,6 +367,24 @@ fn an_agent_error_reaches_containerd_with_its_code_and_message() {
 }
 
 #[test]
+fn an_agent_cut_off_ends_its_processes_and_the_task_can_be_removed() {
+    let f = fixture("cut");
+    f.create("c1", &plain()).unwrap();
+    f.start("c1", "").unwrap();
+    // The connection is closed for good (as after a frame that never ends), the VM runs.
+    f.launcher.agent.close();
+    assert_eq!(f.wait("c1", "").exit_status, VM_GONE_STATUS);
+    // `ctr task rm -f`: kill -a, then delete; the kill must not go to the dead agent.
+    let signals = f.launcher.agent.signals.lock().unwrap().len();
+    assert_eq!(
+        code(&f.kill("c1", "", 9, true).unwrap_err()),
+        Code::NOT_FOUND
+    );
+    assert_eq!(f.launcher.agent.signals.lock().unwrap().len(), signals);
+    assert_eq!(f.delete("c1", "").unwrap().exit_status, VM_GONE_STATUS);
+}
+
+#[test]
 fn a_dead_vm_ends_every_running_process_with_the_vm_gone_status() {
     let f = fixture("vm");
     f.create("c1", &plain()).unwrap();
@@ -406,6 +424,27 @@ fn an_oom_kill_in_the_guest_is_published() {
     f.launcher.agent.oom("c1");
     eventually("TaskOOM", || !f.events.of::<TaskOOM>().is_empty());
     assert_eq!(f.events.of::<TaskOOM>()[0].container_id, "c1");
+}
+
+#[test]
+fn an_agent_flooding_oom_events_reaches_containerd_bounded() {
+    let f = fixture("oomflood");
+    f.create("c1", &plain()).unwrap();
+    let start = Instant::now();
+    for _ in 0..1000 {
+        f.launcher.agent.oom("c1");
+        f.launcher.agent.oom("not-in-this-pod");
+    }
+    eventually("the floods read", || f.launcher.agent.pending_ooms() == 0);
+    std::thread::sleep(Duration::from_millis(100));
+    let published = f.events.of::<TaskOOM>();
+    let secs = start.elapsed().as_secs() as usize;
+    assert!(
+        !published.is_empty() && published.len() <= super::oom::OOM_BURST as usize + secs + 1,
+        "{} TaskOOM events in {secs} s",
+        published.len()
+    );
+    assert!(published.iter().all(|e| e.container_id == "c1"));
 }
 
 #[test]

@@ -236,6 +236,8 @@ pub(crate) fn process_queue<M: GuestMemory, D: DiskBackend>(
     max_chains: usize,
 ) -> Batch {
     let mut batch = Batch::default();
+    // Chains taken from the available ring this pass, returned or not: the bound.
+    let mut taken = 0;
     loop {
         let chain = match queue.iter(mem) {
             Ok(mut avail) => avail.next(),
@@ -254,16 +256,22 @@ pub(crate) fn process_queue<M: GuestMemory, D: DiskBackend>(
         let head = chain.head_index();
         let done = request::handle_chain(&chain, disk, props);
         count(metrics, &done, warn);
-        if let Err(e) = queue.add_used(mem, head, done.used_len) {
-            if let Some(dropped) = warn.allow() {
-                tracing::warn!(
-                    "virtio-blk: cannot add to the used ring: {e} ({dropped} more dropped)"
-                );
+        taken += 1;
+        // A chain that cannot be returned (its head lies past the descriptor table) is
+        // consumed all the same, and the pass goes on: stopping here left the chains
+        // behind it for the next notify, and a driver that kept adding filled the ring
+        // past its size, which wedges the queue for good (found by the hostile guest).
+        match queue.add_used(mem, head, done.used_len) {
+            Ok(()) => batch.used += 1,
+            Err(e) => {
+                if let Some(dropped) = warn.allow() {
+                    tracing::warn!(
+                        "virtio-blk: cannot add to the used ring: {e} ({dropped} more dropped)"
+                    );
+                }
             }
-            break;
         }
-        batch.used += 1;
-        if batch.used >= max_chains {
+        if taken >= max_chains {
             batch.more = queue
                 .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
                 .is_ok_and(|idx| idx.0 != queue.next_avail());
@@ -610,6 +618,27 @@ mod tests {
         let metrics = b.metrics();
         assert_eq!(metrics.unsupported.load(Ordering::Relaxed), 1);
         assert_eq!(metrics.malformed.load(Ordering::Relaxed), 2);
+        assert_eq!(irq.irqfd().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_head_past_the_table_does_not_stop_the_pass() {
+        let f = image(SECTORS * 512);
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let vq = MockSplitQueue::new(&m, 16);
+        m.write_slice(&header(11, 0), GuestAddress(HDR1)).unwrap();
+        vq.add_desc_chains(&[desc_next(HDR1, 16, R, 1), desc(STATUS1, 1, W)], 0)
+            .unwrap();
+        // The available ring: a head no descriptor table has, then the good chain.
+        let ring = vq.avail().ring();
+        ring.ref_at(0).unwrap().store(u16::to_le(99));
+        ring.ref_at(1).unwrap().store(u16::to_le(0));
+        vq.avail().idx().store(u16::to_le(2));
+        let mut b = Block::new(&config(&f)).unwrap();
+        let irq = activate(&mut b, &m, &vq);
+        b.process_queue_event();
+        assert_eq!(used(&vq), vec![(0, 1)]);
+        assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS1)).unwrap(), 2);
         assert_eq!(irq.irqfd().read().unwrap(), 1);
     }
 

@@ -189,7 +189,7 @@ impl VirtioDevice for Fs {
         self.irq = Some(ctx.irq);
         self.active_queues = Some((ctx.mem, ctx.queues));
         self.metrics.activations.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(tag = %self.tag, "virtio-fs: activated");
+        crate::guest_debug!(tag = %self.tag, "virtio-fs: activated");
         Ok(())
     }
 

@@ -125,7 +125,10 @@ impl MmioTransport {
 
     fn update_queue(&mut self, f: impl FnOnce(&mut Queue)) {
         if !self.queue_writable() {
-            tracing::warn!("virtio-mmio: queue register written after DRIVER_OK; ignored");
+            crate::guest_warn!(
+                device = self.device_type,
+                "virtio-mmio: queue register written after DRIVER_OK; ignored"
+            );
             return;
         }
         if let Some(q) = self.selected_queue() {
@@ -193,7 +196,7 @@ impl MmioTransport {
             reg::INTERRUPT_ACK => self.irq.ack(v),
             reg::STATUS => self.write_status(v),
             reg::SHM_SEL => {}
-            _ => tracing::debug!("virtio-mmio: write to unknown register {offset:#x}"),
+            _ => crate::guest_debug!("virtio-mmio: write to unknown register {offset:#x}"),
         }
     }
 
@@ -205,7 +208,10 @@ impl MmioTransport {
         let new_bits = v & !self.status;
         // The driver may only add bits (spec 3.1.1); clearing any but by reset is ignored.
         if v & self.status != self.status {
-            tracing::warn!("virtio-mmio: driver cleared status bits without a reset; ignored");
+            crate::guest_warn!(
+                device = self.device_type,
+                "virtio-mmio: driver cleared status bits without a reset; ignored"
+            );
             return;
         }
         let mut v = v;
@@ -227,7 +233,7 @@ impl MmioTransport {
     fn activate(&mut self) {
         for (i, q) in self.queues.iter().enumerate() {
             if !q.ready() || !q.is_valid(&self.mem) {
-                tracing::error!(
+                crate::guest_warn!(
                     device = self.device_type,
                     "virtio-mmio: queue {i} is not ready or not valid at DRIVER_OK"
                 );
@@ -255,7 +261,7 @@ impl MmioTransport {
         match result {
             Ok(()) => self.activated = true,
             Err(e) => {
-                tracing::error!(device = self.device_type, "cannot activate the device: {e}");
+                crate::guest_error!(device = self.device_type, "cannot activate the device: {e}");
                 self.status |= status::DEVICE_NEEDS_RESET;
                 self.irq.trigger(super::INT_CONFIG);
             }
@@ -264,7 +270,7 @@ impl MmioTransport {
 
     fn reset(&mut self) {
         if self.activated && !self.device().reset() {
-            tracing::warn!(
+            crate::guest_warn!(
                 device = self.device_type,
                 "virtio-mmio: the device cannot be reset once active"
             );
@@ -291,7 +297,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            tracing::debug!("virtio-mmio: {}-byte read at {offset:#x}", data.len());
+            crate::guest_debug!("virtio-mmio: {}-byte read at {offset:#x}", data.len());
             data.fill(0);
             return;
         }
@@ -304,7 +310,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            tracing::debug!("virtio-mmio: {}-byte write at {offset:#x}", data.len());
+            crate::guest_debug!("virtio-mmio: {}-byte write at {offset:#x}", data.len());
             return;
         };
         if !offset.is_multiple_of(4) {

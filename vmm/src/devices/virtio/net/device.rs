@@ -319,7 +319,9 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
         }
         let acked = active.acked_features;
         let offloads = tap_offloads(acked);
-        tracing::info!(
+        // Once per activation, which a guest resetting the device in a loop repeats.
+        crate::guest_log!(
+            tracing::Level::INFO,
             "virtio-net {}: driver acked {} (tap offloads {offloads:#x}), mac {}",
             self.name,
             feature_names(acked),
@@ -328,7 +330,7 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
         if let Err(e) = self.tap.set_offload(offloads) {
             // The tap keeps its offloads off: full-sized, checksummed frames, which any
             // driver takes.
-            tracing::warn!(
+            crate::guest_warn!(
                 "virtio-net {}: cannot set the tap offloads (TUNSETOFFLOAD {offloads:#x}): {e}",
                 self.name
             );

@@ -30,8 +30,9 @@ impl<T: TapIo + AsRawFd + Send + 'static> Net<T> {
         };
         match r {
             Ok(()) => self.tap_events = (!want.is_empty()).then_some(want),
+            // Per event, which the guest drives: limited.
             Err(e) => {
-                tracing::error!("virtio-net: cannot update the tap's epoll registration: {e:?}")
+                crate::guest_error!("virtio-net: cannot update the tap's epoll registration: {e:?}")
             }
         }
     }

@@ -183,7 +183,7 @@ impl<S: HostStream> Connection<S> {
         if matches!(self.state, ConnState::Killed | ConnState::Dead) {
             return;
         }
-        tracing::debug!(
+        crate::guest_debug!(
             local = self.local_port,
             peer = self.peer_port,
             buffered = self.buffered(),
@@ -225,8 +225,12 @@ impl<S: HostStream> Connection<S> {
     /// The events the host socket should be polled for (empty: not polled at all).
     pub fn interest(&self) -> EventSet {
         let mut ev = EventSet::empty();
-        if !matches!(self.state, ConnState::LocalInit | ConnState::Established) {
-            return ev;
+        match self.state {
+            // Only whether the host program gave up: a guest that never answers the
+            // REQUEST must not keep the connection (and its fd) for ever.
+            ConnState::LocalInit => return EventSet::HANG_UP,
+            ConnState::Established => {}
+            ConnState::Killed | ConnState::Dead => return ev,
         }
         if self.wants_host_read() {
             ev |= EventSet::IN;
@@ -253,7 +257,19 @@ impl<S: HostStream> Connection<S> {
 
     /// The host socket polled with `events`.
     pub fn on_host_event(&mut self, events: EventSet) {
-        if !matches!(self.state, ConnState::LocalInit | ConnState::Established) {
+        if self.state == ConnState::LocalInit {
+            if events.intersects(EventSet::HANG_UP | EventSet::ERROR) {
+                if self.pending & P_REQUEST != 0 {
+                    // The guest never heard of it: nothing to tell it.
+                    self.state = ConnState::Dead;
+                    self.pending = 0;
+                } else {
+                    self.kill("the host closed before the guest answered");
+                }
+            }
+            return;
+        }
+        if self.state != ConnState::Established {
             return;
         }
         if events.contains(EventSet::ERROR) {
@@ -278,7 +294,7 @@ impl<S: HostStream> Connection<S> {
         }
         if hdr.op == op::RST {
             if self.buffered() > 0 {
-                tracing::debug!(
+                crate::guest_debug!(
                     local = self.local_port,
                     peer = self.peer_port,
                     buffered = self.buffered(),
@@ -411,7 +427,7 @@ impl<S: HostStream> Connection<S> {
         }
         if self.peer_shut & SHUTDOWN_SEND != 0 && !self.write_shut_done {
             self.write_shut_done = true;
-            tracing::debug!(
+            crate::guest_debug!(
                 local = self.local_port,
                 peer = self.peer_port,
                 bytes = self.fwd_cnt.0,

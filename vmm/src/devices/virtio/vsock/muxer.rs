@@ -24,6 +24,11 @@ use crate::devices::virtio::ratelimit::WarnLimiter;
 
 /// Most connections (established or waiting for their CONNECT line) at a time.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Most bytes of guest data all connections together hold for host programs that have not
+/// read them yet. Each may hold up to its credit, `CONN_BUF_SIZE` (256 KiB), which over
+/// [`MAX_CONNECTIONS`] would be 256 MiB; a connection whose data would take the total past
+/// this is reset instead.
+pub const MAX_BUFFERED_TOTAL: usize = 32 << 20;
 /// Most RSTs for unknown connections waiting for guest rx buffers; more are dropped.
 pub const MAX_PENDING_RST: usize = 256;
 /// Longest `CONNECT <port>\n` line we accept.
@@ -115,6 +120,10 @@ pub struct Muxer {
     ctl: Vec<CtlOp>,
     warn: WarnLimiter,
     max_conns: usize,
+    /// What each connection held for its host program when last looked at, and the sum.
+    buffered_by: HashMap<ConnKey, usize>,
+    buffered_total: usize,
+    max_buffered: usize,
 }
 
 impl Muxer {
@@ -146,6 +155,9 @@ impl Muxer {
             ctl: Vec::new(),
             warn: WarnLimiter::default(),
             max_conns: MAX_CONNECTIONS,
+            buffered_by: HashMap::new(),
+            buffered_total: 0,
+            max_buffered: MAX_BUFFERED_TOTAL,
         })
     }
 
@@ -160,6 +172,11 @@ impl Muxer {
 
     pub fn connection_count(&self) -> usize {
         self.conns.len() + self.pending.len()
+    }
+
+    /// Bytes of guest data all connections hold for their host programs.
+    pub fn buffered_total(&self) -> usize {
+        self.buffered_total
     }
 
     /// Whether a packet waits for a guest rx buffer.
@@ -286,6 +303,13 @@ impl Muxer {
         let key = (h.dst_port, h.src_port);
         if let Some(conn) = self.conns.get_mut(&key) {
             conn.on_guest_packet(pkt);
+            let before = self.buffered_by.get(&key).copied().unwrap_or(0);
+            let grown = conn.buffered().saturating_sub(before);
+            if grown > 0 && self.buffered_total + grown > self.max_buffered {
+                conn.kill(
+                    "the VM's connections hold too much data their host programs did not read",
+                );
+            }
             self.post_conn(key);
             return;
         }
@@ -347,7 +371,7 @@ impl Muxer {
         let stream = match connect_nonblocking(Path::new(&path)) {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(port = h.dst_port, "vsock: guest connection refused: {e}");
+                crate::guest_debug!(port = h.dst_port, "vsock: guest connection refused: {e}");
                 return self.reply_rst(h);
             }
         };
@@ -365,6 +389,13 @@ impl Muxer {
             return;
         };
         let fd = conn.stream().as_raw_fd();
+        let held = if conn.is_dead() { 0 } else { conn.buffered() };
+        let before = if held == 0 {
+            self.buffered_by.remove(&key)
+        } else {
+            self.buffered_by.insert(key, held)
+        };
+        self.buffered_total = self.buffered_total - before.unwrap_or(0) + held;
         if conn.is_dead() {
             let Some(conn) = self.conns.remove(&key) else {
                 return;
@@ -417,11 +448,13 @@ impl Muxer {
     /// Lines of state for a debug dump: the queues, then one per connection.
     pub fn describe(&self) -> Vec<String> {
         let mut out = vec![format!(
-            "muxer: {} connections, {} pending CONNECT, rx queue {}, RSTs queued {}",
+            "muxer: {} connections, {} pending CONNECT, rx queue {}, RSTs queued {}, \
+             {} bytes held for host programs",
             self.conns.len(),
             self.pending.len(),
             self.rxq.len(),
-            self.rst_q.len()
+            self.rst_q.len(),
+            self.buffered_total
         )];
         for (key, c) in &self.conns {
             let fd = c.stream().as_raw_fd();

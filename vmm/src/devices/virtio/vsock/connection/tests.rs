@@ -112,7 +112,11 @@ fn local_handshake_writes_ok_line() {
     let s = MockStream::new(1024);
     let mut c = Connection::new_local(s.clone(), 3, 1 << 30, 1024);
     assert!(c.wants_rx());
-    assert!(c.interest().is_empty());
+    assert_eq!(
+        c.interest(),
+        EventSet::HANG_UP,
+        "only whether the host gives up"
+    );
     let (h, n) = next(&mut c, 4096).unwrap();
     assert_eq!(
         (h.op, n, h.src_port, h.dst_port),
@@ -123,6 +127,27 @@ fn local_handshake_writes_ok_line() {
     assert_eq!(c.state(), ConnState::Established);
     assert_eq!(s.inner().output, b"OK 1073741824\n");
     assert_eq!(c.interest(), EventSet::IN);
+}
+
+#[test]
+fn a_host_that_gives_up_before_the_guest_answers_ends_the_connection() {
+    // The REQUEST went out: the guest is owed an RST (a late RESPONSE then finds nothing).
+    let mut c = Connection::new_local(MockStream::new(0), 3, 1 << 30, 1024);
+    assert_eq!(next(&mut c, 0).unwrap().0.op, op::REQUEST);
+    c.on_host_event(EventSet::IN | EventSet::READ_HANG_UP);
+    assert_eq!(
+        c.state(),
+        ConnState::LocalInit,
+        "a half-close is no hang-up"
+    );
+    c.on_host_event(EventSet::HANG_UP);
+    assert_eq!(next(&mut c, 0).unwrap().0.op, op::RST);
+    assert!(c.is_dead());
+    // The REQUEST never went out (no guest rx buffer yet): nothing to tell the guest.
+    let mut c = Connection::new_local(MockStream::new(0), 3, 1 << 30, 1024);
+    c.on_host_event(EventSet::HANG_UP);
+    assert!(c.is_dead());
+    assert!(next(&mut c, 4096).is_none());
 }
 
 #[test]

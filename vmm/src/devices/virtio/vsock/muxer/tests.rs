@@ -172,6 +172,38 @@ fn guest_rst_refuses_host_connection() {
 }
 
 #[test]
+fn a_guest_that_never_answers_keeps_no_host_connection_the_host_gave_up() {
+    let (dir, mut m) = setup();
+    // Answered with nothing: the host program times out and closes.
+    let (host, fd) = host_connect(&dir, &mut m, b"CONNECT 1024\n");
+    m.handle_fd_event(fd, EventSet::IN);
+    assert_eq!(rx(&mut m).unwrap().0.op, op::REQUEST);
+    let ops = m.take_ctl_ops();
+    assert!(
+        ops.iter()
+            .any(|op| matches!(op, CtlOp::Modify(f, e) if *f == fd && *e == EventSet::HANG_UP)),
+        "still polled for a hang-up: {ops:?}"
+    );
+    drop(host);
+    m.handle_fd_event(fd, EventSet::HANG_UP);
+    let (h, _) = rx(&mut m).unwrap();
+    assert_eq!(
+        (h.op, h.src_port, h.dst_port),
+        (op::RST, FIRST_LOCAL_PORT, 1024)
+    );
+    assert_eq!(m.connection_count(), 0);
+    let ops = m.take_ctl_ops();
+    // Out of the epoll set, and then closed.
+    assert!(
+        matches!(ops.as_slice(), [CtlOp::Remove(f, None), CtlOp::Close(_)] if *f == fd),
+        "{ops:?}"
+    );
+    // A late RESPONSE finds no connection: it gets an RST of its own.
+    m.handle_guest_packet(&gpkt(op::RESPONSE, 1024, FIRST_LOCAL_PORT, b""));
+    assert_eq!(rx(&mut m).unwrap().0.op, op::RST);
+}
+
+#[test]
 fn bad_connect_lines_are_closed() {
     for line in [
         &b"CONNECT x\n"[..],
@@ -315,6 +347,41 @@ fn connection_table_is_bounded() {
     m.handle_guest_packet(&gpkt(op::REQUEST, 2, 52, b""));
     assert_eq!(rx(&mut m).unwrap().0.op, op::RST);
     assert_eq!(m.connection_count(), 2);
+}
+
+#[test]
+fn data_held_for_host_programs_that_do_not_read_is_bounded_in_all() {
+    let (dir, mut m) = setup();
+    m.max_buffered = 1 << 20;
+    let app = UnixListener::bind(dir.0.join("v.sock_52")).unwrap();
+    let mut hosts = Vec::new();
+    for p in 0..16 {
+        m.handle_guest_packet(&gpkt(op::REQUEST, 100 + p, 52, b""));
+        hosts.push(app.accept().unwrap().0); // never read
+    }
+    while rx(&mut m).is_some() {}
+    let chunk = vec![7u8; 64 << 10];
+    let (mut most, mut reset) = (0, 0);
+    for _ in 0..16 {
+        for p in 0..16 {
+            m.handle_guest_packet(&gpkt(op::RW, 100 + p, 52, &chunk));
+            assert!(m.buffered_total() <= 1 << 20, "{}", m.buffered_total());
+            most = most.max(m.buffered_total());
+        }
+        // The credit updates, which let each connection send on.
+        while let Some((h, _)) = rx(&mut m) {
+            reset += usize::from(h.op == op::RST);
+        }
+    }
+    assert!(most > 1 << 19, "the test never came near the bound: {most}");
+    assert!(reset > 0);
+    // The host programs gone, nothing is held any more.
+    drop(hosts);
+    for fd in m.fd_keys.keys().copied().collect::<Vec<_>>() {
+        m.handle_fd_event(fd, EventSet::OUT | EventSet::HANG_UP);
+    }
+    while rx(&mut m).is_some() {}
+    assert_eq!(m.buffered_total(), 0);
 }
 
 #[test]
