@@ -187,7 +187,13 @@ pub fn update_request(
 
 /// husk-vmm's `--net` value for the NIC whose tap is the child's fd `fd`.
 pub fn vmm_net_arg(fd: i32, nic: &Nic) -> String {
-    format!("fd={fd},mac={},mtu={}", format_mac(&nic.mac), nic.mtu)
+    let mut a = format!("fd={fd},mac={}", format_mac(&nic.mac));
+    // A template's NICs have none: offered, the guest driver would take it as the most
+    // its link can ever have, and a pod restored from it could not set a larger one.
+    if nic.mtu != 0 {
+        a.push_str(&format!(",mtu={}", nic.mtu));
+    }
+    a
 }
 
 #[cfg(test)]

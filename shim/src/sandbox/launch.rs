@@ -121,6 +121,16 @@ fn log_file(log: &Path) -> Result<std::fs::File, SandboxError> {
     })
 }
 
+/// What a VMM starts from.
+#[derive(Debug, Clone, Copy)]
+pub enum VmSource<'a> {
+    /// The configured kernel and initramfs, booted; with `snapshot_to`, a template VM
+    /// that writes its snapshot there on SIGUSR2.
+    Boot { snapshot_to: Option<&'a Path> },
+    /// The template snapshot in this directory, restored (read-only in the jail).
+    Restore(&'a Path),
+}
+
 /// One pod's VMM start.
 pub struct Launch<'a> {
     pub config: &'a Config,
@@ -131,6 +141,7 @@ pub struct Launch<'a> {
     pub cgroups: &'a [PathBuf],
     pub nics: &'a [Nic],
     pub taps: &'a [OwnedFd],
+    pub source: VmSource<'a>,
 }
 
 impl Launch<'_> {
@@ -156,10 +167,27 @@ impl Launch<'_> {
             a.push(v);
         };
         push("--id", self.pod_dir.into());
-        push("--kernel", kernel.into());
-        push("--initramfs", initramfs.into());
-        push("--vcpus", self.req.vcpus.to_string().into());
-        push("--memory", self.req.memory_mib.to_string().into());
+        let snapshot = |dir: &Path| -> OsString {
+            if jailed {
+                jail::SNAPSHOT_IN_JAIL.into()
+            } else {
+                dir.into()
+            }
+        };
+        match self.source {
+            VmSource::Boot { snapshot_to } => {
+                push("--kernel", kernel.into());
+                push("--initramfs", initramfs.into());
+                push("--vcpus", self.req.vcpus.to_string().into());
+                push("--memory", self.req.memory_mib.to_string().into());
+                push("--cmdline", self.config.kernel_cmdline.clone().into());
+                if let Some(dir) = snapshot_to {
+                    push("--snapshot-to", snapshot(dir));
+                }
+            }
+            // Size, kernel and command line are the snapshot's.
+            VmSource::Restore(dir) => push("--restore-from", snapshot(dir)),
+        }
         push(
             "--console",
             format!("file:{}", run.join(CONSOLE_LOG).display()).into(),
@@ -176,7 +204,6 @@ impl Launch<'_> {
             )
             .into(),
         );
-        push("--cmdline", self.config.kernel_cmdline.clone().into());
         for (i, nic) in self.nics.iter().enumerate() {
             let fd = network::tap::FIRST_CHILD_FD + i as i32;
             push("--net", network::plan::vmm_net_arg(fd, nic).into());
@@ -192,6 +219,30 @@ impl Launch<'_> {
         (raw, at)
     }
 
+    /// What the jailer is given: the VM's files by how it starts (kernel and initramfs,
+    /// or the template read-only; a template VM's snapshot dir writable).
+    fn jail_plan(&self, id: u32, keep_fds: Vec<i32>) -> JailPlan<'_> {
+        let (ro, rw) = match self.source {
+            VmSource::Boot { snapshot_to } => (
+                jail::boot_binds(&self.config.kernel, &self.config.initramfs),
+                snapshot_to.map(jail::snapshot_bind).into_iter().collect(),
+            ),
+            VmSource::Restore(dir) => (vec![jail::snapshot_bind(dir)], Vec::new()),
+        };
+        JailPlan {
+            jailer: &self.config.jailer,
+            vmm: &self.config.vmm,
+            ro,
+            rw,
+            pod_dir: self.pod_dir,
+            vm_dir: vm_dir(self.pod_dir),
+            id,
+            cgroups: self.cgroups,
+            keep_fds,
+            vmm_args: self.vmm_args(true),
+        }
+    }
+
     /// Starts husk-vmm; returns its pid (the shim's child, jailed or not).
     pub fn spawn(&self) -> Result<i32, SandboxError> {
         let log = self.pod_dir.join("vmm.log");
@@ -203,18 +254,7 @@ impl Launch<'_> {
             jail::join_cgroups_on_exec(&mut cmd, jail::open_procs(self.cgroups)?);
             return spawn_logged(&mut cmd, &log, "husk-vmm");
         };
-        let plan = JailPlan {
-            jailer: &self.config.jailer,
-            vmm: &self.config.vmm,
-            kernel: &self.config.kernel,
-            initramfs: &self.config.initramfs,
-            pod_dir: self.pod_dir,
-            vm_dir: &vm_dir(self.pod_dir),
-            id,
-            cgroups: self.cgroups,
-            keep_fds: at,
-            vmm_args: self.vmm_args(true),
-        };
+        let plan = self.jail_plan(id, at);
         let mut cmd = plan.command();
         // The jailer passes on only what it is told to; the shim's environment stays here.
         cmd.env_clear();
@@ -255,9 +295,11 @@ impl Launch<'_> {
 mod tests {
     use super::*;
 
-    fn args_of(jailed: bool) -> Vec<String> {
-        let config = Config::default();
-        let req = PodRequest {
+    const POD: &str = "/run/husk/default/p";
+    const TEMPLATE: &str = "/run/husk/templates/1cpu-256mib-1nic/current";
+
+    fn req() -> PodRequest<'static> {
+        PodRequest {
             namespace: "default",
             pod: "p",
             hostname: "p",
@@ -267,39 +309,80 @@ mod tests {
             cgroups_path: None,
             port_forward: false,
             shm: None,
-        };
+        }
+    }
+
+    fn nic(mac: [u8; 6], mtu: u32) -> Nic {
+        Nic {
+            veth: "eth0".into(),
+            veth_index: 2,
+            tap: "tap0_husk".into(),
+            mac,
+            mtu,
+        }
+    }
+
+    /// husk-vmm's arguments and (jailed) the names of the jail's read-only and writable
+    /// binds, for a VM started from `source` with `nics`.
+    fn launched(
+        jailed: bool,
+        source: VmSource<'_>,
+        nics: &[Nic],
+    ) -> (String, Vec<String>, Vec<String>) {
+        let config = Config::default();
+        let req = req();
         let launch = Launch {
             config: &config,
             req: &req,
-            pod_dir: Path::new("/run/husk/default/p"),
+            pod_dir: Path::new(POD),
             jail_id: jailed.then_some(1_500_000_000),
             cgroups: &[],
-            nics: &[],
+            nics,
             taps: &[],
+            source,
         };
-        launch
+        let args: Vec<String> = launch
             .vmm_args(jailed)
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
-            .collect()
+            .collect();
+        let j = launch.jail_plan(1_500_000_000, Vec::new()).jail();
+        let names = |b: &[husk_jail::Bind]| {
+            b.iter()
+                .map(|b| format!("{}={}", b.name, b.src.display()))
+                .collect()
+        };
+        (args.join(" "), names(&j.ro), names(&j.rw))
     }
+
+    const COLD: VmSource<'static> = VmSource::Boot { snapshot_to: None };
 
     #[test]
     fn a_jailed_vmm_is_given_the_jails_paths_and_an_unjailed_one_the_hosts() {
-        let j = args_of(true).join(" ");
+        let (j, ro, rw) = launched(true, COLD, &[]);
         assert!(
             j.starts_with("--id /run/husk/default/p --kernel /kernel --initramfs /initramfs"),
             "{j}"
         );
         for want in [
             "--vcpus 2 --memory 512",
+            "--cmdline quiet",
             "--console file:/run/console.log",
             "--vsock cid=3,uds=/run/vsock.sock",
             "--fs tag=husk-shared,socket=/run/virtiofsd.sock",
         ] {
             assert!(j.contains(want), "{want}: {j}");
         }
-        let h = args_of(false).join(" ");
+        assert!(!j.contains("snapshot") && !j.contains("restore"), "{j}");
+        assert_eq!(
+            ro,
+            [
+                "kernel=/usr/share/husk/vmlinux",
+                "initramfs=/usr/share/husk/initramfs.cpio"
+            ]
+        );
+        assert_eq!(rw, [format!("run={POD}/vm")]);
+        let (h, _, _) = launched(false, COLD, &[]);
         for want in [
             "--kernel /usr/share/husk/vmlinux",
             "--console file:/run/husk/default/p/vm/console.log",
@@ -308,5 +391,69 @@ mod tests {
         ] {
             assert!(h.contains(want), "{want}: {h}");
         }
+    }
+
+    #[test]
+    fn a_restore_names_the_template_and_nothing_the_snapshot_fixes() {
+        let pod_nic = nic([0x0a, 0x58, 0x0a, 0x59, 0, 5], 1450);
+        let source = VmSource::Restore(Path::new(TEMPLATE));
+        let (j, ro, rw) = launched(true, source, std::slice::from_ref(&pod_nic));
+        assert!(
+            j.starts_with("--id /run/husk/default/p --restore-from /snapshot --console"),
+            "{j}"
+        );
+        // Size, kernel and command line are the snapshot's: husk-vmm refuses them.
+        for refused in [
+            "--kernel",
+            "--initramfs",
+            "--vcpus",
+            "--memory",
+            "--cmdline",
+        ] {
+            assert!(!j.contains(refused), "{refused}: {j}");
+        }
+        for want in [
+            "--vsock cid=3,uds=/run/vsock.sock",
+            "--fs tag=husk-shared,socket=/run/virtiofsd.sock",
+            "--net fd=3,mac=0a:58:0a:59:00:05,mtu=1450",
+        ] {
+            assert!(j.contains(want), "{want}: {j}");
+        }
+        // The template read-only, no kernel or initramfs.
+        assert_eq!(ro, [format!("snapshot={TEMPLATE}")]);
+        assert_eq!(rw, [format!("run={POD}/vm")]);
+        let (h, _, _) = launched(false, source, &[pod_nic]);
+        assert!(h.contains(&format!("--restore-from {TEMPLATE} ")), "{h}");
+    }
+
+    #[test]
+    fn a_template_vm_boots_and_writes_its_snapshot_with_nics_of_no_mtu() {
+        let out = Path::new("/run/husk/templates/1cpu-256mib-1nic/build-7/snapshot");
+        let source = VmSource::Boot {
+            snapshot_to: Some(out),
+        };
+        let tpl_nic = nic(crate::template::template_mac(0), 0);
+        let (j, ro, rw) = launched(true, source, std::slice::from_ref(&tpl_nic));
+        for want in [
+            "--kernel /kernel --initramfs /initramfs --vcpus 2 --memory 512",
+            "--snapshot-to /snapshot",
+            "--net fd=3,mac=02:68:75:73:6b:00",
+        ] {
+            assert!(j.contains(want), "{want}: {j}");
+        }
+        assert!(!j.contains("mtu="), "{j}");
+        assert_eq!(ro.len(), 2, "{ro:?}");
+        assert_eq!(
+            rw,
+            [
+                format!("run={POD}/vm"),
+                format!("snapshot={}", out.display())
+            ]
+        );
+        let (h, _, _) = launched(false, source, &[tpl_nic]);
+        assert!(
+            h.contains(&format!("--snapshot-to {}", out.display())),
+            "{h}"
+        );
     }
 }
