@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use husk_vm_config::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 use serde::Deserialize;
 
 /// The default configuration file.
@@ -136,15 +137,27 @@ impl Config {
             path: path.to_owned(),
             message,
         };
+        if self.max_vcpus > MAX_VCPUS {
+            return Err(invalid(format!(
+                "max_vcpus = {} is more than husk-vmm takes ({MAX_VCPUS})",
+                self.max_vcpus
+            )));
+        }
+        if self.max_memory_mib > MAX_MEMORY_MIB {
+            return Err(invalid(format!(
+                "max_memory_mib = {} is more than husk-vmm takes ({MAX_MEMORY_MIB})",
+                self.max_memory_mib
+            )));
+        }
         if self.vcpus == 0 || self.vcpus > self.max_vcpus {
             return Err(invalid(format!(
                 "vcpus = {} must be between 1 and max_vcpus ({})",
                 self.vcpus, self.max_vcpus
             )));
         }
-        if self.memory_mib < 64 || self.memory_mib > self.max_memory_mib {
+        if self.memory_mib < MIN_MEMORY_MIB || self.memory_mib > self.max_memory_mib {
             return Err(invalid(format!(
-                "memory_mib = {} must be between 64 and max_memory_mib ({})",
+                "memory_mib = {} must be between {MIN_MEMORY_MIB} and max_memory_mib ({})",
                 self.memory_mib, self.max_memory_mib
             )));
         }
@@ -256,6 +269,24 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::parse(s, Path::new("/etc/husk/husk.toml"))
+    }
+
+    /// husk-vmm's own limits (husk-vm-config's) bound the config: a VM the VMM would
+    /// refuse at boot is refused here, naming the key.
+    #[test]
+    fn limits_are_husk_vmms() {
+        let e = parse("max_vcpus = 64").unwrap_err().to_string();
+        assert!(
+            e.contains("max_vcpus = 64") && e.contains(&MAX_VCPUS.to_string()),
+            "{e}"
+        );
+        assert!(parse(&format!("max_vcpus = {MAX_VCPUS}")).is_ok());
+        let e = parse("memory_mib = 32").unwrap_err().to_string();
+        assert!(e.contains(&format!("between {MIN_MEMORY_MIB}")), "{e}");
+        let e = parse(&format!("max_memory_mib = {}", MAX_MEMORY_MIB + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_memory_mib"), "{e}");
     }
 
     #[test]

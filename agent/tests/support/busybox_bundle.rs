@@ -3,15 +3,18 @@
 
 #![allow(dead_code)]
 
-use std::fs;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::{LinuxNamespaceType, ProcessBuilder, Spec};
 
-/// Where Debian's busybox-static puts its binary.
-pub const BUSYBOX: &str = "/bin/busybox";
+/// The busybox root file system builder every test uses (the integration tests' own,
+/// `tests/src/busybox_bundle.rs`): one builder, so the engine tests and the guest tests
+/// run containers on the same root.
+#[path = "../../../tests/src/busybox_bundle.rs"]
+mod shared;
+
+pub use shared::BUSYBOX;
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "printf", "sleep", "seq", "head", "yes", "cat", "true", "false", "ls", "stty",
@@ -27,15 +30,7 @@ pub fn busybox_rootfs(dir: &Path) -> Result<PathBuf> {
     if !Path::new(BUSYBOX).exists() {
         bail!("{BUSYBOX} is missing: apt-get install -y busybox-static");
     }
-    for sub in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
-        fs::create_dir_all(rootfs.join(sub)).with_context(|| format!("mkdir {sub}"))?;
-    }
-    fs::copy(BUSYBOX, rootfs.join("bin/busybox")).context("copy busybox")?;
-    for applet in APPLETS {
-        symlink("busybox", rootfs.join("bin").join(applet))
-            .with_context(|| format!("link {applet}"))?;
-    }
-    Ok(rootfs)
+    shared::rootfs(dir, APPLETS)
 }
 
 /// oci-spec's default spec (runc's: pid, net, ipc, uts and mount namespaces,

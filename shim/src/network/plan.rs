@@ -185,15 +185,17 @@ pub fn update_request(
     req
 }
 
-/// husk-vmm's `--net` value for the NIC whose tap is the child's fd `fd`.
-pub fn vmm_net_arg(fd: i32, nic: &Nic) -> String {
-    let mut a = format!("fd={fd},mac={}", format_mac(&nic.mac));
-    // A template's NICs have none: offered, the guest driver would take it as the most
-    // its link can ever have, and a pod restored from it could not set a larger one.
-    if nic.mtu != 0 {
-        a.push_str(&format!(",mtu={}", nic.mtu));
+/// husk-vmm's net device for the NIC whose tap is the child's fd `fd`.
+pub fn vmm_net(fd: i32, nic: &Nic) -> husk_vm_config::NetConfig {
+    husk_vm_config::NetConfig {
+        tap: None,
+        fd: Some(fd),
+        mac: Some(husk_vm_config::MacAddr(nic.mac)),
+        // A template's NICs have none (0): offered, the guest driver would take it as
+        // the most its link can ever have, and a pod restored from it could not set a
+        // larger one.
+        mtu: u16::try_from(nic.mtu).ok().filter(|m| *m != 0),
     }
-    a
 }
 
 #[cfg(test)]
@@ -398,8 +400,13 @@ mod tests {
     fn vmm_arguments_name_fd_mac_and_mtu() {
         let (nics, _, _) = cni_bridge_netns();
         assert_eq!(
-            vmm_net_arg(3, &nics[0]),
-            "fd=3,mac=0a:58:0a:58:00:05,mtu=1450"
+            vmm_net(3, &nics[0]),
+            husk_vm_config::NetConfig {
+                tap: None,
+                fd: Some(3),
+                mac: Some("0a:58:0a:58:00:05".parse().unwrap()),
+                mtu: Some(1450),
+            }
         );
     }
 }

@@ -386,6 +386,7 @@ mod tests {
 
     use super::*;
     use crate::devices::virtio::block::request::tests::{desc, desc_next, header, R, W};
+    use crate::devices::virtio::block::BlockConfigError;
     use crate::devices::virtio::INT_VRING;
 
     const SECTORS: u64 = 8;
@@ -443,7 +444,10 @@ mod tests {
         let f = image(512);
         let mut c = config(&f);
         c.id = Some("x".repeat(21));
-        assert!(matches!(Block::new(&c), Err(BlockError::IdTooLong(_))));
+        assert!(matches!(
+            Block::new(&c),
+            Err(BlockError::Config(BlockConfigError::IdTooLong(_)))
+        ));
         assert!(err(&missing).to_string().starts_with("Disk image "));
     }
 

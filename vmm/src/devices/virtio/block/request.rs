@@ -32,7 +32,8 @@ pub const SECTOR_SIZE: u64 = 512;
 /// Length of the request header (`struct virtio_blk_outhdr`).
 pub const HEADER_LEN: u32 = 16;
 /// Length of the device id returned by GET_ID.
-pub const ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
+pub use husk_vm_config::block::ID_LEN;
+const _: () = assert!(ID_LEN == VIRTIO_BLK_ID_BYTES as usize);
 /// Most descriptors one request may use: the largest queue. The device offers no indirect
 /// descriptors, so a driver never builds a longer chain; one that does is malformed.
 pub const MAX_DESCRIPTORS: usize = 256;
