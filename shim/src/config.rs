@@ -80,7 +80,7 @@ pub struct Config {
     /// Whether pods of the configured size are restored from a template VM (booted once
     /// to "agent ready" and snapshotted) instead of booting. Default true.
     pub template: bool,
-    /// Where templates live, one directory per VM shape. Default `<state_dir>/templates`
+    /// Where templates live, one directory per VM shape. Default `<state_dir>/.templates`
     /// (a tmpfs in the default `/run/husk`: rebuilt once per host boot anyway).
     pub template_dir: Option<PathBuf>,
 }
@@ -221,11 +221,11 @@ impl Config {
         }
     }
 
-    /// Where templates live (`template_dir`, else `<state_dir>/templates`).
+    /// Where templates live (`template_dir`, else `<state_dir>/.templates`).
     pub fn template_dir(&self) -> PathBuf {
         self.template_dir
             .clone()
-            .unwrap_or_else(|| self.state_dir.join("templates"))
+            .unwrap_or_else(|| self.state_dir.join(".templates"))
     }
 
     /// Checks that the files the VM needs exist, so a missing kernel is reported by name
@@ -345,7 +345,7 @@ mod tests {
         assert_eq!(c.template_dir(), PathBuf::from("/t"));
         assert_eq!(
             Config::default().template_dir(),
-            PathBuf::from("/run/husk/templates")
+            PathBuf::from("/run/husk/.templates")
         );
     }
 

@@ -3,7 +3,7 @@
 //! shim builds it on first use, in the pod's own start, and keeps it in a cache keyed by
 //! what the snapshot depends on ([`TemplateKey`]).
 //!
-//! One directory per shape under `template_dir` (default `<state_dir>/templates`):
+//! One directory per shape under `template_dir` (default `<state_dir>/.templates`):
 //!
 //! | entry | what |
 //! |---|---|

@@ -346,7 +346,7 @@ mod tests {
     use super::*;
 
     const POD: &str = "/run/husk/default/p";
-    const TEMPLATE: &str = "/run/husk/templates/1cpu-256mib-1nic/current";
+    const TEMPLATE: &str = "/run/husk/.templates/1cpu-256mib-1nic/current";
     const COLD: VmSource<'static> = VmSource::Boot { snapshot_to: None };
 
     fn nic(mac: [u8; 6], mtu: u32) -> Nic {
@@ -497,7 +497,7 @@ mod tests {
 
     #[test]
     fn a_template_vm_boots_and_writes_its_snapshot_with_nics_of_no_mtu() {
-        let out = Path::new("/run/husk/templates/1cpu-256mib-1nic/build-7/snapshot");
+        let out = Path::new("/run/husk/.templates/1cpu-256mib-1nic/build-7/snapshot");
         let source = VmSource::Boot {
             snapshot_to: Some(out),
         };
