@@ -444,7 +444,12 @@ impl Cache {
         if let State::Ready(template) = inspect(&self.dir, key) {
             return self.downgrade(lock, key, template);
         }
-        if let Some(f) = persist::read::<BuildFailure>(&self.dir)?.filter(|f| f.key == *key) {
+        let failed = persist::read::<BuildFailure>(&self.dir).unwrap_or_else(|e| {
+            // Unreadable (torn, another version): as if there were none.
+            warn!("{}", husk_errors::chain(&e));
+            None
+        });
+        if let Some(f) = failed.filter(|f| f.key == *key) {
             let age = unix_now().saturating_sub(f.at);
             if age < RETRY_AFTER.as_secs() {
                 return Ok(Acquired::Cold(format!(

@@ -317,6 +317,14 @@ fn a_failed_build_boots_cold_and_is_not_retried_for_a_while() {
         cache.acquire(&s.config, &s.key(SHAPE), &b).unwrap(),
     ));
     assert_eq!(b.builds.get(), 3);
+    // A torn failed.json (a shim killed mid-write, another version) is as if there were
+    // none: the pod is not failed by it, the template is built.
+    std::fs::write(cache.dir.join(BuildFailure::FILE), "{\"version\": 1, \"da").unwrap();
+    std::fs::remove_dir_all(cache.dir.join("current")).unwrap();
+    drop(restore(
+        cache.acquire(&s.config, &s.key(SHAPE), &b).unwrap(),
+    ));
+    assert_eq!(b.builds.get(), 4);
 }
 
 #[test]
