@@ -543,9 +543,9 @@ impl Sandbox {
         Ok(())
     }
 
-    /// The agent, once it answered Health and Version with our API and, in a guest
-    /// restored from `lease`'s template, Restored (the guest's clock, entropy, hostname
-    /// and MACs: the first call after a restore).
+    /// The agent, once it answered Health, in a guest restored from `lease`'s template
+    /// Restored (the guest's clock, entropy, hostname and MACs: the first call after the
+    /// probe that it listens), and Version with our API.
     fn agent_up(
         &self,
         config: &Config,
@@ -561,12 +561,6 @@ impl Sandbox {
                 message: e.to_string(),
             }
         };
-        let v = client
-            .version(self.ctx(), &agent::VersionRequest::new())
-            .map_err(rpc("Version"))?;
-        if v.api_version != API_VERSION {
-            return Err(SandboxError::ApiVersion(v.api_version));
-        }
         if let Some(l) = lease {
             let entropy = template::host_entropy(64).map_err(|source| SandboxError::Spawn {
                 what: "getrandom, for the restored guest's RNG",
@@ -575,6 +569,12 @@ impl Sandbox {
             })?;
             let r = template::restored_request(&l.template, req.hostname, nics, entropy);
             client.restored(self.ctx(), &r).map_err(rpc("Restored"))?;
+        }
+        let v = client
+            .version(self.ctx(), &agent::VersionRequest::new())
+            .map_err(rpc("Version"))?;
+        if v.api_version != API_VERSION {
+            return Err(SandboxError::ApiVersion(v.api_version));
         }
         info!(
             "pod {}: agent {} ready after {:?} ({}), guest kernel {}",
