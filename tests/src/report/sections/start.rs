@@ -2,7 +2,7 @@
 //! run in turn (for husk: starting husk-vmm and virtiofsd, the guest's boot, and `--rm`'s
 //! delete of task and container).
 
-use super::{Ctx, CTR_RUNTIMES};
+use super::{Ctx, CTR_RUNTIMES, HUSK_TEMPLATE};
 use crate::report::ctr;
 use crate::report::{Better, Metric, Plot, SectionResult};
 
@@ -22,6 +22,16 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
         ),
     );
     let mut names: Vec<&str> = CTR_RUNTIMES.to_vec();
+    if ctx.husk_template {
+        names.push(HUSK_TEMPLATE);
+        s.notes.push(
+            "`husk-template` is husk restored from its template (`template = true`: a VM \
+             booted once to \"agent ready\" and snapshotted; its uncounted warm-up run built \
+             it); `husk` boots every pod (`template = false`): the ratio husk/husk-template \
+             is what the template saves."
+                .into(),
+        );
+    }
     if ctx.husk_unjailed {
         names.push("husk-nojail");
         s.notes.push(
