@@ -87,7 +87,8 @@ pub enum SandboxError {
     Network(#[from] NetError),
     #[error(transparent)]
     Jail(#[from] JailError),
-    /// The VM restored from a template did not come up: the pod is started again, cold.
+    /// The pod restored from a template did not come up (its VM, or the calls that make
+    /// it the pod's): the pod is started again, cold.
     #[error("The pod's VM did not come up from its template")]
     Template(#[source] Box<SandboxError>),
 }
@@ -397,9 +398,20 @@ impl Sandbox {
         match result {
             Ok(()) => Ok(sb),
             Err(e) => {
-                if let (Some(l), SandboxError::Template(cause)) = (lease, &e) {
-                    l.refused(&husk_errors::chain(cause.as_ref()));
-                }
+                let e = match (lease, e) {
+                    // Refused by husk-vmm, or the restored guest never answered Restored:
+                    // the template's fault, marked so that the next pod rebuilds it.
+                    (Some(l), SandboxError::Template(cause)) => {
+                        l.refused(&husk_errors::chain(cause.as_ref()));
+                        SandboxError::Template(cause)
+                    }
+                    // Anything else in a restored pod (its virtiofsd, CreateSandbox,
+                    // UpdateNetwork): tried again booted, since a fault of restores alone
+                    // must not fail the pod; the template is not blamed, since a fault of
+                    // the pod's own would then rebuild it for every such pod.
+                    (Some(_), e) => SandboxError::Template(Box::new(e)),
+                    (None, e) => e,
+                };
                 sb.stop_processes();
                 sb.detach_network();
                 sb.undo_jail();
