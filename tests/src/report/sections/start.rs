@@ -61,5 +61,24 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
             }
         }
     }
+    if rts.iter().any(|r| r.name == HUSK_TEMPLATE) {
+        // The shim boots a pod cold when its template cannot be built or used: then this
+        // series would be boots under another name. Its log says which pods it restored.
+        let log = c.log();
+        let prefix = format!("pod start-{HUSK_TEMPLATE}-");
+        let restored = log
+            .lines()
+            .filter(|l| {
+                l.contains(&prefix) && l.contains(" ready after ") && l.contains("(restored)")
+            })
+            .count();
+        s.notes
+            .push(format!("{HUSK_TEMPLATE}: {restored} of {runs} timed pods were restored from the template (the shim's log)."));
+        if restored < runs {
+            s.fail(format!(
+                "{HUSK_TEMPLATE}: only {restored} of {runs} pods were restored; the others booted cold"
+            ));
+        }
+    }
     s
 }
