@@ -181,6 +181,28 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
             }
         }
     }
+    if ok.contains(&HUSK_TEMPLATE) {
+        // As in the start section: a pod whose template failed boots cold. Only this
+        // handler's pods can be restored (`husk` has `template = false`); its warm-up is
+        // one of them.
+        let restored = node
+            .containerd
+            .log()
+            .lines()
+            .filter(|l| l.contains(" ready after ") && l.contains("(restored)"))
+            .count();
+        let want = runs + 1;
+        s.notes.push(format!(
+            "{HUSK_TEMPLATE}: {restored} of its {want} pods (with the warm-up) were restored \
+             from the template (the shim's log)."
+        ));
+        if restored < want {
+            s.fail(format!(
+                "{HUSK_TEMPLATE}: only {restored} of {want} pods were restored; the others \
+                 booted cold"
+            ));
+        }
+    }
     let left = node.containerd.wait_clean(Duration::from_secs(30));
     if !left.is_empty() {
         s.fail(format!("left behind: {}", left.replace('\n', "; ")));
