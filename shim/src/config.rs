@@ -78,7 +78,8 @@ pub struct Config {
     /// containerd's log (the bundle's `log` FIFO), as containerd expects of a shim.
     pub log_level: String,
     /// Whether pods of the configured size are restored from a template VM (booted once
-    /// to "agent ready" and snapshotted) instead of booting. Default true.
+    /// to "agent ready" and snapshotted) instead of booting. Default false: restored pods
+    /// are not yet reliable (README, "The pod template").
     pub template: bool,
     /// Where templates live, one directory per VM shape. Default `<state_dir>/.templates`
     /// (a tmpfs in the default `/run/husk`: rebuilt once per host boot anyway).
@@ -113,7 +114,7 @@ impl Default for Config {
             boot_timeout_secs: 60,
             rpc_timeout_secs: 60,
             log_level: "info".into(),
-            template: true,
+            template: false,
             template_dir: None,
         }
     }
@@ -327,7 +328,7 @@ mod tests {
             boot_timeout_secs = 600
             rpc_timeout_secs = 5
             log_level = "debug"
-            template = false
+            template = true
             template_dir = "/t"
             "#,
         )
@@ -341,7 +342,7 @@ mod tests {
         assert_eq!((c.jail_id_first, c.jail_id_count), (5000, 10));
         assert_eq!(c.boot_timeout_secs, 600);
         assert_eq!(c.log_level, "debug");
-        assert!(!c.template);
+        assert!(c.template);
         assert_eq!(c.template_dir(), PathBuf::from("/t"));
         assert_eq!(
             Config::default().template_dir(),

@@ -19,6 +19,9 @@ use husk_tests::{kvm_available, Outcome};
 const PLAIN: &str = "1cpu-256mib-0nic";
 /// The template of pods on a CNI network (one NIC).
 const NETWORKED: &str = "1cpu-256mib-1nic";
+/// Templates are off by default (restored pods are not yet reliable): these tests turn
+/// them on.
+const ON: &str = "template = true";
 /// What a container prints: a line of 32 random bytes in hex, its hostname, and exits 7.
 const SCRIPT: &str =
     "echo hello; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; hostname; exit 7";
@@ -114,7 +117,7 @@ fn pods_restored_from_one_template_are_each_their_own() {
     if !kvm_available("pods_restored_from_one_template_are_each_their_own") {
         return;
     }
-    let c = containerd("");
+    let c = containerd(ON);
     let (r1, h1) = run_script(&c, "tpl-a", &[]);
     assert_eq!(restored(&c, "tpl-a"), Some(true), "{}", c.log());
     let built = log_lines(&c, "there is none: building it");
@@ -188,7 +191,7 @@ fn pods_restored_on_one_bridge_have_their_own_mac_and_address() {
     if !kvm_available("pods_restored_on_one_bridge_have_their_own_mac_and_address") {
         return;
     }
-    let c = containerd("");
+    let c = containerd(ON);
     let net = Network::new(None).unwrap();
     let a = net.add_pod().unwrap();
     let b = net.add_pod().unwrap();
@@ -273,7 +276,7 @@ fn a_corrupt_or_refused_template_is_rebuilt_never_used() {
     if !kvm_available("a_corrupt_or_refused_template_is_rebuilt_never_used") {
         return;
     }
-    let c = containerd("");
+    let c = containerd(ON);
     run_script(&c, "bad-a", &[]);
     let first = meta(&c, PLAIN);
     // Guest memory written after the build: seen before any VMM reads it.
@@ -348,7 +351,7 @@ fn templates_off_and_pods_of_another_size_boot_cold() {
     assert!(!c.template_dir().exists(), "no template without templates");
     drop(c);
 
-    let c = containerd("");
+    let c = containerd(ON);
     // A 64 MiB limit makes a 320 MiB VM: no template is made for it.
     run_script(&c, "big-a", &["--memory-limit", "67108864"]);
     assert_eq!(restored(&c, "big-a"), Some(false), "{}", c.log());

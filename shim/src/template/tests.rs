@@ -33,6 +33,7 @@ impl Scratch {
             initramfs: dir.join("initramfs.cpio"),
             vmm: dir.join("husk-vmm"),
             state_dir: dir.join("state"),
+            template: true,
             template_dir: Some(dir.join("templates")),
             ..Config::default()
         };
