@@ -315,7 +315,15 @@ fn a_corrupt_or_refused_template_is_rebuilt_never_used() {
         "pod bad-c: booting it cold: The pod's VM did not come up from its template",
     );
     assert_eq!(cold.len(), 1, "{}", c.log());
-    assert!(cold[0].contains("SHA-256"), "husk-vmm's reason: {cold:?}");
+    // The reason spans lines (the VMM's log follows the first): the whole message.
+    let log = c.log();
+    let at = log.find("pod bad-c: booting it cold").unwrap();
+    let end = log[at..].find("\"\n").map_or(log.len(), |e| at + e);
+    assert!(
+        log[at..end].contains("SHA-256"),
+        "husk-vmm's reason: {}",
+        &log[at..end]
+    );
     run_script(&c, "bad-d", &[]);
     assert_eq!(restored(&c, "bad-d"), Some(true), "{}", c.log());
     assert_eq!(
