@@ -150,7 +150,8 @@ fn pods_restored_from_one_template_are_each_their_own() {
     }
     assert_clean(&c, "after two restored pods");
 
-    // Exec, stdin and a detached task's exit on a restored pod, as on a booted one.
+    // Exec and a detached task's exit on a restored pod, as on a booted one (`cat`
+    // here waited for an EOF on stdin that `ctr task exec` never sends).
     let o = c
         .ctr(&[
             "run",
@@ -173,10 +174,11 @@ fn pods_restored_from_one_template_are_each_their_own() {
             "tpl-c",
             "sh",
             "-c",
-            "cat; exit 4",
+            "echo in-exec; exit 4",
         ])
         .unwrap();
     assert_eq!(o.code(), Some(4), "{o:?}\n{}", c.log());
+    assert_eq!(o.stdout, "in-exec\n", "{o:?}");
     assert_eq!(restored(&c, "tpl-c"), Some(true), "{}", c.log());
     let o = c.ctr(&["task", "rm", "-f", "tpl-c"]).unwrap();
     assert_eq!(o.code(), Some(0), "{o:?}");
