@@ -198,7 +198,8 @@ fn pods_restored_on_one_bridge_have_their_own_mac_and_address() {
     let a = net.add_pod().unwrap();
     let b = net.add_pod().unwrap();
     // Pod a serves; pod b reads its page over the bridge: two clones of one template on
-    // one L2 segment, which works only with a MAC each.
+    // one L2 segment, which works only with a MAC each. (`timeout`, not wget's -T: this
+    // busybox's `wget -T` dies of SIGSEGV at once, in booted pods too.)
     let serve = "echo from-a > /tmp/index.html && httpd -f -p 8080 -h /tmp";
     let o = c
         .run_in_netns(RUNTIME, &a.netns, "net-a", true, &["sh", "-c", serve])
@@ -206,7 +207,7 @@ fn pods_restored_on_one_bridge_have_their_own_mac_and_address() {
     assert_eq!(o.code(), Some(0), "{o:?}\n{}", c.log());
     let script = format!(
         "cat /sys/class/net/eth0/address; ip -4 -o addr show eth0; \
-         for i in $(seq 1 60); do wget -q -T 5 -O - http://{}:8080/ && exit 0; sleep 1; done; exit 1",
+         for i in $(seq 1 60); do timeout 5 wget -q -O - http://{}:8080/ && exit 0; sleep 1; done; exit 1",
         a.ip
     );
     let o = c
