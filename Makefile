@@ -139,22 +139,23 @@ demo-pod: image vmm bins
 REPORT := target/release/husk-report
 report: image vmm bins
 	scripts/in-kvm.sh --timeout $(if $(filter 1,$(QUICK)),1200,3000) --rw-dir build/report -- \
-		$(REPORT) --out $(CURDIR)/build/report $(if $(filter 1,$(QUICK)),--quick) $(if $(SECTIONS),--sections $(SECTIONS))
+		$(REPORT) --out $(CURDIR)/build/report --husk-template $(if $(filter 1,$(QUICK)),--quick) $(if $(SECTIONS),--sections $(SECTIONS))
 
 # The benchmarks are sections of the report, each into build/bench-<name>/ and printed.
 # Boot: husk-vmm (with and without seccomp) against QEMU's microvm on the same guest.
 bench: image vmm bins
 	scripts/in-kvm.sh --timeout 3000 --rw-dir build/bench-boot -- $(REPORT) --out $(CURDIR)/build/bench-boot --sections boot --runs $${RUNS:-10}
 
-# `ctr run --rm` of busybox true under runc, crun, husk and husk unjailed, interleaved, and
+# `ctr run --rm` of busybox true under runc, crun, husk (booted), husk restored from its
+# template and husk unjailed, interleaved, and
 # the host memory of 1, 5 and 10 idle pods, through a private containerd.
 bench-shim: image vmm bins
-	scripts/in-kvm.sh --timeout 3000 --rw-dir build/bench-shim -- $(REPORT) --out $(CURDIR)/build/bench-shim --sections start,density --husk-unjailed --runs $${RUNS:-10}
+	scripts/in-kvm.sh --timeout 3000 --rw-dir build/bench-shim -- $(REPORT) --out $(CURDIR)/build/bench-shim --sections start,density --husk-unjailed --husk-template --runs $${RUNS:-10}
 
 # Pod start (RunPodSandbox + CreateContainer + StartContainer) and teardown through
 # containerd's CRI, handlers runc, crun and husk, interleaved.
 bench-pod: image vmm bins
-	scripts/in-kvm.sh --timeout 3600 --rw-dir build/bench-pod -- $(REPORT) --out $(CURDIR)/build/bench-pod --sections pod --runs $${RUNS:-10}
+	scripts/in-kvm.sh --timeout 3600 --rw-dir build/bench-pod -- $(REPORT) --out $(CURDIR)/build/bench-pod --sections pod --husk-template --runs $${RUNS:-10}
 
 # TCP throughput both ways and 1-byte round-trip latency, a pod per runtime on one CNI
 # bridge, interleaved.

@@ -13,7 +13,8 @@ use std::os::fd::AsRawFd;
 use anyhow::{Context, Result};
 use husk_netlink::{address, link, route, AddressFlags, Family, Link, Route, Socket};
 use husk_protocol::agent::{
-    CreateSandboxRequest, Interface, IpAddress, Route as RouteMsg, UpdateNetworkRequest,
+    CreateSandboxRequest, Interface, IpAddress, RestoredInterface, RestoredRequest,
+    Route as RouteMsg, UpdateNetworkRequest,
 };
 use husk_protocol::agent_ttrpc::AgentClient;
 use husk_protocol::ttrpc::Code;
@@ -416,5 +417,72 @@ fn serve_refuses_the_hosts_own_namespace() -> Result<()> {
     let (got, msg) = code_of(c.update_network(ctx(), &r));
     assert_eq!(got, Code::FAILED_PRECONDITION, "{msg}");
     assert!(msg.contains("start it in a fresh one"), "{msg}");
+    agent.assert_alive()
+}
+
+/// A guest restored from a template has the template's MAC on its link: Restored gives
+/// it the pod's (checking every field first), and UpdateNetwork then finds it by that.
+#[test]
+fn restored_gives_the_links_the_pods_macs() -> Result<()> {
+    if !is_root() {
+        eprintln!("SKIP restored_gives_the_links_the_pods_macs: needs root for a netns");
+        return Ok(());
+    }
+    const TEMPLATE_MAC: &str = "02:68:75:73:6b:00";
+    let mut agent = Agent::start_in_new_netns("net-restored")?;
+    let c = agent.client()?;
+    let index = add_link(&agent, "eth0", TEMPLATE_MAC)?;
+    let restored = |ifaces: &[(&str, &str)]| {
+        let mut r = RestoredRequest::new();
+        r.sec = 1_700_000_000;
+        r.entropy = vec![7; 32];
+        r.interfaces = ifaces
+            .iter()
+            .map(|(from, to)| {
+                let mut i = RestoredInterface::new();
+                i.template_hw_addr = (*from).into();
+                i.hw_addr = (*to).into();
+                i
+            })
+            .collect();
+        r
+    };
+    // Refused before anything changes: a bad MAC, and a link nobody has.
+    let (got, msg) = code_of(c.restored(ctx(), &restored(&[(TEMPLATE_MAC, "ff:ff:ff:ff:ff:ff")])));
+    assert_eq!(got, Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("interfaces[0].hw_addr"), "{msg}");
+    let (got, msg) = code_of(c.restored(
+        ctx(),
+        &restored(&[(TEMPLATE_MAC, MAC), ("02:68:75:73:6b:01", MAC2)]),
+    ));
+    assert_eq!(got, Code::NOT_FOUND, "{msg}");
+    assert!(msg.contains("02:68:75:73:6b:01"), "{msg}");
+    assert_eq!(
+        state(&agent)?
+            .link(index)
+            .mac
+            .map(|m| m.to_string())
+            .as_deref(),
+        Some(TEMPLATE_MAC),
+        "a refused request changes nothing"
+    );
+
+    c.restored(ctx(), &restored(&[(TEMPLATE_MAC, MAC)]))?;
+    assert_eq!(
+        state(&agent)?
+            .link(index)
+            .mac
+            .map(|m| m.to_string())
+            .as_deref(),
+        Some(MAC)
+    );
+    create_sandbox(&c, "restored")?;
+    c.update_network(
+        ctx(),
+        &req(vec![iface("eth0", MAC, 0, &[("10.88.0.7", 16)])], vec![]),
+    )?;
+    let s = state(&agent)?;
+    assert!(s.link(index).is_up());
+    assert_eq!(s.nets(index), ["10.88.0.7/16"]);
     agent.assert_alive()
 }

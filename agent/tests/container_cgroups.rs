@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use husk_agent::container::cgroups::{parse_resources, CgroupError, ResourcesError};
-use husk_agent::container::{Cgroup, Container, Engine, ExitStatus, OomMonitor};
+use husk_agent::container::{Cgroup, Container, Engine, ErrorKind, ExitStatus, OomMonitor};
 use oci_spec::runtime::{LinuxBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, Spec};
 use support::busybox_bundle;
 
@@ -58,7 +58,13 @@ impl Running {
     /// Kills what runs, waits and removes the container; the exit status.
     fn finish(mut self, kill: bool) -> Result<(ExitStatus, String)> {
         if kill {
-            self.container.signal(libc::SIGKILL).context("kill")?;
+            match self.container.signal(libc::SIGKILL) {
+                Ok(()) => {}
+                // Nothing runs any more: an OOM kill can end the whole container (on a
+                // cgroup v1 host the kernel may pick the shell, not the hog).
+                Err(e) if e.kind() == ErrorKind::FailedPrecondition => {}
+                Err(e) => return Err(e).context("kill"),
+            }
         }
         let status = self.container.wait().context("wait")?;
         let mut output = String::new();

@@ -370,6 +370,7 @@ rpcs! {
     set_guest_time(SetGuestTimeRequest) -> Empty = "SetGuestTime";
     health(HealthRequest) -> HealthResponse = "Health";
     version(VersionRequest) -> VersionResponse = "Version";
+    restored(RestoredRequest) -> Empty = "Restored";
 }
 
 #[cfg(test)]

@@ -77,6 +77,13 @@ pub struct Config {
     /// Shim log level: error, warn, info, debug or trace. Default `info`. Logs go to
     /// containerd's log (the bundle's `log` FIFO), as containerd expects of a shim.
     pub log_level: String,
+    /// Whether pods of the configured size are restored from a template VM (booted once
+    /// to "agent ready" and snapshotted) instead of booting. Default false: restored pods
+    /// are not yet reliable (README, "The pod template").
+    pub template: bool,
+    /// Where templates live, one directory per VM shape. Default `<state_dir>/.templates`
+    /// (a tmpfs in the default `/run/husk`: rebuilt once per host boot anyway).
+    pub template_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -107,6 +114,8 @@ impl Default for Config {
             boot_timeout_secs: 60,
             rpc_timeout_secs: 60,
             log_level: "info".into(),
+            template: false,
+            template_dir: None,
         }
     }
 }
@@ -180,7 +189,10 @@ impl Config {
             ("virtiofsd", &self.virtiofsd),
             ("jailer", &self.jailer),
             ("state_dir", &self.state_dir),
-        ] {
+        ]
+        .into_iter()
+        .chain(self.template_dir.iter().map(|d| ("template_dir", d)))
+        {
             if !p.is_absolute() {
                 return Err(invalid(format!(
                     "{key} = {:?} must be an absolute path",
@@ -208,6 +220,13 @@ impl Config {
             }
             Err(source) => Err(ConfigError::Read { path, source }),
         }
+    }
+
+    /// Where templates live (`template_dir`, else `<state_dir>/.templates`).
+    pub fn template_dir(&self) -> PathBuf {
+        self.template_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join(".templates"))
     }
 
     /// Checks that the files the VM needs exist, so a missing kernel is reported by name
@@ -309,6 +328,8 @@ mod tests {
             boot_timeout_secs = 600
             rpc_timeout_secs = 5
             log_level = "debug"
+            template = true
+            template_dir = "/t"
             "#,
         )
         .unwrap();
@@ -321,6 +342,12 @@ mod tests {
         assert_eq!((c.jail_id_first, c.jail_id_count), (5000, 10));
         assert_eq!(c.boot_timeout_secs, 600);
         assert_eq!(c.log_level, "debug");
+        assert!(c.template);
+        assert_eq!(c.template_dir(), PathBuf::from("/t"));
+        assert_eq!(
+            Config::default().template_dir(),
+            PathBuf::from("/run/husk/.templates")
+        );
     }
 
     #[test]
@@ -343,6 +370,8 @@ mod tests {
         assert!(parse("jail_id_count = 0").is_err());
         assert!(parse("jail_id_first = 4294967295").is_err());
         assert!(parse("jailer = \"husk-jailer\"").is_err());
+        assert!(parse("template_dir = \"templates\"").is_err());
+        assert!(parse("template = \"yes\"").is_err());
     }
 
     #[test]

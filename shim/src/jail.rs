@@ -23,6 +23,9 @@ const IDS_DIR: &str = ".jail-ids";
 pub const RUN_IN_JAIL: &str = "/run";
 pub const KERNEL_IN_JAIL: &str = "/kernel";
 pub const INITRAMFS_IN_JAIL: &str = "/initramfs";
+/// A template's snapshot dir: read-only for a VMM restoring from it, writable for the
+/// template VM that writes it.
+pub const SNAPSHOT_IN_JAIL: &str = "/snapshot";
 /// The shim's environment variables a VMM inherits (nothing else reaches a jailed one).
 pub const VMM_ENV: [&str; 3] = ["HUSK_LOG", "HUSK_SECCOMP_SELFTEST", "RUST_BACKTRACE"];
 
@@ -201,14 +204,38 @@ pub fn join_cgroups_on_exec(cmd: &mut Command, procs: Vec<OwnedFd>) {
 pub struct JailPlan<'a> {
     pub jailer: &'a Path,
     pub vmm: &'a Path,
-    pub kernel: &'a Path,
-    pub initramfs: &'a Path,
     pub pod_dir: &'a Path,
-    pub vm_dir: &'a Path,
+    pub vm_dir: PathBuf,
     pub id: u32,
     pub cgroups: &'a [PathBuf],
     pub keep_fds: Vec<i32>,
+    /// Read-only in the jail: what the VM starts from ([`boot_binds`], or a template's
+    /// [`snapshot_bind`]).
+    pub ro: Vec<Bind>,
+    /// Writable directories besides the `vm` dir (`/run`): a template's snapshot dir
+    /// while it is written.
+    pub rw: Vec<Bind>,
     pub vmm_args: Vec<OsString>,
+}
+
+fn bind(src: &Path, in_jail: &str) -> Bind {
+    Bind {
+        src: src.to_owned(),
+        name: in_jail.trim_start_matches('/').into(),
+    }
+}
+
+/// A booting VM's kernel and initramfs.
+pub fn boot_binds(kernel: &Path, initramfs: &Path) -> Vec<Bind> {
+    vec![
+        bind(kernel, KERNEL_IN_JAIL),
+        bind(initramfs, INITRAMFS_IN_JAIL),
+    ]
+}
+
+/// A template's snapshot dir as [`SNAPSHOT_IN_JAIL`].
+pub fn snapshot_bind(dir: &Path) -> Bind {
+    bind(dir, SNAPSHOT_IN_JAIL)
 }
 
 /// The jail's root on the host (an empty dir; the tmpfs is only in the jail's namespace).
@@ -221,20 +248,10 @@ impl JailPlan<'_> {
         Jail {
             root: jail_root(self.pod_dir),
             exec: self.vmm.to_owned(),
-            ro: vec![
-                Bind {
-                    src: self.kernel.to_owned(),
-                    name: KERNEL_IN_JAIL.trim_start_matches('/').into(),
-                },
-                Bind {
-                    src: self.initramfs.to_owned(),
-                    name: INITRAMFS_IN_JAIL.trim_start_matches('/').into(),
-                },
-            ],
-            rw: vec![Bind {
-                src: self.vm_dir.to_owned(),
-                name: RUN_IN_JAIL.trim_start_matches('/').into(),
-            }],
+            ro: self.ro.clone(),
+            rw: std::iter::once(bind(&self.vm_dir, RUN_IN_JAIL))
+                .chain(self.rw.iter().cloned())
+                .collect(),
             uid: self.id,
             gid: self.id,
             cgroup_procs: cgroup::procs_files(self.cgroups),
@@ -335,10 +352,13 @@ mod tests {
         let plan = JailPlan {
             jailer: Path::new("/usr/local/bin/husk-jailer"),
             vmm: Path::new("/usr/local/bin/husk-vmm"),
-            kernel: Path::new("/usr/share/husk/vmlinux"),
-            initramfs: Path::new("/usr/share/husk/initramfs.cpio"),
+            ro: boot_binds(
+                Path::new("/usr/share/husk/vmlinux"),
+                Path::new("/usr/share/husk/initramfs.cpio"),
+            ),
+            rw: Vec::new(),
             pod_dir: Path::new("/run/husk/default/p"),
-            vm_dir: Path::new("/run/husk/default/p/vm"),
+            vm_dir: "/run/husk/default/p/vm".into(),
             id: 1_500_000_003,
             cgroups: &cg,
             keep_fds: vec![3],

@@ -17,6 +17,7 @@ mod service;
 mod shim;
 mod spec;
 mod stdio;
+mod template;
 
 /// The runtime name containerd knows us by.
 const RUNTIME_ID: &str = "io.containerd.husk.v2";

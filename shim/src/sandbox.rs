@@ -3,17 +3,15 @@
 //! containerd-shim's reaper thread reaps every child, so exits are learnt from its
 //! monitor (subscribed before spawning), never from `Child::wait`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use containerd_shim::monitor::{monitor_subscribe, ExitEvent, Subject, Topic};
-use husk_protocol::agent::{self, ServingStatus};
+use husk_protocol::agent;
 use husk_protocol::agent_client::AgentClient;
 use husk_protocol::deadline::guest_text;
-use husk_protocol::{hybrid_vsock, ttrpc, AGENT_VSOCK_PORT, API_VERSION};
+use husk_protocol::{ttrpc, API_VERSION};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
@@ -23,7 +21,11 @@ use crate::network::{self, Attached, NetError, NetState};
 use crate::persist::{self, PodPids};
 use crate::port_forward::PortForwarder;
 use crate::spec::{self, GUEST_SHARED_DIR, SHARED_FS_TAG};
+use crate::template::{self, TemplateVm};
 pub use cleanup::cleanup_dead_pod;
+pub(crate) use cleanup::process_is;
+pub use procs::describe_exit;
+pub(crate) use procs::{agent_health, kill, rpc_ctx, tail, virtiofsd_command, Exits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -86,6 +88,10 @@ pub enum SandboxError {
     Network(#[from] NetError),
     #[error(transparent)]
     Jail(#[from] JailError),
+    /// The pod restored from a template did not come up (its VM, or the calls that make
+    /// it the pod's): the pod is started again, cold.
+    #[error("The pod's VM did not come up from its template")]
+    Template(#[source] Box<SandboxError>),
 }
 
 /// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
@@ -93,7 +99,7 @@ const SOCKET_PATH_MAX: usize = 107;
 
 /// A socket the pod binds fits in `sun_path`; CRI's 64-character sandbox ids make
 /// `<state_dir>/k8s.io/<id>/vm/virtiofsd.sock` 98 bytes with the default `/run/husk`.
-fn check_socket_path(path: &Path) -> Result<(), SandboxError> {
+pub(crate) fn check_socket_path(path: &Path) -> Result<(), SandboxError> {
     let len = path.as_os_str().len();
     if len > SOCKET_PATH_MAX {
         return Err(SandboxError::SocketPathTooLong {
@@ -107,64 +113,6 @@ fn check_socket_path(path: &Path) -> Result<(), SandboxError> {
 
 /// The device husk-vmm needs.
 const KVM: &str = "/dev/kvm";
-
-/// Exits of the pod's helper processes, as the reaper reported them.
-#[derive(Default)]
-struct Exits {
-    codes: Mutex<HashMap<i32, i32>>,
-    cond: Condvar,
-}
-
-impl Exits {
-    fn record(&self, pid: i32, code: i32) {
-        self.codes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(pid, code);
-        self.cond.notify_all();
-    }
-
-    fn get(&self, pid: i32) -> Option<i32> {
-        self.codes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&pid)
-            .copied()
-    }
-
-    fn wait(&self, pid: i32, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(c) = codes.get(&pid) {
-                return Some(*c);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            codes = self
-                .cond
-                .wait_timeout(codes, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-}
-
-/// How a reaped child ended, for messages: the reaper gives 128+N for signal N.
-pub fn describe_exit(code: i32) -> String {
-    if code == 128 + libc::SIGSYS {
-        // husk-vmm's (and virtiofsd's) seccomp filters kill with SIGSYS.
-        "killed by SIGSYS: a seccomp violation (a system call outside its allow-list; \
-         the kernel log, `dmesg | grep type=1326`, names the call)"
-            .to_owned()
-    } else if code > 128 {
-        format!("killed by signal {}", code - 128)
-    } else {
-        format!("exited with status {code}")
-    }
-}
 
 /// Called once if husk-vmm ends while the pod is not being stopped.
 pub type VmmExitHook = Box<dyn FnOnce(String) + Send>;
@@ -191,6 +139,15 @@ pub struct Sandbox {
     /// `kubectl port-forward`'s relay into the guest (CRI pods), stopped at stop.
     forwarder: Mutex<Option<PortForwarder>>,
     state_dir: PathBuf,
+}
+
+/// Whether a pod may start from a template ([`crate::template`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodBoot {
+    /// Restored from the template of its shape if there is one (built on first use).
+    Template,
+    /// Booted (a template failed this pod once already).
+    Cold,
 }
 
 /// The pod's directory for containerd namespace `ns`.
@@ -244,15 +201,6 @@ fn shm_size(shm: &Path) -> u64 {
     }
 }
 
-fn tail(path: &Path, max: usize) -> String {
-    let s = std::fs::read_to_string(path).unwrap_or_default();
-    let start = s.len().saturating_sub(max);
-    let start = (start..=s.len())
-        .find(|i| s.is_char_boundary(*i))
-        .unwrap_or(s.len());
-    format!("--- {} ---\n{}", path.display(), &s[start..])
-}
-
 /// Binds `dir` onto itself, nosuid and nodev, in a peer group of its own (private first,
 /// so that it does not join its parent's), with shared propagation. Unmounted with the pod dir's other mounts.
 fn make_shared_mount(dir: &Path) -> Result<(), SandboxError> {
@@ -285,23 +233,13 @@ fn make_shared_mount(dir: &Path) -> Result<(), SandboxError> {
     Ok(())
 }
 
-fn kill(pid: i32, sig: i32) {
-    if pid > 0 {
-        // SAFETY: kill(2) with plain integers; a gone process gives ESRCH.
-        unsafe { libc::kill(pid, sig) };
-    }
-}
-
-fn rpc_ctx(timeout: Duration) -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX))
-}
-
 impl Sandbox {
     /// Starts virtiofsd and husk-vmm for a pod, waits for the agent and creates the
     /// sandbox in the guest. On any error, everything started is stopped again.
     pub fn start(
         config: &Config,
         req: &PodRequest<'_>,
+        boot: PodBoot,
         on_vmm_exit: VmmExitHook,
     ) -> Result<Self, SandboxError> {
         config.check_files().map_err(|e| SandboxError::EarlyExit {
@@ -354,6 +292,15 @@ impl Sandbox {
             None => None,
         };
         let net = attached.as_ref().map(|a| a.state.clone());
+        let shape = template::Shape {
+            vcpus: req.vcpus,
+            memory_mib: req.memory_mib,
+            nics: attached.as_ref().map_or(0, |a| a.nics.len()),
+        };
+        let lease = match boot {
+            PodBoot::Template => template::for_pod(config, req.pod, shape, &TemplateVm),
+            PodBoot::Cold => None,
+        };
         let abandon = |e: SandboxError| {
             if let Err(j) = jail_state.undo(&config.state_dir, &dir) {
                 warn!("pod {}: {}", req.pod, husk_errors::chain(&j));
@@ -381,26 +328,11 @@ impl Sandbox {
         let stopping = Arc::new(Mutex::new(false));
 
         let cgroup_procs = jail::open_procs(&jail_state.cgroups).map_err(|e| abandon(e.into()))?;
-        let mut virtiofsd = Command::new(&config.virtiofsd);
+        let mut virtiofsd = virtiofsd_command(config, &fs_sock, &shared);
         jail::join_cgroups_on_exec(&mut virtiofsd, cgroup_procs);
-        let virtiofsd_pid = launch::spawn_logged(
-            virtiofsd
-                .arg(format!("--socket-path={}", fs_sock.display()))
-                .arg(format!("--shared-dir={}", shared.display()))
-                // Each container's rootfs is a mount inside the shared dir. Announced as
-                // submounts, the guest kernel gives each its own FUSE superblock, which it
-                // tears down when the container's mount namespace goes, racing the
-                // container's asynchronous FUSE_RELEASEs: 6.1's fuse_release_end() then
-                // iput()s a freed inode (a general protection fault in the guest's
-                // virtio-fs completion worker, which took vsock replies down with it:
-                // WaitProcess never answered). Without submounts the rootfs is a plain
-                // directory of the one virtio-fs superblock that lives as long as the VM.
-                .arg("--no-announce-submounts")
-                .args(&config.virtiofsd_args),
-            &dir.join("virtiofsd.log"),
-            "virtiofsd",
-        )
-        .map_err(abandon)?;
+        let virtiofsd_pid =
+            launch::spawn_logged(&mut virtiofsd, &dir.join("virtiofsd.log"), "virtiofsd")
+                .map_err(abandon)?;
         let mut sb = Self {
             id: req.pod.to_owned(),
             dir: dir.clone(),
@@ -463,10 +395,24 @@ impl Sandbox {
                 source,
             })?;
 
-        let result = sb.boot(config, req, &fs_sock, &pids, attached);
+        let result = sb.boot(config, req, &fs_sock, &pids, attached, lease.as_ref());
         match result {
             Ok(()) => Ok(sb),
             Err(e) => {
+                let e = match (lease, e) {
+                    // Refused by husk-vmm, or the restored guest never answered Restored:
+                    // the template's fault, marked so that the next pod rebuilds it.
+                    (Some(l), SandboxError::Template(cause)) => {
+                        l.refused(&husk_errors::chain(cause.as_ref()));
+                        SandboxError::Template(cause)
+                    }
+                    // Anything else in a restored pod (its virtiofsd, CreateSandbox,
+                    // UpdateNetwork): tried again booted, since a fault of restores alone
+                    // must not fail the pod; the template is not blamed, since a fault of
+                    // the pod's own would then rebuild it for every such pod.
+                    (Some(_), e) => SandboxError::Template(Box::new(e)),
+                    (None, e) => e,
+                };
                 sb.stop_processes();
                 sb.detach_network();
                 sb.undo_jail();
@@ -485,6 +431,7 @@ impl Sandbox {
         fs_sock: &Path,
         vmm_slot: &Mutex<i32>,
         attached: Option<Attached>,
+        lease: Option<&template::Lease>,
     ) -> Result<(), SandboxError> {
         let start = Instant::now();
         while !fs_sock.exists() {
@@ -500,22 +447,21 @@ impl Sandbox {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let (taps, update) = match attached {
-            Some(a) => (a.taps, Some((a.nics, a.request))),
-            None => (Vec::new(), None),
+        let (taps, nics, update) = match attached {
+            Some(a) => (a.taps, a.nics, Some(a.request)),
+            None => (Vec::new(), Vec::new(), None),
         };
-        let nics = update
-            .as_ref()
-            .map(|(n, _)| n.as_slice())
-            .unwrap_or_default();
         let launch = launch::Launch {
             config,
             req,
             pod_dir: &self.dir,
             jail_id: self.jail.id,
             cgroups: &self.jail.cgroups,
-            nics,
+            nics: &nics,
             taps: &taps,
+            source: lease.map_or(launch::VmSource::Boot { snapshot_to: None }, |l| {
+                launch::VmSource::Restore(l.dir())
+            }),
         };
         if let Some(id) = self.jail.id {
             launch::chown(fs_sock, id)?;
@@ -530,29 +476,17 @@ impl Sandbox {
             self.vmm_pid = spawned?;
             *slot = self.vmm_pid;
         }
-        let update = update.map(|(_, request)| request);
         self.write_pids();
         info!(
             "pod {}: husk-vmm pid {} ({} vCPUs, {} MiB), virtiofsd pid {}",
             self.id, self.vmm_pid, req.vcpus, req.memory_mib, self.virtiofsd_pid
         );
-        let client = self.wait_for_agent(Duration::from_secs(config.boot_timeout_secs))?;
-        let v = client
-            .version(self.ctx(), &agent::VersionRequest::new())
-            .map_err(|e| SandboxError::Rpc {
-                call: "Version",
-                message: e.to_string(),
-            })?;
-        if v.api_version != API_VERSION {
-            return Err(SandboxError::ApiVersion(guest_text(&v.api_version, 64)));
-        }
-        info!(
-            "pod {}: agent {} ready after {:?}, guest kernel {}",
-            self.id,
-            guest_text(&v.agent_version, 64),
-            start.elapsed(),
-            guest_text(&v.kernel_release, 64)
-        );
+        let client = match (self.agent_up(config, req, &nics, lease, start), lease) {
+            (Ok(c), _) => c,
+            // Until the agent answered Restored, a failure is the template's.
+            (Err(e), Some(_)) => return Err(SandboxError::Template(Box::new(e))),
+            (Err(e), None) => return Err(e),
+        };
         let mut sreq = agent::CreateSandboxRequest::new();
         sreq.hostname = req.hostname.to_owned();
         sreq.sandbox_id = req.pod.to_owned();
@@ -622,6 +556,54 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The agent, once it answered Health, in a guest restored from `lease`'s template
+    /// Restored (the guest's clock, entropy, hostname and MACs: the first call after the
+    /// probe that it listens), and Version with our API.
+    fn agent_up(
+        &self,
+        config: &Config,
+        req: &PodRequest<'_>,
+        nics: &[network::Nic],
+        lease: Option<&template::Lease>,
+        start: Instant,
+    ) -> Result<AgentClient, SandboxError> {
+        let client = self.wait_for_agent(Duration::from_secs(config.boot_timeout_secs))?;
+        let rpc = |call| {
+            move |e: ttrpc::Error| SandboxError::Rpc {
+                call,
+                message: e.to_string(),
+            }
+        };
+        if let Some(l) = lease {
+            let entropy = template::host_entropy(64).map_err(|source| SandboxError::Spawn {
+                what: "getrandom, for the restored guest's RNG",
+                path: "getrandom".into(),
+                source,
+            })?;
+            let r = template::restored_request(&l.template, req.hostname, nics, entropy);
+            client.restored(self.ctx(), &r).map_err(rpc("Restored"))?;
+        }
+        let v = client
+            .version(self.ctx(), &agent::VersionRequest::new())
+            .map_err(rpc("Version"))?;
+        if v.api_version != API_VERSION {
+            return Err(SandboxError::ApiVersion(guest_text(&v.api_version, 64)));
+        }
+        info!(
+            "pod {}: agent {} ready after {:?} ({}), guest kernel {}",
+            self.id,
+            guest_text(&v.agent_version, 64),
+            start.elapsed(),
+            if lease.is_some() {
+                "restored"
+            } else {
+                "booted"
+            },
+            guest_text(&v.kernel_release, 64)
+        );
+        Ok(client)
+    }
+
     fn wait_for_agent(&self, timeout: Duration) -> Result<AgentClient, SandboxError> {
         let start = Instant::now();
         let mut last = String::from("no attempt yet");
@@ -649,19 +631,7 @@ impl Sandbox {
     }
 
     fn try_health(&self) -> Result<AgentClient, String> {
-        let s = hybrid_vsock::connect(&self.vsock, AGENT_VSOCK_PORT, Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        let client = AgentClient::new(s).map_err(|e| format!("agent client: {e}"))?;
-        let h = client
-            .health(
-                rpc_ctx(Duration::from_secs(10)),
-                &agent::HealthRequest::new(),
-            )
-            .map_err(|e| format!("Health: {e}"))?;
-        if h.status.enum_value() != Ok(ServingStatus::SERVING_STATUS_SERVING) {
-            return Err(format!("Health answered {:?}", h.status));
-        }
-        Ok(client)
+        agent_health(&self.vsock)
     }
 
     /// The console and VMM log tails, for error messages.
@@ -806,7 +776,8 @@ fn prune_empty_parent(dir: &Path) {
 }
 
 mod cleanup;
-mod launch;
+pub(crate) mod launch;
+mod procs;
 
 #[cfg(test)]
 mod tests;

@@ -148,6 +148,9 @@ pub fn build_pause_archive(dir: &Path) -> Result<PathBuf> {
     Ok(archive)
 }
 
+/// The shim's templates, in the containerd's dir.
+const TEMPLATES: &str = "templates";
+
 /// What the shim's config file says; the defaults point at this workspace.
 pub struct HuskToml {
     pub kernel: PathBuf,
@@ -230,13 +233,14 @@ impl Containerd {
             &husk_config,
             format!(
                 "kernel = {:?}\ninitramfs = {:?}\nvmm = {:?}\njailer = {:?}\nvirtiofsd = {:?}\nstate_dir = {:?}\n\
-                 boot_timeout_secs = {}\nlog_level = \"debug\"\n{}\n",
+                 template_dir = {:?}\nboot_timeout_secs = {}\nlog_level = \"debug\"\n{}\n",
                 husk.kernel,
                 guest_initramfs(),
                 vmm_bin(),
                 jailer_bin(),
                 virtiofsd,
                 husk_state,
+                d.join(TEMPLATES),
                 crate::boot_timeout().as_secs(),
                 husk.extra
             ),
@@ -556,6 +560,12 @@ state = "{state}"
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The shim's template dir (`template_dir`): this containerd's own, outside the husk
+    /// state dir, which must be empty once no pod runs while templates stay.
+    pub fn template_dir(&self) -> PathBuf {
+        self.dir.path().join(TEMPLATES)
     }
 
     /// The pod dir of a container run in the test namespace (a pod of one).

@@ -38,6 +38,11 @@ impl Node {
     /// Starts the node with `extra` appended to containerd's config (more runtime
     /// handlers); the error says what failed.
     pub fn try_start(extra: &str) -> anyhow::Result<Node> {
+        Self::try_start_with(&HuskToml::default(), extra)
+    }
+
+    /// As [`Node::try_start`], with `husk` as the husk handler's husk.toml.
+    pub fn try_start_with(husk: &HuskToml, extra: &str) -> anyhow::Result<Node> {
         use anyhow::Context;
         crate::cni::check_tools()?;
         let n = std::process::id() % 250 + 1;
@@ -65,7 +70,7 @@ impl Node {
             cni.path().join("10-husk-cri.conflist"),
             serde_json::to_vec_pretty(&conflist)?,
         )?;
-        let containerd = Containerd::start_cri_with(&HuskToml::default(), cni.path(), extra)?;
+        let containerd = Containerd::start_cri_with(husk, cni.path(), extra)?;
         containerd.import_busybox()?;
         let pause = build_pause_archive(containerd.dir.path())?;
         let o = containerd.ctr(&["images", "import", &pause.display().to_string()])?;

@@ -18,6 +18,7 @@
 //! the link and keeps the kernel's errno.
 
 pub mod plan;
+pub mod readdress;
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;

@@ -74,6 +74,18 @@ impl Plan {
     }
 }
 
+/// A unicast MAC address ("aa:bb:cc:dd:ee:ff"; not multicast, not all zero), or an
+/// [`Invalid`] naming `field`.
+pub fn unicast_mac(field: String, value: &str) -> Result<MacAddr, Invalid> {
+    let mac: MacAddr = value
+        .parse()
+        .map_err(|_| invalid(field.clone(), value, "expected aa:bb:cc:dd:ee:ff"))?;
+    if mac.0[0] & 1 != 0 || mac.0 == [0; 6] {
+        return Err(invalid(field, value, "not a unicast MAC address"));
+    }
+    Ok(mac)
+}
+
 fn too_many(field: &str, n: usize) -> Result<(), Invalid> {
     if n > MAX_ITEMS {
         return Err(invalid(
@@ -109,20 +121,7 @@ pub fn plan(req: &UpdateNetworkRequest) -> Result<Plan, Invalid> {
         if !names.insert(iface.name.as_str()) {
             return Err(invalid(field("name"), &iface.name, "named twice"));
         }
-        let mac: MacAddr = iface.hw_addr.parse().map_err(|_| {
-            invalid(
-                field("hw_addr"),
-                &iface.hw_addr,
-                "expected aa:bb:cc:dd:ee:ff",
-            )
-        })?;
-        if mac.0[0] & 1 != 0 || mac.0 == [0; 6] {
-            return Err(invalid(
-                field("hw_addr"),
-                &iface.hw_addr,
-                "not a unicast MAC address",
-            ));
-        }
+        let mac = unicast_mac(field("hw_addr"), &iface.hw_addr)?;
         if !macs.insert(mac) {
             return Err(invalid(field("hw_addr"), &iface.hw_addr, "given twice"));
         }

@@ -2,13 +2,15 @@
 //! pods. Until it, this guest's wall clock is the snapshot's, its kernel RNG is in the
 //! very state every other guest restored from that snapshot is in (they would draw the
 //! same "random" numbers: keys, nonces, TCP sequence numbers), and its hostname the
-//! template's. The host sends its time, bytes from its own RNG and the hostname.
+//! template's, and its NICs the template's MACs. The host sends its time, bytes from its
+//! own RNG, the hostname and each NIC's MAC.
 
 use husk_protocol::agent::RestoredRequest;
 use tracing::info;
 
 use super::setup::{self, Target};
-use super::{Result, Sandbox, SandboxError};
+use super::{lock, Result, Sandbox, SandboxError};
+use crate::network::{self, readdress, NetworkError};
 use crate::sys;
 
 /// Fewest bytes of host entropy taken: a full reseed of the CRNG (256 bits).
@@ -17,9 +19,10 @@ pub const MIN_ENTROPY: usize = 32;
 pub const MAX_ENTROPY: usize = 512;
 
 impl Sandbox {
-    /// Checks the whole request, then sets the clock, feeds and reseeds the RNG and sets
-    /// the hostname. On the host (`husk-agent serve`) nothing of the host's is touched:
-    /// the hostname lands in the state root as CreateSandbox's does.
+    /// Checks the whole request, then sets the clock, feeds and reseeds the RNG, sets
+    /// the hostname and the NICs' MACs. On the host (`husk-agent serve`) nothing of the
+    /// host's is touched: the hostname lands in the state root as CreateSandbox's does,
+    /// and MACs change only in a network namespace of the agent's own (as UpdateNetwork).
     pub fn restored(&self, req: &RestoredRequest) -> Result<()> {
         check_time(req.sec, req.nsec)?;
         let n = req.entropy.len();
@@ -30,6 +33,10 @@ impl Sandbox {
         }
         if !req.hostname.is_empty() {
             setup::check_hostname(&req.hostname)?;
+        }
+        let macs = readdress::plan(&req.interfaces).map_err(NetworkError::from)?;
+        if let (Target::Host(_), false) = (&self.target, macs.is_empty()) {
+            network::check_own_namespace()?;
         }
         match &self.target {
             Target::Guest => {
@@ -51,6 +58,8 @@ impl Sandbox {
             setup::set_hostname(&self.target, &req.hostname)?;
             self.update_hosts(|h| h.hostname = Some(req.hostname.clone()))?;
         }
+        let _one_at_a_time = lock(&self.network_lock);
+        readdress::apply(&macs)?;
         Ok(())
     }
 }

@@ -185,13 +185,16 @@ pub fn update_request(
     req
 }
 
-/// husk-vmm's `--net` value for the NIC whose tap is the child's fd `fd`.
+/// husk-vmm's net device for the NIC whose tap is the child's fd `fd`.
 pub fn vmm_net(fd: i32, nic: &Nic) -> husk_vm_config::NetConfig {
     husk_vm_config::NetConfig {
         tap: None,
         fd: Some(fd),
         mac: Some(husk_vm_config::MacAddr(nic.mac)),
-        mtu: u16::try_from(nic.mtu).ok(),
+        // A template's NICs have none (0): offered, the guest driver would take it as
+        // the most its link can ever have, and a pod restored from it could not set a
+        // larger one.
+        mtu: u16::try_from(nic.mtu).ok().filter(|m| *m != 0),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::mounts::{self, HostOps};
 use crate::network;
 use crate::persist::{self, PodPids};
 
-pub(super) fn process_is(pid: i32, name: &str) -> bool {
+pub(crate) fn process_is(pid: i32, name: &str) -> bool {
     pid > 0
         && std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|c| {

@@ -16,7 +16,7 @@ use crate::jail::{self, JailPlan, JailState};
 use crate::network::{self, Nic};
 use crate::sandbox::PodRequest;
 use crate::spec::SHARED_FS_TAG;
-use husk_vm_config::{ConsoleConfig, FsConfig, VmConfig, VsockConfig};
+use husk_vm_config::{ConsoleConfig, FsConfig, RestoreConfig, VmConfig, VsockConfig};
 
 /// The VMM's own files, in `<pod>/vm` (the jailed VMM's `/run`).
 pub const VSOCK_SOCKET: &str = "vsock.sock";
@@ -126,6 +126,23 @@ fn log_file(log: &Path) -> Result<std::fs::File, SandboxError> {
     })
 }
 
+/// What a VMM starts from.
+#[derive(Debug, Clone, Copy)]
+pub enum VmSource<'a> {
+    /// The configured kernel and initramfs, booted; with `snapshot_to`, a template VM
+    /// that writes its snapshot there on SIGUSR2.
+    Boot { snapshot_to: Option<&'a Path> },
+    /// The template snapshot in this directory, restored (read-only in the jail).
+    Restore(&'a Path),
+}
+
+/// husk-vmm's config, for a VM booted or restored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmStart {
+    Boot(VmConfig),
+    Restore(RestoreConfig),
+}
+
 /// One pod's VMM start.
 pub struct Launch<'a> {
     pub config: &'a Config,
@@ -136,12 +153,14 @@ pub struct Launch<'a> {
     pub cgroups: &'a [PathBuf],
     pub nics: &'a [Nic],
     pub taps: &'a [OwnedFd],
+    pub source: VmSource<'a>,
 }
 
 impl Launch<'_> {
-    /// The pod's VM as husk-vmm's config (one typed contract, `husk-vm-config`);
-    /// `jailed` gives the paths as the jail shows them.
-    pub fn vm_config(&self, jailed: bool) -> VmConfig {
+    /// The pod's VM as husk-vmm's config (one typed contract, `husk-vm-config`): booted,
+    /// or restored from a template (whose size, kernel and command line are the
+    /// snapshot's); `jailed` gives the paths as the jail shows them.
+    pub fn vm_config(&self, jailed: bool) -> VmStart {
         let (kernel, initramfs, run) = if jailed {
             (
                 PathBuf::from(jail::KERNEL_IN_JAIL),
@@ -155,33 +174,53 @@ impl Launch<'_> {
                 vm_dir(self.pod_dir),
             )
         };
-        VmConfig {
-            kernel,
-            initramfs: Some(initramfs),
-            cmdline: self.config.kernel_cmdline.clone(),
-            vcpus: self.req.vcpus,
-            memory_mib: self.req.memory_mib,
-            console: ConsoleConfig::File(run.join(CONSOLE_LOG)),
-            vsock: Some(VsockConfig {
-                guest_cid: GUEST_CID,
-                uds_path: run.join(VSOCK_SOCKET),
+        let snapshot = |dir: &Path| {
+            if jailed {
+                PathBuf::from(jail::SNAPSHOT_IN_JAIL)
+            } else {
+                dir.to_owned()
+            }
+        };
+        let console = ConsoleConfig::File(run.join(CONSOLE_LOG));
+        let vsock = Some(VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: run.join(VSOCK_SOCKET),
+        });
+        let fs = vec![FsConfig {
+            tag: SHARED_FS_TAG.into(),
+            socket: run.join(FS_SOCKET),
+            num_request_queues: 1,
+            queue_size: 1024,
+        }];
+        let net = self
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, nic)| network::plan::vmm_net(network::tap::FIRST_CHILD_FD + i as i32, nic))
+            .collect();
+        match self.source {
+            VmSource::Boot { snapshot_to } => VmStart::Boot(VmConfig {
+                kernel,
+                initramfs: Some(initramfs),
+                cmdline: self.config.kernel_cmdline.clone(),
+                vcpus: self.req.vcpus,
+                memory_mib: self.req.memory_mib,
+                console,
+                vsock,
+                fs,
+                block: Vec::new(),
+                net,
+                snapshot_to: snapshot_to.map(snapshot),
             }),
-            fs: vec![FsConfig {
-                tag: SHARED_FS_TAG.into(),
-                socket: run.join(FS_SOCKET),
-                num_request_queues: 1,
-                queue_size: 1024,
-            }],
-            block: Vec::new(),
-            net: self
-                .nics
-                .iter()
-                .enumerate()
-                .map(|(i, nic)| {
-                    network::plan::vmm_net(network::tap::FIRST_CHILD_FD + i as i32, nic)
-                })
-                .collect(),
-            snapshot_to: None,
+            VmSource::Restore(dir) => VmStart::Restore(RestoreConfig {
+                restore_from: snapshot(dir),
+                console,
+                vsock,
+                fs,
+                block: Vec::new(),
+                net,
+                snapshot_to: None,
+            }),
         }
     }
 
@@ -193,8 +232,11 @@ impl Launch<'_> {
             path: path.clone(),
             source,
         };
-        let text = serde_json::to_vec_pretty(&self.vm_config(jailed))
-            .map_err(|e| err(std::io::Error::other(e)))?;
+        let text = match self.vm_config(jailed) {
+            VmStart::Boot(c) => serde_json::to_vec_pretty(&c),
+            VmStart::Restore(c) => serde_json::to_vec_pretty(&c),
+        }
+        .map_err(|e| err(std::io::Error::other(e)))?;
         std::fs::write(&path, text).map_err(err)?;
         if let Some(id) = self.jail_id {
             chown(&path, id)?;
@@ -226,6 +268,30 @@ impl Launch<'_> {
         (raw, at)
     }
 
+    /// What the jailer is given: the VM's files by how it starts (kernel and initramfs,
+    /// or the template read-only; a template VM's snapshot dir writable).
+    fn jail_plan(&self, id: u32, keep_fds: Vec<i32>) -> JailPlan<'_> {
+        let (ro, rw) = match self.source {
+            VmSource::Boot { snapshot_to } => (
+                jail::boot_binds(&self.config.kernel, &self.config.initramfs),
+                snapshot_to.map(jail::snapshot_bind).into_iter().collect(),
+            ),
+            VmSource::Restore(dir) => (vec![jail::snapshot_bind(dir)], Vec::new()),
+        };
+        JailPlan {
+            jailer: &self.config.jailer,
+            vmm: &self.config.vmm,
+            ro,
+            rw,
+            pod_dir: self.pod_dir,
+            vm_dir: vm_dir(self.pod_dir),
+            id,
+            cgroups: self.cgroups,
+            keep_fds,
+            vmm_args: self.vmm_args(true),
+        }
+    }
+
     /// Starts husk-vmm; returns its pid (the shim's child, jailed or not).
     pub fn spawn(&self) -> Result<i32, SandboxError> {
         let log = self.pod_dir.join("vmm.log");
@@ -238,18 +304,7 @@ impl Launch<'_> {
             jail::join_cgroups_on_exec(&mut cmd, jail::open_procs(self.cgroups)?);
             return spawn_logged(&mut cmd, &log, "husk-vmm");
         };
-        let plan = JailPlan {
-            jailer: &self.config.jailer,
-            vmm: &self.config.vmm,
-            kernel: &self.config.kernel,
-            initramfs: &self.config.initramfs,
-            pod_dir: self.pod_dir,
-            vm_dir: &vm_dir(self.pod_dir),
-            id,
-            cgroups: self.cgroups,
-            keep_fds: at,
-            vmm_args: self.vmm_args(true),
-        };
+        let plan = self.jail_plan(id, at);
         let mut cmd = plan.command();
         // The jailer passes on only what it is told to; the shim's environment stays here.
         cmd.env_clear();
@@ -290,7 +345,25 @@ impl Launch<'_> {
 mod tests {
     use super::*;
 
-    fn launch_of(jailed: bool, f: impl FnOnce(&Launch<'_>)) {
+    const POD: &str = "/run/husk/default/p";
+    const TEMPLATE: &str = "/run/husk/.templates/1cpu-256mib-1nic/current";
+    const COLD: VmSource<'static> = VmSource::Boot { snapshot_to: None };
+
+    fn nic(mac: [u8; 6], mtu: u32) -> Nic {
+        Nic {
+            veth: "eth0".into(),
+            veth_index: 2,
+            tap: "tap0_husk".into(),
+            mac,
+            mtu,
+        }
+    }
+
+    fn pod_nic() -> Nic {
+        nic([0x0a, 0x58, 0x0a, 0x58, 0, 5], 1450)
+    }
+
+    fn launch_of(jailed: bool, source: VmSource<'_>, nics: &[Nic], f: impl FnOnce(&Launch<'_>)) {
         let config = Config::default();
         let req = PodRequest {
             namespace: "default",
@@ -303,38 +376,47 @@ mod tests {
             port_forward: false,
             shm: None,
         };
-        let nics = [crate::network::Nic {
-            veth: "eth0".into(),
-            veth_index: 2,
-            tap: "tap0_husk".into(),
-            mac: [0x0a, 0x58, 0x0a, 0x58, 0, 5],
-            mtu: 1450,
-        }];
         let launch = Launch {
             config: &config,
             req: &req,
-            pod_dir: Path::new("/run/husk/default/p"),
+            pod_dir: Path::new(POD),
             jail_id: jailed.then_some(1_500_000_000),
             cgroups: &[],
-            nics: &nics,
+            nics,
             taps: &[],
+            source,
         };
         f(&launch);
     }
 
+    fn boot(l: &Launch<'_>, jailed: bool) -> VmConfig {
+        match l.vm_config(jailed) {
+            VmStart::Boot(c) => c,
+            other => panic!("not a boot: {other:?}"),
+        }
+    }
+
+    /// The jail's read-only and writable binds, as `name=src`.
+    fn binds(l: &Launch<'_>) -> (Vec<String>, Vec<String>) {
+        let j = l.jail_plan(1_500_000_000, Vec::new()).jail();
+        let names = |b: &[husk_jail::Bind]| {
+            b.iter()
+                .map(|b| format!("{}={}", b.name, b.src.display()))
+                .collect()
+        };
+        (names(&j.ro), names(&j.rw))
+    }
+
     #[test]
     fn a_jailed_vmm_is_given_the_jails_paths_and_an_unjailed_one_the_hosts() {
-        launch_of(true, |l| {
+        launch_of(true, COLD, &[pod_nic()], |l| {
             let args: Vec<String> = l
                 .vmm_args(true)
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
-            assert_eq!(
-                args,
-                ["--id", "/run/husk/default/p", "--config", "/run/vm.json"]
-            );
-            let c = l.vm_config(true);
+            assert_eq!(args, ["--id", POD, "--config", "/run/vm.json"]);
+            let c = boot(l, true);
             assert_eq!(c.kernel, PathBuf::from("/kernel"));
             assert_eq!(c.initramfs, Some(PathBuf::from("/initramfs")));
             assert_eq!((c.vcpus, c.memory_mib), (2, 512));
@@ -352,9 +434,19 @@ mod tests {
                 Some("0a:58:0a:58:00:05")
             );
             assert_eq!(c.net[0].mtu, Some(1450));
+            assert_eq!(c.snapshot_to, None);
+            let (ro, rw) = binds(l);
+            assert_eq!(
+                ro,
+                [
+                    "kernel=/usr/share/husk/vmlinux",
+                    "initramfs=/usr/share/husk/initramfs.cpio"
+                ]
+            );
+            assert_eq!(rw, [format!("run={POD}/vm")]);
         });
-        launch_of(false, |l| {
-            let c = l.vm_config(false);
+        launch_of(false, COLD, &[pod_nic()], |l| {
+            let c = boot(l, false);
             assert_eq!(c.kernel, PathBuf::from("/usr/share/husk/vmlinux"));
             assert_eq!(
                 c.console,
@@ -371,19 +463,107 @@ mod tests {
         });
     }
 
-    /// What the shim writes is what husk-vmm reads: the same serde structs both ways, and
-    /// it passes the VMM's own checks but for the files (the jail's paths).
+    #[test]
+    fn a_restore_names_the_template_and_nothing_the_snapshot_fixes() {
+        let source = VmSource::Restore(Path::new(TEMPLATE));
+        launch_of(true, source, &[pod_nic()], |l| {
+            let VmStart::Restore(c) = l.vm_config(true) else {
+                panic!("a restore");
+            };
+            assert_eq!(c.restore_from, PathBuf::from("/snapshot"));
+            assert_eq!(c.console, ConsoleConfig::File("/run/console.log".into()));
+            assert_eq!(c.fs[0].socket, PathBuf::from("/run/virtiofsd.sock"));
+            assert_eq!(c.vsock.as_ref().unwrap().guest_cid, 3);
+            // The pod's own tap and MAC (the guest's link keeps the template's until
+            // Restored), and its MTU.
+            assert_eq!(
+                c.net[0].mac.map(|m| m.to_string()).as_deref(),
+                Some("0a:58:0a:58:00:05")
+            );
+            assert_eq!(c.net[0].mtu, Some(1450));
+            assert_eq!(c.snapshot_to, None);
+            // The template read-only; no kernel or initramfs in the jail.
+            let (ro, rw) = binds(l);
+            assert_eq!(ro, [format!("snapshot={TEMPLATE}")]);
+            assert_eq!(rw, [format!("run={POD}/vm")]);
+        });
+        launch_of(false, source, &[], |l| {
+            let VmStart::Restore(c) = l.vm_config(false) else {
+                panic!("a restore");
+            };
+            assert_eq!(c.restore_from, PathBuf::from(TEMPLATE));
+        });
+    }
+
+    #[test]
+    fn a_template_vm_boots_and_writes_its_snapshot_with_nics_of_no_mtu() {
+        let out = Path::new("/run/husk/.templates/1cpu-256mib-1nic/build-7/snapshot");
+        let source = VmSource::Boot {
+            snapshot_to: Some(out),
+        };
+        let tpl = nic(crate::template::template_mac(0), 0);
+        launch_of(true, source, std::slice::from_ref(&tpl), |l| {
+            let c = boot(l, true);
+            assert_eq!(c.snapshot_to, Some(PathBuf::from("/snapshot")));
+            assert_eq!(
+                c.net[0].mac.map(|m| m.to_string()).as_deref(),
+                Some("02:68:75:73:6b:00")
+            );
+            assert_eq!(c.net[0].mtu, None, "no MTU offered to a template's guest");
+            let (ro, rw) = binds(l);
+            assert_eq!(ro.len(), 2, "{ro:?}");
+            assert_eq!(
+                rw,
+                [
+                    format!("run={POD}/vm"),
+                    format!("snapshot={}", out.display())
+                ]
+            );
+        });
+        launch_of(false, source, &[tpl], |l| {
+            assert_eq!(boot(l, false).snapshot_to.as_deref(), Some(out));
+        });
+    }
+
+    /// What the shim writes is what husk-vmm reads: the same serde structs both ways (a
+    /// boot, and a restore, which husk-vmm tells by its `restore_from`).
     #[test]
     fn the_config_the_shim_writes_is_one_husk_vmm_reads() {
-        launch_of(false, |l| {
-            let text = serde_json::to_string(&l.vm_config(false)).unwrap();
-            let back: husk_vm_config::ConfigFile = serde_json::from_str::<VmConfig>(&text)
-                .map(husk_vm_config::ConfigFile::Boot)
-                .unwrap();
-            let husk_vm_config::ConfigFile::Boot(c) = back else {
-                panic!("not a boot config");
+        let dir = std::env::temp_dir().join(format!("husk-launch-{}", std::process::id()));
+        let pod = dir.join("pod");
+        std::fs::create_dir_all(vm_dir(&pod)).unwrap();
+        let config = Config::default();
+        for source in [COLD, VmSource::Restore(Path::new(TEMPLATE))] {
+            let req = PodRequest {
+                namespace: "default",
+                pod: "p",
+                hostname: "p",
+                vcpus: 1,
+                memory_mib: 256,
+                netns: None,
+                cgroups_path: None,
+                port_forward: false,
+                shm: None,
             };
-            assert_eq!(c, l.vm_config(false));
-        });
+            let l = Launch {
+                config: &config,
+                req: &req,
+                pod_dir: &pod,
+                jail_id: None,
+                cgroups: &[],
+                nics: &[],
+                taps: &[],
+                source,
+            };
+            l.write_vm_config(false).unwrap();
+            let back =
+                husk_vm_config::ConfigFile::from_json_file(&vm_dir(&pod).join(VM_CONFIG)).unwrap();
+            match (back, l.vm_config(false)) {
+                (husk_vm_config::ConfigFile::Boot(a), VmStart::Boot(b)) => assert_eq!(a, b),
+                (husk_vm_config::ConfigFile::Restore(a), VmStart::Restore(b)) => assert_eq!(a, b),
+                (a, b) => panic!("wrote {b:?}, read {a:?}"),
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,7 +5,7 @@
 //! (after writing the report) if any run failed.
 //!
 //! Usage: husk-report [--out DIR] [--quick] [--sections a,b,...] [--runs N]
-//!        [--husk-unjailed] [--timeout SECS] [--net-mib N] [--net-pings N]
+//!        [--husk-unjailed] [--husk-template] [--timeout SECS] [--net-mib N] [--net-pings N]
 //!        [--net-rounds N] [--dev-mib N] [--dev-files N]
 
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use husk_tests::report::sections::{self, Ctx, Sizes, SECTIONS};
 use husk_tests::report::{system, write_report, ReportError, RunInfo};
 
 const USAGE: &str = "usage: husk-report [--out DIR] [--quick] [--sections a,b,...] [--runs N] \
-                     [--husk-unjailed] [--timeout SECS] [--net-mib N] [--net-pings N] \
+                     [--husk-unjailed] [--husk-template] [--timeout SECS] [--net-mib N] [--net-pings N] \
                      [--net-rounds N] [--dev-mib N] [--dev-files N]";
 
 /// Every runtime the sections cover, in first-seen order.
@@ -38,6 +38,7 @@ fn main() -> Result<()> {
     let mut only: Option<Vec<String>> = None;
     let mut runs = None;
     let mut unjailed = false;
+    let mut template = false;
     let mut timeout = Duration::from_secs(300);
     let mut sets: Vec<(String, u64)> = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -52,6 +53,7 @@ fn main() -> Result<()> {
             "--sections" => only = Some(value()?.split(',').map(str::to_owned).collect()),
             "--runs" => runs = Some(value()?.parse::<usize>().context("--runs")?),
             "--husk-unjailed" => unjailed = true,
+            "--husk-template" => template = true,
             "--timeout" => timeout = Duration::from_secs(value()?.parse().context("--timeout")?),
             "--net-mib" | "--net-pings" | "--net-rounds" | "--dev-mib" | "--dev-files" => {
                 let v = value()?;
@@ -110,7 +112,7 @@ fn main() -> Result<()> {
         if quick { "QUICK" } else { "default" },
         out.display()
     );
-    let mut ctx = Ctx::new(sizes, timeout, unjailed);
+    let mut ctx = Ctx::new(sizes, timeout, unjailed, template);
     let mut results = Vec::new();
     let mut problems = Vec::new();
     for id in &ids {

@@ -171,9 +171,24 @@ fn read_up_to(file: &File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
+/// 16 bytes from getrandom(2): a jailed husk-vmm has no `/dev/urandom` (its root holds
+/// `/dev/kvm` only), and the id is drawn before the seccomp filter is installed.
 fn random_id() -> io::Result<SnapshotId> {
     let mut id = [0u8; 16];
-    File::open("/dev/urandom")?.read_exact(&mut id)?;
+    let mut got = 0;
+    while got < id.len() {
+        // SAFETY: getrandom writes at most `id.len() - got` bytes into `id` from offset
+        // `got`, a buffer we own and that outlives the call.
+        let n = unsafe { libc::getrandom(id[got..].as_mut_ptr().cast(), id.len() - got, 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        got += n as usize;
+    }
     Ok(id)
 }
 

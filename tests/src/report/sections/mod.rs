@@ -127,6 +127,9 @@ pub struct Ctx {
     pub timeout: Duration,
     /// Also time husk with `jail = false` in the start section (bench-shim's series).
     pub husk_unjailed: bool,
+    /// Also time husk restored from its template (`template = true`) in the start and
+    /// pod sections (`husk` itself always boots, [`HUSK_BASE`]).
+    pub husk_template: bool,
     containerd: Option<Result<Containerd, String>>,
     runtimes: Vec<Runtime>,
     skipped: BTreeMap<String, String>,
@@ -135,12 +138,38 @@ pub struct Ctx {
 /// The runtime names a ctr-based section covers, in table order.
 pub const CTR_RUNTIMES: [&str; 3] = ["runc", "crun", "husk"];
 
+/// husk restored from its template (`--husk-template`).
+pub const HUSK_TEMPLATE: &str = "husk-template";
+
+/// The report's husk.toml lines: `husk` boots every pod (`template = false`), so that
+/// its figures stay those of a boot and `husk-template` differs in that alone.
+pub const HUSK_BASE: &str = "template = false";
+
+/// Writes `to`: the husk.toml `from` with `key` set to `value` (its line, if any,
+/// replaced).
+pub fn write_variant(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    key: &str,
+    value: &str,
+) -> Result<(), String> {
+    let base = std::fs::read_to_string(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    let mut text: String = base
+        .lines()
+        .filter(|l| l.split('=').next().map(str::trim) != Some(key))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!("{key} = {value}\n"));
+    std::fs::write(to, text).map_err(|e| format!("{}: {e}", to.display()))
+}
+
 impl Ctx {
-    pub fn new(sizes: Sizes, timeout: Duration, husk_unjailed: bool) -> Self {
+    pub fn new(sizes: Sizes, timeout: Duration, husk_unjailed: bool, husk_template: bool) -> Self {
         Self {
             sizes,
             timeout,
             husk_unjailed,
+            husk_template,
             containerd: None,
             runtimes: Vec::new(),
             skipped: BTreeMap::new(),
@@ -161,8 +190,11 @@ impl Ctx {
     }
 
     fn start_containerd(&mut self) -> Result<Containerd, String> {
-        let c =
-            Containerd::start(&HuskToml::default()).map_err(|e| format!("containerd: {e:#}"))?;
+        let c = Containerd::start(&HuskToml {
+            extra: HUSK_BASE.into(),
+            ..HuskToml::default()
+        })
+        .map_err(|e| format!("containerd: {e:#}"))?;
         let mut extra = Vec::new();
         for (bin, path) in [
             (crate::net_probe_bin(), "/bin/husk-net-probe"),
@@ -182,24 +214,30 @@ impl Ctx {
             None => Ok(Runtime::husk()),
             Some(why) => Err(format!("KVM cannot boot a guest here: {why}")),
         });
-        if self.husk_unjailed {
-            // The same husk.toml with husk-vmm unjailed, for the jail's cost.
-            let path = c.dir.path().join("husk-unjailed.toml");
-            let base = std::fs::read_to_string(&c.husk_config).unwrap_or_default();
-            let r = std::fs::write(&path, format!("{base}\njail = false\n"))
-                .map_err(|e| e.to_string())
+        let mut names = vec!["runc", "crun", "husk"];
+        // The same husk.toml with one key changed: husk-vmm unjailed, for the jail's
+        // cost; pods restored from the template, against `husk`'s boots.
+        for (on, name, key, value) in [
+            (self.husk_unjailed, "husk-nojail", "jail", "false"),
+            (self.husk_template, HUSK_TEMPLATE, "template", "true"),
+        ] {
+            if !on {
+                continue;
+            }
+            let path = c.dir.path().join(format!("{name}.toml"));
+            let r = write_variant(&c.husk_config, &path, key, value)
                 .and(match crate::kvm_unusable_reason() {
                     None => Ok(()),
                     Some(why) => Err(format!("KVM cannot boot a guest here: {why}")),
                 })
                 .map(|()| Runtime {
-                    name: "husk-nojail".into(),
+                    name: name.into(),
                     config_path: Some(path),
                     ..Runtime::husk()
                 });
             candidates.push(r);
+            names.push(name);
         }
-        let names = ["runc", "crun", "husk", "husk-nojail"];
         for (i, rt) in candidates.into_iter().enumerate() {
             match rt {
                 Err(why) => {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use husk_cri::{container_config, pod_config};
 
-use super::{Ctx, CTR_RUNTIMES};
-use crate::containerd::BUSYBOX_IMAGE;
+use super::{write_variant, Ctx, CTR_RUNTIMES, HUSK_BASE, HUSK_TEMPLATE};
+use crate::containerd::{HuskToml, BUSYBOX_IMAGE};
 use crate::cri_node::Node;
 use crate::guest::TempDir;
 use crate::report::ctr;
@@ -61,8 +61,18 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
              (runc's shim with crun behind its wrapper as `BinaryName`) and `husk`."
         ),
     );
+    let mut names: Vec<&str> = CTR_RUNTIMES.to_vec();
+    if ctx.husk_template {
+        names.push(HUSK_TEMPLATE);
+        s.notes.push(
+            "`husk-template` is the handler `husk` with `template = true` (pods restored \
+             from a template VM; its uncounted warm-up pod built it); `husk` boots every \
+             pod."
+                .into(),
+        );
+    }
     // The ctr-based runtimes' checks (crun's and husk's warm-ups) say which can run.
-    let Some(_) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
+    let Some(_) = ctx.begin(&mut s, &names) else {
         return s;
     };
     let crun_dir = match TempDir::new("report-crun") {
@@ -90,19 +100,47 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
             }
         }
     }
-    let node = match Node::try_start(&extra) {
+    // The template handler's husk.toml: written once containerd (whose config names it)
+    // made the base one, before any pod.
+    let template_config = crun_dir.path().join("husk-template.toml");
+    if names.contains(&HUSK_TEMPLATE) && !s.skipped.contains_key(HUSK_TEMPLATE) {
+        extra.push_str(&format!(
+            "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{HUSK_TEMPLATE}]\n  \
+             runtime_type = \"io.containerd.husk.v2\"\n  pod_annotations = []\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{HUSK_TEMPLATE}.options]\n  \
+             ConfigPath = {:?}\n",
+            template_config.display().to_string()
+        ));
+    }
+    let husk = HuskToml {
+        extra: HUSK_BASE.into(),
+        ..HuskToml::default()
+    };
+    let node = match Node::try_start_with(&husk, &extra).and_then(|n| {
+        if names.contains(&HUSK_TEMPLATE) {
+            write_variant(
+                &n.containerd.husk_config,
+                &template_config,
+                "template",
+                "true",
+            )
+            .map_err(anyhow::Error::msg)?;
+        }
+        Ok(n)
+    }) {
         Ok(n) => n,
         Err(e) => {
-            for r in CTR_RUNTIMES {
+            for r in &names {
                 s.skipped
-                    .entry(r.into())
+                    .entry(r.to_string())
                     .or_insert(format!("the CRI node did not start: {e:#}"));
             }
             return s;
         }
     };
-    let handlers: Vec<&str> = CTR_RUNTIMES
-        .into_iter()
+    let handlers: Vec<&str> = names
+        .iter()
+        .copied()
         .filter(|h| !s.skipped.contains_key(*h))
         .collect();
     // One uncounted warm-up per handler (the pause image's first snapshot, CNI's first
@@ -141,6 +179,28 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
                     s.fail(format!("{h} pod {run}: {e:#}"));
                 }
             }
+        }
+    }
+    if ok.contains(&HUSK_TEMPLATE) {
+        // As in the start section: a pod whose template failed boots cold. Only this
+        // handler's pods can be restored (`husk` has `template = false`); its warm-up is
+        // one of them.
+        let restored = node
+            .containerd
+            .log()
+            .lines()
+            .filter(|l| l.contains(" ready after ") && l.contains("(restored)"))
+            .count();
+        let want = runs + 1;
+        s.notes.push(format!(
+            "{HUSK_TEMPLATE}: {restored} of its {want} pods (with the warm-up) were restored \
+             from the template (the shim's log)."
+        ));
+        if restored < want {
+            s.fail(format!(
+                "{HUSK_TEMPLATE}: only {restored} of {want} pods were restored; the others \
+                 booted cold"
+            ));
         }
     }
     let left = node.containerd.wait_clean(Duration::from_secs(30));

@@ -2,7 +2,7 @@
 //! run in turn (for husk: starting husk-vmm and virtiofsd, the guest's boot, and `--rm`'s
 //! delete of task and container).
 
-use super::{Ctx, CTR_RUNTIMES};
+use super::{Ctx, CTR_RUNTIMES, HUSK_TEMPLATE};
 use crate::report::ctr;
 use crate::report::{Better, Metric, Plot, SectionResult};
 
@@ -22,6 +22,16 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
         ),
     );
     let mut names: Vec<&str> = CTR_RUNTIMES.to_vec();
+    if ctx.husk_template {
+        names.push(HUSK_TEMPLATE);
+        s.notes.push(
+            "`husk-template` is husk restored from its template (`template = true`: a VM \
+             booted once to \"agent ready\" and snapshotted; its uncounted warm-up run built \
+             it); `husk` boots every pod (`template = false`): the ratio husk/husk-template \
+             is what the template saves."
+                .into(),
+        );
+    }
     if ctx.husk_unjailed {
         names.push("husk-nojail");
         s.notes.push(
@@ -49,6 +59,25 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
                 }
                 Err(e) => s.fail(e),
             }
+        }
+    }
+    if rts.iter().any(|r| r.name == HUSK_TEMPLATE) {
+        // The shim boots a pod cold when its template cannot be built or used: then this
+        // series would be boots under another name. Its log says which pods it restored.
+        let log = c.log();
+        let prefix = format!("pod start-{HUSK_TEMPLATE}-");
+        let restored = log
+            .lines()
+            .filter(|l| {
+                l.contains(&prefix) && l.contains(" ready after ") && l.contains("(restored)")
+            })
+            .count();
+        s.notes
+            .push(format!("{HUSK_TEMPLATE}: {restored} of {runs} timed pods were restored from the template (the shim's log)."));
+        if restored < runs {
+            s.fail(format!(
+                "{HUSK_TEMPLATE}: only {restored} of {runs} pods were restored; the others booted cold"
+            ));
         }
     }
     s
