@@ -217,6 +217,9 @@ esac
     auto=(CARGO_TARGET_DIR CARGO_HOME RUSTUP_HOME RUSTUP_TOOLCHAIN RUST_LOG RUST_BACKTRACE CI LANG LC_ALL)
     for n in "${auto[@]}" $(compgen -v HUSK_ || true) "${env_names[@]}"; do
         [[ "$n" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "--env $n is not a variable name"
+        # Forcing the test host is for this machine: inside it KVM is AMD-V (emulated), and
+        # a forced mode there would nest a test host in the test host.
+        [[ "$n" == HUSK_KVM_MODE ]] && continue
         if [[ -v "$n" ]]; then printf 'export %s=%q\n' "$n" "${!n}"; fi
     done
     printf 'cd -- %q || { echo "testhost: cannot enter %q inside the test host" >&2; exit 125; }\n' "$cwd" "$cwd"

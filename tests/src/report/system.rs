@@ -43,7 +43,7 @@ pub fn cpu(cpuinfo: &str) -> (String, usize) {
     (model, n)
 }
 
-/// Whether this run is nested under software emulation: `HUSK_KVM_MODE=testhost` (set by
+/// Whether this run is nested under software emulation: `HUSK_KVM_RAN_IN=testhost` (set by
 /// scripts/in-kvm.sh when it used the test host) or an emulated CPU's model name.
 pub fn emulated(mode: Option<&str>, cpu_model: &str) -> bool {
     mode == Some("testhost") || cpu_model.contains("QEMU") || cpu_model.contains("TCG")
@@ -60,7 +60,7 @@ fn first_line(path: &str) -> String {
 pub fn facts(husk_version: String) -> (Vec<(String, String)>, bool) {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let (model, n) = cpu(&cpuinfo);
-    let mode = std::env::var("HUSK_KVM_MODE").ok();
+    let mode = std::env::var("HUSK_KVM_RAN_IN").ok();
     let emulated = emulated(mode.as_deref(), &model);
     let mem = first_line("/proc/meminfo");
     let kvm = match crate::kvm_unusable_reason() {
@@ -80,7 +80,7 @@ pub fn facts(husk_version: String) -> (Vec<(String, String)>, bool) {
             "nested under emulation",
             if emulated {
                 format!(
-                    "yes: the test host (QEMU TCG, emulated AMD-V); HUSK_KVM_MODE={}",
+                    "yes: the test host (QEMU TCG, emulated AMD-V); HUSK_KVM_RAN_IN={}",
                     mode.as_deref().unwrap_or("-")
                 )
             } else {
