@@ -399,6 +399,22 @@ pub fn set_window_size(fd: &impl AsRawFd, rows: u16, columns: u16) -> io::Result
     Ok(())
 }
 
+/// Milliseconds of `CLOCK_BOOTTIME` (since the kernel's timekeeping started, early in its
+/// boot; suspend included), or `None` if the clock cannot be read.
+pub fn boottime_ms() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec that outlives the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return None;
+    }
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let ms = u64::try_from(ts.tv_nsec).ok()? / 1_000_000;
+    secs.checked_mul(1000)?.checked_add(ms)
+}
+
 /// `clock_settime(CLOCK_REALTIME)`.
 pub fn set_realtime_clock(sec: i64, nsec: u32) -> io::Result<()> {
     let ts = libc::timespec {

@@ -81,6 +81,9 @@ pub fn parse_uptime_ms(proc_uptime: &str) -> Option<u64> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadyInfo {
     pub uptime_ms: Option<u64>,
+    /// The uptime when PID 1 began (the kernel's boot up to /init; the rest of
+    /// `uptime_ms` is the agent's own start), for the boot benchmark's phases.
+    pub init_ms: Option<u64>,
     pub cpus_online: String,
     pub kernel: String,
 }
@@ -89,8 +92,9 @@ pub struct ReadyInfo {
 const UNKNOWN: &str = "unknown";
 
 impl ReadyInfo {
-    /// Reads the values from /proc, /sys and uname(2).
-    pub fn collect() -> Self {
+    /// Reads the values from /proc, /sys and uname(2); `init_ms` is the uptime PID 1
+    /// noted when it began.
+    pub fn collect(init_ms: Option<u64>) -> Self {
         let uptime_ms = fs::read_to_string("/proc/uptime")
             .ok()
             .as_deref()
@@ -101,21 +105,23 @@ impl ReadyInfo {
         let kernel = sys::kernel_release().unwrap_or_default();
         Self {
             uptime_ms,
+            init_ms,
             cpus_online,
             kernel,
         }
     }
 
-    /// `husk-agent: ready uptime_ms=<ms> cpus_online=<list> kernel=<release>`
-    /// (no newline). Integration tests grep for it: keep the format.
+    /// `husk-agent: ready uptime_ms=<ms> cpus_online=<list> kernel=<release> init_ms=<ms>`
+    /// (no newline). Integration tests and the boot benchmark read it: keep the format
+    /// (new fields go at the end).
     pub fn line(&self) -> String {
-        let uptime = self
-            .uptime_ms
-            .map_or_else(|| UNKNOWN.to_owned(), |ms| ms.to_string());
+        let ms = |v: Option<u64>| v.map_or_else(|| UNKNOWN.to_owned(), |ms| ms.to_string());
         format!(
-            "husk-agent: ready uptime_ms={uptime} cpus_online={} kernel={}",
+            "husk-agent: ready uptime_ms={} cpus_online={} kernel={} init_ms={}",
+            ms(self.uptime_ms),
             field(&self.cpus_online),
-            field(&self.kernel)
+            field(&self.kernel),
+            ms(self.init_ms)
         )
     }
 }
@@ -176,12 +182,13 @@ mod tests {
     fn ready_line_format() {
         let info = ReadyInfo {
             uptime_ms: Some(1234),
+            init_ms: Some(1100),
             cpus_online: "0-1".into(),
             kernel: "6.1.0-husk".into(),
         };
         assert_eq!(
             info.line(),
-            "husk-agent: ready uptime_ms=1234 cpus_online=0-1 kernel=6.1.0-husk"
+            "husk-agent: ready uptime_ms=1234 cpus_online=0-1 kernel=6.1.0-husk init_ms=1100"
         );
     }
 
@@ -189,19 +196,25 @@ mod tests {
     fn ready_line_with_missing_values_keeps_its_shape() {
         let info = ReadyInfo {
             uptime_ms: None,
+            init_ms: None,
             cpus_online: String::new(),
             kernel: "weird kernel".into(),
         };
         assert_eq!(
             info.line(),
-            "husk-agent: ready uptime_ms=unknown cpus_online=unknown kernel=weird_kernel"
+            "husk-agent: ready uptime_ms=unknown cpus_online=unknown kernel=weird_kernel \
+             init_ms=unknown"
         );
     }
 
     #[test]
     fn collect_on_this_host() {
-        let info = ReadyInfo::collect();
+        let init = crate::sys::boottime_ms();
+        let info = ReadyInfo::collect(init);
         assert!(info.uptime_ms.is_some());
+        assert!(init.is_some());
+        // /proc/uptime and CLOCK_BOOTTIME are one clock: read later, not earlier.
+        assert!(info.uptime_ms.unwrap() + 10 >= init.unwrap());
         assert!(!info.kernel.is_empty());
         assert!(info.line().starts_with("husk-agent: ready uptime_ms="));
     }

@@ -84,6 +84,8 @@ pub fn action_for_signal(signal: libc::c_int) -> SignalAction {
 /// `husk.test=panic` hook), with the exit code, or on a fatal error; both end
 /// in a kernel panic.
 pub fn run() -> Result<i32, InitError> {
+    // When PID 1 began: the kernel's share of the boot (the ready line reports it).
+    let init_ms = sys::boottime_ms();
     // Block the signals first so none sent during boot is lost: unblocked,
     // the kernel drops signals to init that init does not handle.
     let signals = SignalFd::new(&HANDLED_SIGNALS).map_err(InitError::Signals)?;
@@ -150,7 +152,7 @@ pub fn run() -> Result<i32, InitError> {
     let reaper = Arc::new(Reaper::new());
     reaper.reap_orphans()?;
 
-    console::print_line(&ReadyInfo::collect().line());
+    console::print_line(&ReadyInfo::collect(init_ms).line());
 
     match config.test {
         Some(TestAction::PowerOff) => {

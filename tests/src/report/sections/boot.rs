@@ -17,11 +17,31 @@ use crate::{boot_timeout, guest_initramfs, guest_kernel, vmm_bin};
 const GUEST_CMDLINE: &str = "quiet husk.test=poweroff";
 const READY: &str = "boot to the agent's ready line";
 const EXIT: &str = "boot and power-off";
+/// The boot's phases, from the ready line's guest clocks (`uptime_ms`: CLOCK_BOOTTIME at
+/// the ready line, `init_ms`: at PID 1's start) against the host's wall time to the line.
+/// kvm-clock keeps the guest's clock on the host's, so the difference of the two is the
+/// time before the guest kernel started its clock: the VMM's start, loading the kernel
+/// and initramfs, and the kernel's first steps.
+const PHASE_VMM: &str = "phase: spawn to the guest's clock start";
+const PHASE_KERNEL: &str = "phase: guest clock start to /init";
+const PHASE_INIT: &str = "phase: /init to the agent's ready line";
 
 struct Sample {
     ready: Duration,
     exit: Duration,
     stderr: String,
+    ready_line: String,
+}
+
+/// The three phases of a boot in ms (VMM, kernel, init), from the wall time to the ready
+/// line and the line's `uptime_ms` and `init_ms`; `None` if a field is missing or the
+/// clocks disagree (a phase below zero).
+fn phases(ready_wall_ms: f64, ready_line: &str) -> Option<(f64, f64, f64)> {
+    let uptime: f64 = crate::ready_field(ready_line, "uptime_ms")?.parse().ok()?;
+    let init: f64 = crate::ready_field(ready_line, "init_ms")?.parse().ok()?;
+    let vmm = ready_wall_ms - uptime;
+    let agent = uptime - init;
+    (vmm >= 0.0 && agent >= 0.0).then_some((vmm, init, agent))
 }
 
 /// Spawns `cmd`, returns when it exits: when the ready line appeared and when it exited.
@@ -41,7 +61,7 @@ fn measure(cmd: &mut Command) -> Result<Sample> {
         let mut tail = Vec::new();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if seen.is_none() && line.contains("husk-agent: ready") {
-                seen = Some(start.elapsed());
+                seen = Some((start.elapsed(), line.clone()));
                 let _ = tx.send(());
             }
             tail.push(line);
@@ -72,10 +92,11 @@ fn measure(cmd: &mut Command) -> Result<Sample> {
     let (ready, tail) = reader.join().map_err(|_| anyhow::anyhow!("reader"))?;
     let stderr = err_reader.join().unwrap_or_default();
     match ready {
-        Some(ready) => Ok(Sample {
+        Some((ready, ready_line)) => Ok(Sample {
             ready,
             exit,
             stderr,
+            ready_line,
         }),
         None => bail!(
             "no ready line (exit {status}); console tail:\n{}\nstderr:\n{stderr}",
@@ -142,7 +163,12 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
              {runs} times each, interleaved, with 1 vCPU and 256 MiB: husk-vmm (with its seccomp \
              filters, the default), husk-vmm `--no-seccomp`, and QEMU `-M microvm` with KVM. \
              Wall time from spawn to the agent's ready line, and to the VMM's exit after the \
-             guest powers off."
+             guest powers off. The phases split the time to the ready line by the guest's own \
+             clock (CLOCK_BOOTTIME, kept on the host's by kvm-clock), which the ready line \
+             reports at /init's start (`init_ms`) and at the line (`uptime_ms`): spawn to the \
+             guest clock's start (the VMM's start, loading kernel and initramfs, the kernel's \
+             first steps), clock start to /init (the kernel's boot, the initramfs unpacked), \
+             /init to the ready line (the agent's mounts and start)."
         ),
     );
     s.runtimes = vec![
@@ -196,6 +222,20 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
                     .push(name, m.ready.as_secs_f64() * 1e3);
                     s.metric(EXIT, None, || Metric::new(EXIT, "ms", Better::Lower))
                         .push(name, m.exit.as_secs_f64() * 1e3);
+                    match phases(m.ready.as_secs_f64() * 1e3, &m.ready_line) {
+                        Some((vmm, kernel, init)) => {
+                            for (metric, v) in
+                                [(PHASE_VMM, vmm), (PHASE_KERNEL, kernel), (PHASE_INIT, init)]
+                            {
+                                s.metric(metric, None, || Metric::new(metric, "ms", Better::Lower))
+                                    .push(name, v);
+                            }
+                        }
+                        None => s.notes.push(format!(
+                            "{name} boot {i}: no phases from the ready line `{}`",
+                            m.ready_line
+                        )),
+                    }
                     if name == "husk-vmm" {
                         if let Some(stats) =
                             m.stderr.lines().find(|l| l.starts_with("{\"vmm_exits\""))
@@ -220,6 +260,16 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn phases_from_the_ready_line() {
+        let line = "husk-agent: ready uptime_ms=900 cpus_online=0 kernel=6.1 init_ms=700";
+        assert_eq!(super::phases(1000.0, line), Some((100.0, 700.0, 200.0)));
+        // An older agent's line has no init_ms; clocks that disagree give nothing.
+        let old = "husk-agent: ready uptime_ms=900 cpus_online=0 kernel=6.1";
+        assert_eq!(super::phases(1000.0, old), None);
+        assert_eq!(super::phases(800.0, line), None);
+    }
+
     #[test]
     fn exit_stats_fields() {
         let j = "{\"vmm_exits\":1234,\"kvm_exits\":56789}";
