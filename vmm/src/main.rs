@@ -180,8 +180,8 @@ fn run(cli: &Cli) -> anyhow::Result<VmExit> {
             .kvm_exits
             .map_or_else(|| "null".to_owned(), |n| n.to_string());
         eprintln!(
-            "{{\"vmm_exits\":{},\"kvm_exits\":{}}}",
-            stats.vmm_exits, kvm
+            "{{\"vmm_exits\":{},\"kvm_exits\":{},\"by_kind\":{}}}",
+            stats.vmm_exits, kvm, stats.breakdown
         );
     }
     Ok(exit)

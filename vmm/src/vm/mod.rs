@@ -212,6 +212,7 @@ impl Vm {
         let stats = || RunStats {
             vmm_exits: ctx.exits.total(),
             kvm_exits: None,
+            breakdown: ctx.exits.breakdown_json(),
         };
         let event = loop {
             match recv_event(&events, &ctx.events) {
@@ -280,12 +281,14 @@ fn recv_event(events: &Receiver<VmEvent>, _keepalive: &Sender<VmEvent>) -> VmEve
 }
 
 /// Counters from one run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RunStats {
     /// Exits that came back to the VMM (port I/O, MMIO, system events).
     pub vmm_exits: u64,
     /// All VM exits as KVM counts them (from debugfs, where it is mounted).
     pub kvm_exits: Option<u64>,
+    /// The VMM's exits by kind and port class, as JSON (`ExitCounters::breakdown_json`).
+    pub breakdown: String,
 }
 
 fn console_output(console: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send>>, VmError> {

@@ -25,6 +25,18 @@ const EXIT: &str = "boot and power-off";
 const PHASE_VMM: &str = "phase: spawn to the guest's clock start";
 const PHASE_KERNEL: &str = "phase: guest clock start to /init";
 const PHASE_INIT: &str = "phase: /init to the agent's ready line";
+/// The keys of husk-vmm's `--exit-stats` `by_kind` (port classes, then MMIO and the rest).
+const EXIT_KINDS: [&str; 9] = [
+    "serial",
+    "i8042",
+    "rtc",
+    "pci_config",
+    "post",
+    "other_uarts",
+    "other_ports",
+    "mmio",
+    "other",
+];
 
 struct Sample {
     ready: Duration,
@@ -202,6 +214,8 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
     }
     let mut vmm_exits = Vec::new();
     let mut kvm_exits = Vec::new();
+    // husk-vmm's exits by port class and MMIO, per boot (`--exit-stats`' by_kind).
+    let mut by_kind: Vec<(&str, Vec<f64>)> = EXIT_KINDS.iter().map(|k| (*k, Vec::new())).collect();
     for i in 1..=runs {
         let cases: [(&str, Command); 3] = [
             ("husk-vmm", husk_cmd(true)),
@@ -242,6 +256,11 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
                         {
                             vmm_exits.extend(field(stats, "vmm_exits").map(|v| v as f64));
                             kvm_exits.extend(field(stats, "kvm_exits").map(|v| v as f64));
+                            if let Some(kinds) = stats.split("\"by_kind\":").nth(1) {
+                                for (k, v) in &mut by_kind {
+                                    v.extend(field(kinds, k).map(|n| n as f64));
+                                }
+                            }
                         }
                     }
                 }
@@ -254,6 +273,17 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
             "husk-vmm exits per boot (median): to the VMM {v:.0}, all KVM exits {}.",
             median_f64(&kvm_exits).map_or("n/a (no debugfs)".into(), |k| format!("{k:.0}"))
         ));
+        let kinds: Vec<String> = by_kind
+            .iter()
+            .filter_map(|(k, v)| median_f64(v).map(|m| format!("{k} {m:.0}")))
+            .collect();
+        if !kinds.is_empty() {
+            s.notes.push(format!(
+                "husk-vmm exits to the VMM per boot by kind (median; port I/O by the device \
+                 behind the port): {}.",
+                kinds.join(", ")
+            ));
+        }
     }
     s
 }
