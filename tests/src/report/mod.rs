@@ -197,10 +197,14 @@ impl SectionResult {
         match self.plot {
             Plot::Cdf => {
                 let unit = self.metrics.first().map_or("", |m| m.unit.as_str());
+                // One axis: the metrics in the first one's unit (a section's counts, such
+                // as the boot's KVM exits, are in its tables and CSV, not on a time axis).
+                let plotted: Vec<&Metric> =
+                    self.metrics.iter().filter(|m| m.unit == unit).collect();
                 let mut series = Vec::new();
-                for m in &self.metrics {
+                for m in &plotted {
                     for rt in &ran {
-                        let name = if self.metrics.len() == 1 {
+                        let name = if plotted.len() == 1 {
                             rt.to_string()
                         } else {
                             format!("{rt}: {}", m.label(&self.x_label))

@@ -2,9 +2,12 @@
 //! initramfs to husk-agent's ready line, and husk-vmm without its seccomp filters
 //! (`--no-seccomp`) for the filters' cost; interleaved. Reference: QEMU.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -43,6 +46,67 @@ struct Sample {
     exit: Duration,
     stderr: String,
     ready_line: String,
+    /// KVM's counters for the VM (debugfs), last read before it went away.
+    kvm: BTreeMap<String, u64>,
+}
+
+/// KVM's per-VM counters compared side by side (debugfs `/sys/kernel/debug/kvm/<pid>-<fd>/`,
+/// the sums over the VM's vCPUs): every exit, then by reason.
+const KVM_STATS: [&str; 7] = [
+    "exits",
+    "io_exits",
+    "mmio_exits",
+    "halt_exits",
+    "irq_exits",
+    "irq_window_exits",
+    "insn_emulation",
+];
+
+/// The debugfs directory of the VM process `pid` made (`<pid>-<vm fd>`), if any.
+fn kvm_stats_dir(pid: u32) -> Option<PathBuf> {
+    let prefix = format!("{pid}-");
+    std::fs::read_dir("/sys/kernel/debug/kvm")
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+}
+
+/// The [`KVM_STATS`] counters under `dir` that could be read.
+fn read_kvm_stats(dir: &Path) -> BTreeMap<String, u64> {
+    KVM_STATS
+        .iter()
+        .filter_map(|name| {
+            let v = std::fs::read_to_string(dir.join(name)).ok()?;
+            Some(((*name).to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Reads the VM's KVM counters of process `pid` every 20 ms until `stop`; the last read.
+fn watch_kvm_stats(
+    pid: u32,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<BTreeMap<String, u64>> {
+    std::thread::spawn(move || {
+        let mut last = BTreeMap::new();
+        let mut dir = None;
+        while !stop.load(Ordering::Relaxed) {
+            if dir.is_none() {
+                dir = kvm_stats_dir(pid);
+            }
+            if let Some(d) = &dir {
+                let now = read_kvm_stats(d);
+                if now.is_empty() {
+                    // The VM is gone: keep what was read before.
+                    break;
+                }
+                last = now;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        last
+    })
 }
 
 /// The three phases of a boot in ms (VMM, kernel, init), from the wall time to the ready
@@ -65,6 +129,8 @@ fn measure(cmd: &mut Command) -> Result<Sample> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let kvm_watch = watch_kvm_stats(child.id(), Arc::clone(&stop));
     let stdout = child.stdout.take().context("stdout")?;
     let mut stderr = child.stderr.take().context("stderr")?;
     let (tx, rx) = mpsc::channel();
@@ -94,6 +160,7 @@ fn measure(cmd: &mut Command) -> Result<Sample> {
             break s;
         }
         if start.elapsed() > deadline {
+            stop.store(true, Ordering::Relaxed);
             let _ = child.kill();
             let _ = child.wait();
             bail!("watchdog: boot did not finish in {deadline:?}");
@@ -101,6 +168,8 @@ fn measure(cmd: &mut Command) -> Result<Sample> {
         let _ = rx.recv_timeout(Duration::from_millis(10));
     };
     let exit = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let kvm = kvm_watch.join().unwrap_or_default();
     let (ready, tail) = reader.join().map_err(|_| anyhow::anyhow!("reader"))?;
     let stderr = err_reader.join().unwrap_or_default();
     match ready {
@@ -109,6 +178,7 @@ fn measure(cmd: &mut Command) -> Result<Sample> {
             exit,
             stderr,
             ready_line,
+            kvm,
         }),
         None => bail!(
             "no ready line (exit {status}); console tail:\n{}\nstderr:\n{stderr}",
@@ -180,7 +250,9 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
              reports at /init's start (`init_ms`) and at the line (`uptime_ms`): spawn to the \
              guest clock's start (the VMM's start, loading kernel and initramfs, the kernel's \
              first steps), clock start to /init (the kernel's boot, the initramfs unpacked), \
-             /init to the ready line (the agent's mounts and start)."
+             /init to the ready line (the agent's mounts and start). KVM's counters per boot \
+             (exits in all and by reason) are read from debugfs for each VMM's VM until it \
+             goes away."
         ),
     );
     s.runtimes = vec![
@@ -236,6 +308,13 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
                     .push(name, m.ready.as_secs_f64() * 1e3);
                     s.metric(EXIT, None, || Metric::new(EXIT, "ms", Better::Lower))
                         .push(name, m.exit.as_secs_f64() * 1e3);
+                    for (stat, v) in &m.kvm {
+                        let metric = format!("KVM {stat} per boot");
+                        s.metric(&metric, None, || {
+                            Metric::new(&metric, "count", Better::Lower)
+                        })
+                        .push(name, *v as f64);
+                    }
                     match phases(m.ready.as_secs_f64() * 1e3, &m.ready_line) {
                         Some((vmm, kernel, init)) => {
                             for (metric, v) in
