@@ -114,9 +114,9 @@ pub fn shared_copy_of_file(
         {
             let mut done = start;
             while done < end {
-                // SAFETY: the destination is inside this region's live mapping
-                // (`done < end <= len`), which nothing else uses yet (no vCPU runs), and
-                // pread writes at most `end - done` bytes there.
+                // No vCPU runs yet: nothing else uses this region's mapping.
+                // SAFETY: pread writes at most `end - done` bytes at `done`, and
+                // `done < end <= len` keeps them inside the region's live mapping.
                 let n = unsafe {
                     libc::pread(
                         file.as_raw_fd(),

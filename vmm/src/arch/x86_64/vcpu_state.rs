@@ -228,9 +228,9 @@ impl VcpuState {
             .map_err(kvm("set the registers"))?;
         fd.set_sregs(&self.sregs.0)
             .map_err(kvm("set the special registers"))?;
-        // SAFETY: KVM_SET_XSAVE reads at most the size KVM_CAP_XSAVE2 reports, which the
-        // restore checked to be within the 4096 bytes of `kvm_xsave` before creating any
+        // The restore checked KVM_CAP_XSAVE2's size against `kvm_xsave` before creating any
         // vCPU (`vm::build::check_xsave_size`).
+        // SAFETY: KVM_SET_XSAVE reads at most that size, within the 4096 bytes of `kvm_xsave`.
         unsafe { fd.set_xsave(&self.xsave.0) }.map_err(kvm("set the XSAVE area"))?;
         fd.set_xcrs(&self.xcrs.0).map_err(kvm("set the XCRs"))?;
         fd.set_debug_regs(&self.debug_regs.0)

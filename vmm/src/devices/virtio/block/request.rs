@@ -385,9 +385,8 @@ impl DiskBackend for std::fs::File {
         let offset = libc::off_t::try_from(offset)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let guard = buf.ptr_guard_mut();
-        // SAFETY: the fd is open for the lifetime of `self`; `guard` points to `buf.len()`
-        // bytes of mapped guest memory that stay mapped while the guard lives (the
-        // `VolatileSlice` invariant), and the kernel writes at most that many bytes there.
+        // `guard` points to `buf.len()` bytes of guest memory mapped while it lives.
+        // SAFETY: the fd is open while `self` lives; pread writes at most `buf.len()` bytes.
         let n = unsafe { libc::pread(self.as_raw_fd(), guard.as_ptr().cast(), buf.len(), offset) };
         if n < 0 {
             // A failed read may have written part of the buffer.
