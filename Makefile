@@ -89,7 +89,7 @@ test-net: image vmm
 # Only the CRI tests (also part of `make test`, with 1 pod cycle), under runc and husk,
 # with 20 pod cycles in the lifecycle test unless HUSK_CRI_CYCLES says otherwise.
 test-cri: image vmm
-	HUSK_INTEGRATION_ONLY=cri HUSK_CRI_CYCLES=$${HUSK_CRI_CYCLES:-20} scripts/integration.sh
+	HUSK_INTEGRATION_ONLY="cri cri_pod" HUSK_CRI_CYCLES=$${HUSK_CRI_CYCLES:-20} scripts/integration.sh
 
 test: deps lint unit fuzz test-install integration test-install-vm
 

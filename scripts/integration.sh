@@ -19,10 +19,13 @@ build=$(cargo test -p husk-tests --no-run 2>&1) || {
 printf '%s\n' "$build" >&2
 bins=$(printf '%s\n' "$build" | sed -n 's/^ *Executable .*(\(.*\))$/\1/p')
 [ -n "$bins" ] || { echo "integration: no test executables were built" >&2; exit 1; }
-# HUSK_INTEGRATION_ONLY=<name> runs only tests/<name>.rs (`make test-shim` uses it).
+# HUSK_INTEGRATION_ONLY="<name> ..." runs only tests/<name>.rs for each name (`make
+# test-shim` uses it).
 only="${HUSK_INTEGRATION_ONLY:-}"
 if [ -n "$only" ]; then
-    bins=$(printf '%s\n' "$build" | sed -n "s/^ *Executable tests\/$only.rs (\(.*\))$/\1/p")
+    bins=$(for n in $only; do
+        printf '%s\n' "$build" | sed -n "s/^ *Executable tests\/$n.rs (\(.*\))$/\1/p"
+    done)
 fi
 [ -n "$bins" ] || { echo "integration: no test executable matches ${only:-anything}" >&2; exit 1; }
 

@@ -353,3 +353,57 @@ pub fn cgroup_cpu_usec(path: &str) -> u64 {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map_or(0, |ns| ns / 1000)
 }
+
+/// A directory made a shared mount point of its own (a bind onto itself, then
+/// `--make-shared`), as a kubelet's volume dirs are on a systemd node; unmounted when
+/// dropped.
+pub struct SharedMountPoint(pub std::path::PathBuf);
+
+impl SharedMountPoint {
+    pub fn new(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        for args in [
+            vec!["--bind", dir.to_str().unwrap(), dir.to_str().unwrap()],
+            vec!["--make-shared", dir.to_str().unwrap()],
+        ] {
+            let st = std::process::Command::new("mount")
+                .args(&args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "mount {args:?}");
+        }
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for SharedMountPoint {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-R", "-l"])
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A tmpfs mounted at a path, unmounted when dropped.
+pub struct Mounted(pub std::path::PathBuf);
+
+impl Mounted {
+    pub fn tmpfs(at: &std::path::Path) -> Self {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "late", at.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", at.display());
+        Self(at.to_owned())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
