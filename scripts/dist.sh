@@ -43,7 +43,8 @@ stage() {
     install -m 0755 "$musl/husk-vmm" "$musl/husk-jailer" "$musl/containerd-shim-husk-v2" "$musl/husk-check" "$out/bin/"
     install -m 0755 "$vfs" "$out/libexec/husk/virtiofsd"
     install -m 0644 "$root/build/guest/vmlinux" "$root/build/guest/initramfs.cpio" \
-        "$root/deploy/containerd-husk.toml" "$root/deploy/runtimeclass.yaml" "$out/share/husk/"
+        "$root/deploy/containerd-husk.toml" "$root/deploy/runtimeclass.yaml" \
+        "$root/deploy/husk-tmpfiles.conf" "$out/share/husk/"
     install -m 0644 "$root/config/husk.toml" "$out/etc/husk/husk.toml"
     install -m 0755 "$root/scripts/install.sh" "$out/install.sh"
     # The version the binaries print: "0.1.0 (git <commit>)".

@@ -48,5 +48,14 @@ if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-
     rustup target add x86_64-unknown-linux-musl >&2
 fi
 
+# Huge pages for guest RAM on request, as install.sh sets on a host it installs on
+# (deploy/husk-tmpfiles.conf): a machine that builds and tests husk runs its guests too.
+# Only the kernel's default (`never`) is changed.
+thp=/sys/kernel/mm/transparent_hugepage/shmem_enabled
+if [[ -w "$thp" ]] && grep -q '\[never\]' "$thp"; then
+    echo "install-deps: $thp: never -> advise (huge pages for guest RAM)" >&2
+    echo advise >"$thp"
+fi
+
 # virtio-fs backend (cargo install, ~2 min the first time).
 "$(dirname "${BASH_SOURCE[0]}")/install-virtiofsd.sh"

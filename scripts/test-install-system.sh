@@ -53,7 +53,17 @@ fi
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 "$dist/bin/husk-check" >/dev/null 2>&1 && bad "husk-check passes before the install" ||
     ok "husk-check fails before the install"
+# The kernel's default, which install.sh must change (the test host starts at advise).
+thp=/sys/kernel/mm/transparent_hugepage/shmem_enabled
+echo never >"$thp"
+"$dist/bin/husk-check" 2>&1 | grep -q '^WARN huge-pages: ' && ok "husk-check warns of shmem_enabled=never" ||
+    bad "husk-check did not warn of shmem_enabled=never"
 PREFIX=/usr/local "$dist/install.sh" || bad "install.sh exited $?"
+if grep -q '\[advise\]' "$thp" && grep -q "^w $thp .* advise$" /etc/tmpfiles.d/husk.conf; then
+    ok "install.sh set $thp to advise, now and at boot (/etc/tmpfiles.d/husk.conf)"
+else
+    bad "install.sh left $thp at '$(cat "$thp")' or did not install /etc/tmpfiles.d/husk.conf"
+fi
 ls -l /usr/local/bin/husk-vmm /usr/local/bin/husk-jailer /usr/local/bin/containerd-shim-husk-v2 /usr/local/bin/husk-check \
     /usr/local/libexec/husk/virtiofsd /usr/local/share/husk /etc/husk/husk.toml | sed 's/^/  /'
 
@@ -103,7 +113,7 @@ rm -rf "$work"
 PREFIX=/usr/local "$dist/install.sh" --uninstall || bad "uninstall exited $?"
 left=""
 for f in /usr/local/bin/husk-vmm /usr/local/bin/husk-jailer /usr/local/bin/containerd-shim-husk-v2 /usr/local/bin/husk-check \
-    /usr/local/libexec/husk /usr/local/share/husk /etc/husk; do
+    /usr/local/libexec/husk /usr/local/share/husk /etc/husk /etc/tmpfiles.d/husk.conf; do
     [[ -e "$f" ]] && left="$left $f"
 done
 if [[ -z "$left" ]]; then ok "uninstall removed every installed file"; else bad "left after uninstall:$left"; fi

@@ -44,6 +44,8 @@ for f in vmlinux initramfs.cpio containerd-husk.toml runtimeclass.yaml installed
     check "$P/share/husk/$f is installed" test -f "$a$P/share/husk/$f"
 done
 check "/etc/husk/husk.toml is installed" test -f "$a/etc/husk/husk.toml"
+check "/etc/tmpfiles.d/husk.conf sets shmem huge pages to advise at boot" \
+    grep -qx 'w /sys/kernel/mm/transparent_hugepage/shmem_enabled - - - - advise' "$a/etc/tmpfiles.d/husk.conf"
 for k in "kernel = \"$P/share/husk/vmlinux\"" "initramfs = \"$P/share/husk/initramfs.cpio\"" \
     "vmm = \"$P/bin/husk-vmm\"" "jailer = \"$P/bin/husk-jailer\"" "virtiofsd = \"$P/libexec/husk/virtiofsd\""; do
     check "husk.toml says $k" grep -qxF "$k" "$a/etc/husk/husk.toml"

@@ -24,6 +24,8 @@ pub struct Check {
     /// Short name, e.g. `kvm`.
     pub name: &'static str,
     pub pass: bool,
+    /// A pass that could be better (husk works, slower): printed WARN with its fix.
+    pub warn: bool,
     /// What was found (for a FAIL: why it fails).
     pub reason: String,
     /// For a FAIL: what to do about it.
@@ -35,8 +37,20 @@ impl Check {
         Self {
             name,
             pass: true,
+            warn: false,
             reason: reason.into(),
             fix: None,
+        }
+    }
+
+    /// husk runs, but not as well as it could: does not fail the check run.
+    pub fn warn(name: &'static str, reason: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            name,
+            pass: true,
+            warn: true,
+            reason: reason.into(),
+            fix: Some(fix.into()),
         }
     }
 
@@ -44,13 +58,18 @@ impl Check {
         Self {
             name,
             pass: false,
+            warn: false,
             reason: reason.into(),
             fix: Some(fix.into()),
         }
     }
 
-    /// `PASS name: reason` or `FAIL name: reason; fix: ...`.
+    /// `PASS name: reason`, `WARN name: reason; fix: ...` or `FAIL name: reason; fix: ...`.
     pub fn line(&self) -> String {
+        if self.warn {
+            let fix = self.fix.as_deref().unwrap_or_default();
+            return format!("WARN {}: {}; fix: {}", self.name, self.reason, fix);
+        }
         match (&self.pass, &self.fix) {
             (true, _) | (false, None) => format!(
                 "{} {}: {}",
@@ -74,5 +93,8 @@ mod tests {
             Check::fail("tun", "missing", "modprobe tun").line(),
             "FAIL tun: missing; fix: modprobe tun"
         );
+        let w = Check::warn("huge-pages", "never", "echo advise");
+        assert!(w.pass, "a warning does not fail the run");
+        assert_eq!(w.line(), "WARN huge-pages: never; fix: echo advise");
     }
 }

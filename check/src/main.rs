@@ -58,6 +58,9 @@ fn main() -> ExitCode {
     out.push(checks::kvm(&kvm, api, pvm, virt));
     out.push(checks::cpu(virt));
     out.push(checks::tun(&host::tun()));
+    out.push(checks::huge_pages(
+        host::read("/sys/kernel/mm/transparent_hugepage/shmem_enabled").as_deref(),
+    ));
 
     let loaded = Config::load(cli.config.as_deref());
     out.push(checks::config(

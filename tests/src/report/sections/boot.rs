@@ -51,8 +51,10 @@ struct Sample {
 }
 
 /// KVM's per-VM counters compared side by side (debugfs `/sys/kernel/debug/kvm/<pid>-<fd>/`,
-/// the sums over the VM's vCPUs): every exit, then by reason.
-const KVM_STATS: [&str; 7] = [
+/// the sums over the VM's vCPUs): every exit, then by reason; then the nested page faults
+/// KVM fixed, and how many 4 KiB and 2 MiB pages map guest RAM at the end (the VM's
+/// gauges: huge host pages let one fault map 512 small ones).
+const KVM_STATS: [&str; 10] = [
     "exits",
     "io_exits",
     "mmio_exits",
@@ -60,6 +62,9 @@ const KVM_STATS: [&str; 7] = [
     "irq_exits",
     "irq_window_exits",
     "insn_emulation",
+    "pf_fixed",
+    "pages_4k",
+    "pages_2m",
 ];
 
 /// The debugfs directory of the VM process `pid` made (`<pid>-<vm fd>`), if any.
