@@ -7,6 +7,7 @@
 pub mod ctr;
 pub mod plot;
 pub mod sections;
+pub mod shim_log;
 pub mod stats;
 pub mod system;
 pub mod write;
@@ -45,8 +46,9 @@ pub struct Metric {
     pub x: Option<f64>,
     /// Shown in the report's headline table.
     pub headline: bool,
-    /// The one runtime it applies to (guest RAM: husk); others get no row for it.
-    pub only: Option<String>,
+    /// Applies to husk's series only (`husk`, `husk-template`, `husk-nojail`: guest RAM, the
+    /// shim's own timings); other runtimes get no row for it.
+    pub husk_only: bool,
     /// (runtime, samples), in the order runtimes were first seen.
     pub samples: Vec<(String, Vec<f64>)>,
 }
@@ -59,20 +61,20 @@ impl Metric {
             better,
             x: None,
             headline: false,
-            only: None,
+            husk_only: false,
             samples: Vec::new(),
         }
     }
 
-    /// Applies to `runtime` only.
-    pub fn only(mut self, runtime: &str) -> Self {
-        self.only = Some(runtime.into());
+    /// Applies to husk's series only.
+    pub fn husk_only(mut self) -> Self {
+        self.husk_only = true;
         self
     }
 
     /// Whether the metric has a row for `runtime`.
     pub fn applies_to(&self, runtime: &str) -> bool {
-        self.only.as_deref().is_none_or(|o| o == runtime)
+        !self.husk_only || runtime == "husk" || runtime.starts_with("husk-")
     }
 
     pub fn headline(self) -> Self {

@@ -273,7 +273,7 @@ mod tests {
             s.metric("PSS", Some(x), || Metric::new("PSS", "MiB", Better::Lower))
                 .push("runc", x);
             s.metric("guest", Some(x), || {
-                Metric::new("guest", "MiB", Better::Lower).only("husk")
+                Metric::new("guest", "MiB", Better::Lower).husk_only()
             })
             .push("husk", x);
         }

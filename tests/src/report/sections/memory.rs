@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{Ctx, CTR_RUNTIMES};
+use super::{Ctx, CTR_RUNTIMES, HUSK_TEMPLATE};
 use crate::containerd::Containerd;
 use crate::report::ctr::{self, Runtime};
 use crate::report::stats::linear_fit;
@@ -63,7 +63,17 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
         ),
     );
     s.x_label = "pod(s)".into();
-    let Some(rts) = ctx.begin(&mut s, &CTR_RUNTIMES) else {
+    let mut names: Vec<&str> = CTR_RUNTIMES.to_vec();
+    if ctx.husk_template {
+        names.push(HUSK_TEMPLATE);
+        s.notes.push(format!(
+            "`{HUSK_TEMPLATE}`: pods restored from the shim's template. Their guest RAM is \
+             a shared memfd with the template's data copied in (virtiofsd must map guest \
+             RAM, so it cannot be a private copy-on-write mapping of the template): no page \
+             is shared between restored pods, and this row says what that costs."
+        ));
+    }
+    let Some(rts) = ctx.begin(&mut s, &names) else {
         return s;
     };
     let timeout = ctx.timeout;
@@ -99,7 +109,7 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
                 .push(&rt.name, mib(uss));
             if rt.is_husk() {
                 s.metric(GUEST, x, || {
-                    Metric::new(GUEST, "MiB", Better::Lower).only(&rt.name)
+                    Metric::new(GUEST, "MiB", Better::Lower).husk_only()
                 })
                 .push(&rt.name, mib(guest));
             }

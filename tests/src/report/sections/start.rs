@@ -3,11 +3,9 @@
 //! delete of task and container).
 
 use super::{Ctx, CTR_RUNTIMES, HUSK_TEMPLATE};
-use crate::report::ctr;
-use crate::report::{Better, Metric, Plot, SectionResult};
+use crate::report::{ctr, shim_log, Better, Metric, Plot, SectionResult};
 
 pub const METRIC: &str = "ctr run --rm busybox true";
-
 pub fn section(ctx: &mut Ctx) -> SectionResult {
     let runs = ctx.sizes.start_runs;
     let mut s = SectionResult::new(
@@ -61,10 +59,26 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
             }
         }
     }
+    // Where a husk pod's time goes, from the shim's log lines: the same phases for a
+    // booted and a restored pod.
+    let log = c.log();
+    for rt in rts.iter().filter(|r| r.is_husk()) {
+        for i in 1..=runs {
+            let Some(p) = shim_log::phases(&log, &format!("start-{}-{i}", rt.name)) else {
+                continue;
+            };
+            for (name, ms) in shim_log::PHASES.iter().zip(p) {
+                let metric = format!("husk phase: {name}");
+                s.metric(&metric, None, || {
+                    Metric::new(&metric, "ms", Better::Lower).husk_only()
+                })
+                .push(&rt.name, ms);
+            }
+        }
+    }
     if rts.iter().any(|r| r.name == HUSK_TEMPLATE) {
         // The shim boots a pod cold when its template cannot be built or used: then this
         // series would be boots under another name. Its log says which pods it restored.
-        let log = c.log();
         let prefix = format!("pod start-{HUSK_TEMPLATE}-");
         let restored = log
             .lines()
