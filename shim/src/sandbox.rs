@@ -25,7 +25,7 @@ use crate::template::{self, TemplateVm};
 pub use cleanup::cleanup_dead_pod;
 pub(crate) use cleanup::process_is;
 pub use procs::describe_exit;
-pub(crate) use procs::{agent_health, kill, rpc_ctx, tail, virtiofsd_command, Exits};
+pub(crate) use procs::{agent_health, kill, rpc_ctx, tail, virtiofsd_command, Exits, HEALTH_POLL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -506,12 +506,14 @@ impl Sandbox {
             m.options.push(format!("size={}", shm_size(shm)));
             sreq.shared_mounts.push(m);
         }
+        let asked = Instant::now();
         client
             .create_sandbox(self.ctx(), &sreq)
             .map_err(|e| SandboxError::Rpc {
                 call: "CreateSandbox",
                 message: e.to_string(),
             })?;
+        debug!("pod {}: CreateSandbox took {:?}", self.id, asked.elapsed());
         if let Some(update) = update {
             // Before any container: its processes see the pod's network from the start.
             client
@@ -626,7 +628,9 @@ impl Sandbox {
                 Ok(c) => return Ok(c),
                 Err(e) => last = e,
             }
-            std::thread::sleep(Duration::from_millis(100));
+            // A refused probe costs the guest one reset packet; the pause is what the
+            // pod waits, on average half of it, after the agent starts listening.
+            std::thread::sleep(HEALTH_POLL);
         }
     }
 

@@ -533,10 +533,13 @@ impl Inner {
         creq.rootfs_path = spec::guest_rootfs(&req.id);
         creq.terminal = paths.terminal;
         creq.stdio = Some(Self::stdio_set(&paths)).into();
+        let asked = std::time::Instant::now();
         let resp = sb
             .agent()
             .create_container(sb.ctx(), &creq)
             .map_err(|e| agent_err("CreateContainer", e))?;
+        debug!("{}: CreateContainer took {:?}", req.id, asked.elapsed());
+        let asked = std::time::Instant::now();
         let io = match self.attach_stdio(sb, &req.id, "", &paths) {
             Ok(io) => io,
             Err(e) => {
@@ -547,6 +550,7 @@ impl Inner {
                 return Err(e);
             }
         };
+        debug!("{}: stdio attached in {:?}", req.id, asked.elapsed());
         let mut p = Process::new("", paths);
         p.pid = resp.pid;
         p.io = Arc::new(io);

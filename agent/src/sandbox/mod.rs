@@ -396,7 +396,9 @@ impl Sandbox {
         }
         self.fit_to_pod(id, &mut spec)?;
         let (pipes, child) = process_stdio(terminal, stdio)?;
+        let building = std::time::Instant::now();
         let (container, spawned) = self.engine.create_with_stdio(id, spec, &rootfs, child)?;
+        let built = building.elapsed();
         let io = finish_stdio(pipes, stdio, &spawned, "container")?;
         let pid = spawned.pid;
         let entry = Arc::new(Entry {
@@ -413,7 +415,7 @@ impl Sandbox {
         });
         lock(&self.containers).insert(id.to_string(), entry);
         self.watch_oom(id);
-        info!("Created container {id} (init pid {pid})");
+        info!("Created container {id} (init pid {pid}, built in {built:?})");
         Ok(pid)
     }
 

@@ -25,7 +25,7 @@ use crate::persist::{self, PodPids};
 use crate::sandbox::launch::{self, Launch, VmSource};
 use crate::sandbox::{
     agent_health, check_socket_path, describe_exit, kill, process_is, rpc_ctx, tail,
-    virtiofsd_command, Exits, PodRequest, SandboxError,
+    virtiofsd_command, Exits, PodRequest, SandboxError, HEALTH_POLL,
 };
 
 /// The real builder.
@@ -268,7 +268,7 @@ impl<'a> TemplateBoot<'a> {
                     log: self.logs(),
                 }));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(HEALTH_POLL);
         };
         let v = client
             .version(

@@ -46,11 +46,14 @@ impl Vm {
             let mem = guest_ram::private_from_file(&memory, MEMORY_DATA_OFFSET, memory_bytes)?;
             (mem, Backing::PrivateFile)
         } else {
+            let started = std::time::Instant::now();
             let (mem, copied) =
                 guest_ram::shared_copy_of_file(&memory, MEMORY_DATA_OFFSET, memory_bytes)?;
             tracing::info!(
-                "virtio-fs needs shared guest memory: copied {} MiB of the snapshot's memory",
-                copied >> 20
+                "virtio-fs needs shared guest memory: copied {} MiB of the snapshot's memory \
+                 in {:?}",
+                copied >> 20,
+                started.elapsed()
             );
             (mem, Backing::SharedMemfd)
         };
