@@ -18,7 +18,7 @@ DESTDIR    ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 DIST    := build/dist/husk-$(VERSION)-x86_64
 
-.PHONY: deps kernel hostile-kernel agent initramfs image hostile-image vmm bins lint unit integration test demo demo-pod report bench bench-devices bench-agent bench-shim bench-net bench-pod test-shim test-net test-cri fuzz clean release stage install uninstall dist check test-install test-install-vm
+.PHONY: deps kernel hostile-kernel agent initramfs image hostile-image vmm bins lint unit integration test demo demo-pod report bench bench-devices bench-agent bench-shim bench-net bench-pod test-shim test-net test-cri test-template fuzz clean release stage install uninstall dist check test-install test-install-vm
 
 deps:
 	scripts/install-deps.sh
@@ -70,11 +70,11 @@ unit: deps vmm
 	HUSK_REQUIRE_VIRTIOFSD=1 $(CARGO) test --workspace
 
 # Loops and transfers are short here (5 shim run/remove cycles, 3 network teardown
-# cycles, 16 MiB each way through a pod's network, 1 CRI pod cycle); the long versions
-# are `make test-shim` (50 cycles), `make test-net` (20 cycles, 64 MiB) and `make
-# test-cri` (20 pod cycles).
+# cycles, 16 MiB each way through a pod's network, 1 CRI pod cycle, 3 pods restored from
+# one template); the long versions are `make test-shim` (50 cycles), `make test-net` (20
+# cycles, 64 MiB), `make test-cri` (20 pod cycles) and `make test-template` (20 pods).
 integration: image hostile-image vmm
-	HUSK_SHIM_CYCLES=$${HUSK_SHIM_CYCLES:-5} HUSK_NET_CYCLES=$${HUSK_NET_CYCLES:-3} HUSK_NET_TEST_MIB=$${HUSK_NET_TEST_MIB:-16} HUSK_CRI_CYCLES=$${HUSK_CRI_CYCLES:-1} scripts/integration.sh
+	HUSK_SHIM_CYCLES=$${HUSK_SHIM_CYCLES:-5} HUSK_NET_CYCLES=$${HUSK_NET_CYCLES:-3} HUSK_NET_TEST_MIB=$${HUSK_NET_TEST_MIB:-16} HUSK_CRI_CYCLES=$${HUSK_CRI_CYCLES:-1} HUSK_TEMPLATE_PODS=$${HUSK_TEMPLATE_PODS:-3} scripts/integration.sh
 
 # Only the containerd shim's end-to-end tests (also part of `make test`, with 5 cycles),
 # with 50 run/remove cycles unless HUSK_SHIM_CYCLES says otherwise.
@@ -90,6 +90,11 @@ test-net: image vmm
 # with 20 pod cycles in the lifecycle test unless HUSK_CRI_CYCLES says otherwise.
 test-cri: image vmm
 	HUSK_INTEGRATION_ONLY="cri cri_pod" HUSK_CRI_CYCLES=$${HUSK_CRI_CYCLES:-20} scripts/integration.sh
+
+# Only the pod-template tests, with 20 pods restored from one template on one bridge
+# unless HUSK_TEMPLATE_PODS says otherwise (3 in `make test`).
+test-template: image vmm
+	HUSK_INTEGRATION_ONLY=template HUSK_TEMPLATE_PODS=$${HUSK_TEMPLATE_PODS:-20} scripts/integration.sh
 
 test: deps lint unit fuzz test-install integration test-install-vm
 

@@ -4,6 +4,9 @@
 //! hostname, MAC and address); a corrupt template is rebuilt, one husk-vmm refuses is
 //! left for a cold boot and rebuilt, never used; `template = false` and a pod of another
 //! size boot cold. What the shim did is read from its log lines (containerd's log).
+//! `HUSK_TEMPLATE_PODS` (default 3 in `make test`, 20 in `make test-template`) pods on one
+//! bridge, each restored, each with its own random numbers, hostname, MAC, address and
+//! the host's clock.
 //!
 //! Boots guests: `#[ignore]`d for a plain `cargo test`, run by `make test` (in the test
 //! host where needed).
@@ -19,7 +22,7 @@ use husk_tests::{kvm_available, Outcome};
 const PLAIN: &str = "1cpu-256mib-0nic";
 /// The template of pods on a CNI network (one NIC).
 const NETWORKED: &str = "1cpu-256mib-1nic";
-/// Templates are off by default (restored pods are not yet reliable): these tests turn
+/// Templates are off by default (restored pods are not faster than booted ones): these tests turn
 /// them on.
 const ON: &str = "template = true";
 /// What a container prints: a line of 32 random bytes in hex, its hostname, and exits 7.
@@ -258,6 +261,75 @@ fn pods_restored_on_one_bridge_have_their_own_mac_and_address() {
         assert_eq!(o.code(), Some(0), "{o:?}");
     }
     assert_clean(&c, "after two networked pods");
+}
+
+/// Seconds since the epoch, now.
+fn epoch_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+#[ignore = "boots guests on KVM: `make test` runs it, in the test host where needed"]
+fn many_pods_restored_from_one_template_on_one_bridge() {
+    if !kvm_available("many_pods_restored_from_one_template_on_one_bridge") {
+        return;
+    }
+    let n: usize = std::env::var("HUSK_TEMPLATE_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    assert!(n >= 2, "HUSK_TEMPLATE_PODS must be 2 or more");
+    let c = containerd(ON);
+    let net = Network::new(None).unwrap();
+    let pods: Vec<_> = (0..n).map(|_| net.add_pod().unwrap()).collect();
+    // Random bytes, hostname, the guest's clock, its MAC and address; then exit 9.
+    let script = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; hostname; \
+                  date +%s; cat /sys/class/net/eth0/address; ip -4 -o addr show eth0; exit 9";
+    let mut randoms = std::collections::BTreeSet::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let id = format!("many-{i}");
+        let before = epoch_secs();
+        let o = c
+            .run_in_netns(RUNTIME, &pod.netns, &id, false, &["sh", "-c", script])
+            .unwrap();
+        let after = epoch_secs();
+        assert_eq!(o.code(), Some(9), "{id}: {o:?}\n{}", c.log());
+        assert_eq!(restored(&c, &id), Some(true), "{id}\n{}", c.log());
+        let lines: Vec<&str> = o.stdout.lines().collect();
+        assert_eq!(lines.len(), 5, "{id}: {:?}", o.stdout);
+        assert_eq!(lines[0].len(), 64, "{id}: 32 bytes in hex: {:?}", lines[0]);
+        assert!(
+            randoms.insert(lines[0].to_owned()),
+            "{id} drew random bytes another pod drew: {}",
+            lines[0]
+        );
+        assert_eq!(lines[1], id, "hostname");
+        // Within 1 s of the host's clock while the pod ran. The template was snapshotted
+        // before the first pod: a clock left as the snapshot had it would be behind by
+        // the time since then, which the later pods' runs make seconds.
+        let guest: f64 = lines[2].parse().unwrap();
+        assert!(
+            guest >= before.floor() - 1.0 && guest <= after.ceil() + 1.0,
+            "{id}: guest clock {guest}, host {before:.1}..{after:.1}"
+        );
+        assert_eq!(lines[3], pod.mac, "{id}: MAC");
+        assert!(
+            lines[4].contains(&format!(" {}/", pod.ip)),
+            "{id}: address {:?}, want {}",
+            lines[4],
+            pod.ip
+        );
+        eprintln!("{id}: restored, {:.1} s", after - before);
+    }
+    assert_eq!(
+        log_lines(&c, "there is none: building it").len(),
+        1,
+        "one template build for {n} pods"
+    );
+    assert_clean(&c, &format!("after {n} restored pods"));
 }
 
 /// Flips one byte of `file` at `offset` (root writes a read-only file).
