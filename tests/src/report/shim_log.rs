@@ -15,12 +15,13 @@ const MILESTONES: [fn(&str) -> String; 6] = [
     |id| format!("msg=\"Delete {id} "),
 ];
 
-/// The phases between consecutive milestones, named for what happens in them.
+/// The phases between consecutive milestones, named for what happens in them (no commas:
+/// the names are CSV fields too).
 pub const PHASES: [&str; 5] = [
-    "Create to husk-vmm spawned (template check, jail, virtiofsd)",
+    "Create to husk-vmm spawned (template check + jail + virtiofsd)",
     "husk-vmm spawned to agent ready (boot or restore)",
-    "agent ready to Start (CreateSandbox, CreateContainer)",
-    "Start to exit (the process runs, its exit reaches the shim)",
+    "agent ready to Start (CreateSandbox + CreateContainer)",
+    "Start to exit (the process runs and its exit reaches the shim)",
     "exit to Delete (ctr's wait and kill)",
 ];
 
@@ -83,6 +84,13 @@ mod tests {
         assert!((b - a - 0.75).abs() < 1e-6, "{}", b - a);
         assert_eq!(line_time("level=info msg=\"no time\""), None);
         assert_eq!(line_time("time=\"yesterday\""), None);
+    }
+
+    #[test]
+    fn phase_names_are_plain_csv_fields() {
+        for p in PHASES {
+            assert!(!p.contains(',') && !p.contains('"'), "{p}");
+        }
     }
 
     #[test]
