@@ -56,8 +56,11 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # The kernel's default, which install.sh must change (the test host starts at advise).
 thp=/sys/kernel/mm/transparent_hugepage/shmem_enabled
 echo never >"$thp"
-"$dist/bin/husk-check" 2>&1 | grep -q '^WARN huge-pages: ' && ok "husk-check warns of shmem_enabled=never" ||
-    bad "husk-check did not warn of shmem_enabled=never"
+out="$("$dist/bin/husk-check" 2>&1)"
+if grep -q '^WARN huge-pages: ' <<<"$out"; then ok "husk-check warns of shmem_enabled=never"; else
+    bad "husk-check did not warn of shmem_enabled=never:"
+    printf '%s\n' "$out" | sed 's/^/  husk-check | /' >&2
+fi
 PREFIX=/usr/local "$dist/install.sh" || bad "install.sh exited $?"
 if grep -q '\[advise\]' "$thp" && grep -q "^w $thp .* advise$" /etc/tmpfiles.d/husk.conf; then
     ok "install.sh set $thp to advise, now and at boot (/etc/tmpfiles.d/husk.conf)"
