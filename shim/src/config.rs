@@ -79,7 +79,7 @@ pub struct Config {
     pub log_level: String,
     /// Whether pods of the configured size are restored from a template VM (booted once
     /// to "agent ready" and snapshotted) instead of booting. Default false: restored pods
-    /// are not faster than booted ones now (README, "The pod template").
+    /// opt-in until they have run the whole test suite more often (README, "The pod template").
     pub template: bool,
     /// Where templates live, one directory per VM shape. Default `<state_dir>/.templates`
     /// (a tmpfs in the default `/run/husk`: rebuilt once per host boot anyway).
