@@ -47,28 +47,8 @@ pub fn phases(log: &str, id: &str) -> Option<[f64; 5]> {
 /// Seconds since the epoch of a logrus line's `time="2026-12-07T06:24:21.395218144Z"`.
 pub fn line_time(line: &str) -> Option<f64> {
     let t = line.split("time=\"").nth(1)?.split('"').next()?;
-    let t = t.strip_suffix('Z')?;
-    let (date, clock) = t.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut c = clock.splitn(3, ':');
-    let (h, min) = (
-        c.next()?.parse::<f64>().ok()?,
-        c.next()?.parse::<f64>().ok()?,
-    );
-    let s = c.next()?.parse::<f64>().ok()?;
-    Some(days_from_civil(y, m, day) as f64 * 86400.0 + h * 3600.0 + min * 60.0 + s)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let t = chrono::DateTime::parse_from_rfc3339(t).ok()?;
+    Some(t.timestamp() as f64 + f64::from(t.timestamp_subsec_nanos()) * 1e-9)
 }
 
 #[cfg(test)]
@@ -77,8 +57,8 @@ mod tests {
 
     #[test]
     fn times_of_logrus_lines() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        let epoch = line_time("time=\"1970-01-01T00:00:01.5Z\" level=info").unwrap();
+        assert!((epoch - 1.5).abs() < 1e-9, "{epoch}");
         let a = line_time("time=\"2026-12-07T23:59:59.5Z\" level=info msg=\"x\"").unwrap();
         let b = line_time("time=\"2026-12-08T00:00:00.25Z\" level=info msg=\"y\"").unwrap();
         assert!((b - a - 0.75).abs() < 1e-6, "{}", b - a);
