@@ -539,7 +539,6 @@ impl Inner {
             .create_container(sb.ctx(), &creq)
             .map_err(|e| agent_err("CreateContainer", e))?;
         debug!("{}: CreateContainer took {:?}", req.id, asked.elapsed());
-        let asked = std::time::Instant::now();
         let io = match self.attach_stdio(sb, &req.id, "", &paths) {
             Ok(io) => io,
             Err(e) => {
@@ -550,7 +549,6 @@ impl Inner {
                 return Err(e);
             }
         };
-        debug!("{}: stdio attached in {:?}", req.id, asked.elapsed());
         let mut p = Process::new("", paths);
         p.pid = resp.pid;
         p.io = Arc::new(io);
