@@ -28,6 +28,7 @@
 pub mod config;
 pub mod container;
 pub mod forward;
+pub mod free_memory;
 pub mod host;
 pub mod init;
 pub mod listen;

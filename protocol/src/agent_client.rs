@@ -371,6 +371,7 @@ rpcs! {
     health(HealthRequest) -> HealthResponse = "Health";
     version(VersionRequest) -> VersionResponse = "Version";
     restored(RestoredRequest) -> Empty = "Restored";
+    prepare_snapshot(PrepareSnapshotRequest) -> PrepareSnapshotResponse = "PrepareSnapshot";
 }
 
 #[cfg(test)]

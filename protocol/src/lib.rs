@@ -132,9 +132,10 @@ mod tests {
             "Health",
             "Version",
             "Restored",
+            "PrepareSnapshot",
         ] {
             assert!(names.contains(&rpc), "{rpc} missing from the service");
         }
-        assert_eq!(names.len(), 22);
+        assert_eq!(names.len(), 23);
     }
 }

@@ -7,11 +7,12 @@ use husk_protocol::agent::{
     CloseStdinRequest, CreateContainerRequest, CreateContainerResponse, CreateSandboxRequest,
     DestroySandboxRequest, Empty, ExecProcessRequest, ExecProcessResponse, GetOOMEventRequest,
     HealthRequest, HealthResponse, ListProcessesRequest, ListProcessesResponse, OOMEvent,
-    PauseContainerRequest, RemoveContainerRequest, RestoredRequest, ResumeContainerRequest,
-    ServingStatus, SetGuestTimeRequest, SignalProcessRequest, StartContainerRequest,
-    StatsContainerRequest, StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest,
-    UpdateNetworkRequest, VersionRequest, VersionResponse, WaitProcessRequest, WaitProcessResponse,
-    WriteStdinRequest, WriteStdinResponse,
+    PauseContainerRequest, PrepareSnapshotRequest, PrepareSnapshotResponse, RemoveContainerRequest,
+    RestoredRequest, ResumeContainerRequest, ServingStatus, SetGuestTimeRequest,
+    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, StatsContainerResponse,
+    TtyWinResizeRequest, UpdateContainerRequest, UpdateNetworkRequest, VersionRequest,
+    VersionResponse, WaitProcessRequest, WaitProcessResponse, WriteStdinRequest,
+    WriteStdinResponse,
 };
 use husk_protocol::ttrpc::{self, Code, TtrpcContext};
 use husk_protocol::{agent_ttrpc, API_VERSION};
@@ -304,6 +305,21 @@ impl agent_ttrpc::Agent for AgentService {
             .restored(&req)
             .map(|()| Empty::new())
             .map_err(|e| status("Restored", &e))
+    }
+
+    fn prepare_snapshot(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: PrepareSnapshotRequest,
+    ) -> ttrpc::Result<PrepareSnapshotResponse> {
+        self.sandbox
+            .prepare_snapshot()
+            .map(|z| PrepareSnapshotResponse {
+                zeroed_bytes: z.zeroed,
+                left_bytes: z.left,
+                ..Default::default()
+            })
+            .map_err(|e| status("PrepareSnapshot", &e))
     }
 
     fn pause_container(

@@ -3,13 +3,15 @@
 //! very state every other guest restored from that snapshot is in (they would draw the
 //! same "random" numbers: keys, nonces, TCP sequence numbers), and its hostname the
 //! template's, and its NICs the template's MACs. The host sends its time, bytes from its
-//! own RNG, the hostname and each NIC's MAC.
+//! own RNG, the hostname and each NIC's MAC. And PrepareSnapshot, the template VM's last
+//! call before the host snapshots it.
 
 use husk_protocol::agent::RestoredRequest;
 use tracing::info;
 
 use super::setup::{self, Target};
 use super::{lock, Result, Sandbox, SandboxError};
+use crate::free_memory::{self, Zeroed};
 use crate::network::{self, readdress, NetworkError};
 use crate::sys;
 
@@ -61,6 +63,31 @@ impl Sandbox {
         let _one_at_a_time = lock(&self.network_lock);
         readdress::apply(&macs)?;
         Ok(())
+    }
+}
+
+impl Sandbox {
+    /// PrepareSnapshot: zeroes the guest's free memory before the host snapshots this
+    /// (template) VM. On the host (`husk-agent serve`) nothing is touched.
+    pub fn prepare_snapshot(&self) -> Result<Zeroed> {
+        match &self.target {
+            Target::Guest => {
+                let z = free_memory::zero_free_memory().map_err(|source| SandboxError::Io {
+                    what: "zero the guest's free memory".into(),
+                    source,
+                })?;
+                info!(
+                    "PrepareSnapshot: zeroed {} MiB of free memory, {} MiB left as it was",
+                    z.zeroed >> 20,
+                    z.left >> 20
+                );
+                Ok(z)
+            }
+            Target::Host(_) => {
+                info!("PrepareSnapshot: not touching the host's memory");
+                Ok(Zeroed { zeroed: 0, left: 0 })
+            }
+        }
     }
 }
 
