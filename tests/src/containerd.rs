@@ -607,6 +607,21 @@ state = "{state}"
         )
     }
 
+    /// How the shim started pod `id`, from its log lines: `Some(true)` restored from a
+    /// template, `Some(false)` booted (cold, with the reason in the log), `None` if the
+    /// log says neither or both.
+    pub fn pod_restored(&self, id: &str) -> Option<bool> {
+        let log = self.log();
+        let agent = format!("pod {id}: agent");
+        let ready = |how: &str| log.lines().any(|l| l.contains(&agent) && l.contains(how));
+        let restoring = log.contains(&format!("pod {id}: restoring from template"));
+        match (restoring && ready("(restored)"), ready("(booted)")) {
+            (true, false) => Some(true),
+            (false, true) => Some(false),
+            _ => None,
+        }
+    }
+
     /// Status of a task as `ctr task ls` shows it (RUNNING, STOPPED, ...).
     pub fn task_status(&self, id: &str) -> Option<String> {
         let o = self.ctr(&["task", "ls"]).ok()?;

@@ -239,13 +239,19 @@ fn a_pods_vmm_and_virtiofsd_run_confined() {
         status_field(&status, "NSpid").split_whitespace().last(),
         Some("1")
     );
-    // `/` is the jail: the VMM, its kernel and initramfs, /dev/kvm, the pod's vm dir.
+    // `/` is the jail: the VMM, /dev/kvm, the pod's vm dir and what the VM starts from:
+    // the kernel and initramfs (booted), or the template's snapshot dir (restored, with
+    // `template = true`).
     let mut root: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root/"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     root.sort();
-    assert_eq!(root, ["dev", "husk-vmm", "initramfs", "kernel", "run"]);
+    match c.pod_restored(id) {
+        Some(false) => assert_eq!(root, ["dev", "husk-vmm", "initramfs", "kernel", "run"]),
+        Some(true) => assert_eq!(root, ["dev", "husk-vmm", "run", "snapshot"]),
+        None => panic!("neither booted nor restored:\n{}", c.log()),
+    }
     let dev: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root/dev"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -269,7 +275,7 @@ fn a_pods_vmm_and_virtiofsd_run_confined() {
         ]
     );
     // Only stdio, KVM's fds, eventfds and sockets: no host file beyond the kernel/initramfs
-    // (which the VMM closed after loading them).
+    // or the snapshot (which the VMM closed after loading them).
     for fd in std::fs::read_dir(format!("/proc/{vmm}/fd")).unwrap() {
         let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
         let t = target.display().to_string();

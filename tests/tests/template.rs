@@ -44,25 +44,6 @@ fn assert_clean(c: &Containerd, when: &str) {
     assert!(left.is_empty(), "{when}: left behind:\n{left}\n{}", c.log());
 }
 
-/// How the shim started pod `id`, from its log lines: `Some(true)` restored from a
-/// template, `Some(false)` booted cold (with the reason in the log).
-fn restored(c: &Containerd, id: &str) -> Option<bool> {
-    let log = c.log();
-    let restoring = log.contains(&format!("pod {id}: restoring from template"));
-    let ready_restored = log.contains(&format!("pod {id}: agent")) && {
-        log.lines()
-            .any(|l| l.contains(&format!("pod {id}: agent")) && l.contains("(restored)"))
-    };
-    let cold = log
-        .lines()
-        .any(|l| l.contains(&format!("pod {id}: agent")) && l.contains("(booted)"));
-    match (restoring && ready_restored, cold) {
-        (true, false) => Some(true),
-        (false, true) => Some(false),
-        _ => None,
-    }
-}
-
 /// The lines of the shim's log that mention `needle`.
 fn log_lines(c: &Containerd, needle: &str) -> Vec<String> {
     c.log()
@@ -110,6 +91,15 @@ fn meta(c: &Containerd, shape: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// KiB of data (not holes) in a snapshot's memory file.
+fn data_kib(mem: &Path) -> u64 {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(mem).unwrap();
+    let len = f.metadata().unwrap().len();
+    let extents = husk_vmm::guest_ram::data_extents(f.as_raw_fd(), 0, len).unwrap();
+    extents.iter().map(|(a, b)| b - a).sum::<u64>() >> 10
+}
+
 fn current(c: &Containerd, shape: &str) -> PathBuf {
     c.template_dir().join(shape).join("current")
 }
@@ -122,17 +112,38 @@ fn pods_restored_from_one_template_are_each_their_own() {
     }
     let c = containerd(ON);
     let (r1, h1) = run_script(&c, "tpl-a", &[]);
-    assert_eq!(restored(&c, "tpl-a"), Some(true), "{}", c.log());
+    assert_eq!(c.pod_restored("tpl-a"), Some(true), "{}", c.log());
     let built = log_lines(&c, "there is none: building it");
     assert_eq!(built.len(), 1, "one build: {built:?}");
     let m = meta(&c, PLAIN);
+    // The guest zeroed its free memory before the snapshot (PrepareSnapshot), which then
+    // holds only pages in use.
+    let zeroed = log_lines(&c, "MiB of free memory in");
+    let mib: Vec<u64> = zeroed
+        .iter()
+        .filter_map(|l| {
+            l.split("guest zeroed ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        mib.len() == 1 && mib[0] > 0,
+        "PrepareSnapshot zeroed nothing: {zeroed:?}\n{}",
+        c.log()
+    );
     eprintln!(
-        "template: built in {} ms; {}",
+        "template: built in {} ms; guest zeroed {} MiB; {} KiB of data in vm.mem; {}",
         m["build_ms"],
+        mib[0],
+        data_kib(&current(&c, PLAIN).join("vm.mem")),
         log_lines(&c, "ready after").join("\n")
     );
     let (r2, h2) = run_script(&c, "tpl-b", &[]);
-    assert_eq!(restored(&c, "tpl-b"), Some(true), "{}", c.log());
+    assert_eq!(c.pod_restored("tpl-b"), Some(true), "{}", c.log());
     assert_eq!(
         log_lines(&c, "building it").len(),
         1,
@@ -182,7 +193,7 @@ fn pods_restored_from_one_template_are_each_their_own() {
         .unwrap();
     assert_eq!(o.code(), Some(4), "{o:?}\n{}", c.log());
     assert_eq!(o.stdout, "in-exec\n", "{o:?}");
-    assert_eq!(restored(&c, "tpl-c"), Some(true), "{}", c.log());
+    assert_eq!(c.pod_restored("tpl-c"), Some(true), "{}", c.log());
     let o = c.ctr(&["task", "rm", "-f", "tpl-c"]).unwrap();
     assert_eq!(o.code(), Some(0), "{o:?}");
     let o = c.ctr(&["container", "rm", "tpl-c"]).unwrap();
@@ -246,7 +257,7 @@ fn pods_restored_on_one_bridge_have_their_own_mac_and_address() {
         .unwrap();
     assert_eq!(o.stdout.trim(), a.mac, "{o:?}");
     for id in ["net-a", "net-b"] {
-        assert_eq!(restored(&c, id), Some(true), "{id}\n{}", c.log());
+        assert_eq!(c.pod_restored(id), Some(true), "{id}\n{}", c.log());
     }
     assert!(current(&c, NETWORKED).join("template.json").is_file());
     assert_eq!(
@@ -297,7 +308,7 @@ fn many_pods_restored_from_one_template_on_one_bridge() {
             .unwrap();
         let after = epoch_secs();
         assert_eq!(o.code(), Some(9), "{id}: {o:?}\n{}", c.log());
-        assert_eq!(restored(&c, &id), Some(true), "{id}\n{}", c.log());
+        assert_eq!(c.pod_restored(&id), Some(true), "{id}\n{}", c.log());
         let lines: Vec<&str> = o.stdout.lines().collect();
         assert_eq!(lines.len(), 5, "{id}: {:?}", o.stdout);
         assert_eq!(lines[0].len(), 64, "{id}: 32 bytes in hex: {:?}", lines[0]);
@@ -364,7 +375,7 @@ fn a_corrupt_or_refused_template_is_rebuilt_never_used() {
         "the template is corrupt (vm.mem changed after it was built)",
     );
     assert_eq!(rebuilt.len(), 1, "{}", c.log());
-    assert_eq!(restored(&c, "bad-b"), Some(true), "{}", c.log());
+    assert_eq!(c.pod_restored("bad-b"), Some(true), "{}", c.log());
     let second = meta(&c, PLAIN);
     assert_ne!(first["memory"], second["memory"], "a new vm.mem");
 
@@ -384,7 +395,7 @@ fn a_corrupt_or_refused_template_is_rebuilt_never_used() {
     .unwrap();
     let (_, host) = run_script(&c, "bad-c", &[]);
     assert_eq!(host, "bad-c");
-    assert_eq!(restored(&c, "bad-c"), Some(false), "{}", c.log());
+    assert_eq!(c.pod_restored("bad-c"), Some(false), "{}", c.log());
     let cold = log_lines(
         &c,
         "pod bad-c: booting it cold: The pod's VM did not come up from its template",
@@ -400,7 +411,7 @@ fn a_corrupt_or_refused_template_is_rebuilt_never_used() {
         &log[at..end]
     );
     run_script(&c, "bad-d", &[]);
-    assert_eq!(restored(&c, "bad-d"), Some(true), "{}", c.log());
+    assert_eq!(c.pod_restored("bad-d"), Some(true), "{}", c.log());
     assert_eq!(
         log_lines(&c, "the template is corrupt (it failed a pod").len(),
         1,
@@ -429,7 +440,7 @@ fn templates_off_and_pods_of_another_size_boot_cold() {
     }
     let c = containerd("template = false");
     run_script(&c, "off-a", &[]);
-    assert_eq!(restored(&c, "off-a"), Some(false), "{}", c.log());
+    assert_eq!(c.pod_restored("off-a"), Some(false), "{}", c.log());
     assert!(!log_lines(&c, "pod off-a: booting cold: templates are off").is_empty());
     assert!(!c.template_dir().exists(), "no template without templates");
     drop(c);
@@ -437,7 +448,7 @@ fn templates_off_and_pods_of_another_size_boot_cold() {
     let c = containerd(ON);
     // A 64 MiB limit makes a 320 MiB VM: no template is made for it.
     run_script(&c, "big-a", &["--memory-limit", "67108864"]);
-    assert_eq!(restored(&c, "big-a"), Some(false), "{}", c.log());
+    assert_eq!(c.pod_restored("big-a"), Some(false), "{}", c.log());
     assert!(
         !log_lines(
             &c,
