@@ -49,6 +49,16 @@ impl ExitCell {
         true
     }
 
+    /// Ends every [`Self::wait`] with `exit` unless an exit is, or is being, recorded:
+    /// for a process deleted before it exited (an exec that never started, a container
+    /// of a VM gone), whose Wait would otherwise block its ttrpc handler, and with it the
+    /// shim's exit, for good.
+    pub fn release(&self, exit: Exit) {
+        if self.claim() {
+            self.set(exit);
+        }
+    }
+
     pub fn get(&self) -> Option<Exit> {
         self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

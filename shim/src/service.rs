@@ -633,10 +633,14 @@ impl Inner {
             resp.pid = p.pid;
             resp.exit_status = exit.as_ref().map_or(0, |e| e.status);
             resp.exited_at = exit.map(|e| e.at).into();
+            p.exit.release(Exit {
+                status: resp.exit_status,
+                at: now(),
+            });
             c.execs.remove(exec_id);
             return Ok(resp);
         }
-        let (share_dir, pid, exit) = {
+        let (share_dir, pid, exit, cell) = {
             let cs = self.containers();
             let c = cs.get(id).ok_or_else(|| not_found(id, ""))?;
             if matches!(c.init.status(), Status::RUNNING | Status::PAUSED) {
@@ -645,7 +649,12 @@ impl Inner {
                     format!("container {id} runs"),
                 ));
             }
-            (c.share_dir.clone(), c.init.pid, c.init.exit.get())
+            (
+                c.share_dir.clone(),
+                c.init.pid,
+                c.init.exit.get(),
+                Arc::clone(&c.init.exit),
+            )
         };
         if let Ok(sb) = self.sandbox() {
             if sb.vmm_exit().is_none() {
@@ -671,6 +680,7 @@ impl Inner {
             status: VM_GONE_STATUS,
             at: now(),
         });
+        cell.release(exit.clone());
         self.containers().remove(id);
         resp.pid = pid;
         resp.exit_status = exit.status;

@@ -304,6 +304,37 @@ fn an_exec_is_added_started_and_its_exit_reported() {
 }
 
 #[test]
+fn deleting_a_process_that_never_exited_ends_its_wait() {
+    // containerd waits on an exec before starting it; when the start fails (here: never
+    // tried), it deletes the exec. A Wait left blocked would hold its ttrpc handler, and
+    // so the shim's exit, for good.
+    let f = fixture("wait-deleted");
+    f.create("c1", &plain()).unwrap();
+    f.start("c1", "").unwrap();
+    f.exec("c1", "e1").unwrap();
+    // Not scoped: a Wait that never returns must fail the test, not hang it.
+    let svc = Service {
+        inner: Arc::clone(&f.svc.inner),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut req = api::WaitRequest::new();
+        req.id = "c1".into();
+        req.exec_id = "e1".into();
+        let _ = tx.send(svc.wait(&ctx(), req).map(|r| r.exit_status));
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(50)).is_err(),
+        "Wait returned before the exec ended"
+    );
+    let d = f.delete("c1", "e1").unwrap();
+    let got = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the Wait still blocks 10 s after the Delete");
+    assert_eq!(got.unwrap(), d.exit_status);
+}
+
+#[test]
 fn kill_pause_and_resume_reach_the_agent_and_are_published() {
     let f = fixture("kill");
     f.create("c1", &plain()).unwrap();
