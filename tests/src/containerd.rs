@@ -519,7 +519,12 @@ state = "{state}"
         processes_mentioning(self.dir.path())
             .into_iter()
             .filter(|(pid, _)| Some(*pid) != me)
-            .map(|(pid, cmd)| format!("{pid} {cmd}"))
+            .map(|(pid, cmd)| {
+                format!(
+                    "{pid} {cmd}\n  threads (name: where blocked): {}",
+                    threads(pid)
+                )
+            })
             .collect()
     }
 
@@ -726,6 +731,21 @@ pub fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
         }
     }
     out
+}
+
+/// A process's threads as `name: kernel wait channel`, for messages about processes that
+/// did not end (a shim stuck in a join shows which thread it waits for).
+fn threads(pid: u32) -> String {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "gone".into();
+    };
+    rd.flatten()
+        .map(|t| {
+            let r = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+            format!("{}: {}", r("comm").trim(), r("wchan").trim())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Mount points at or under `dir`.
