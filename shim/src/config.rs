@@ -78,8 +78,8 @@ pub struct Config {
     /// containerd's log (the bundle's `log` FIFO), as containerd expects of a shim.
     pub log_level: String,
     /// Whether pods of the configured size are restored from a template VM (booted once
-    /// to "agent ready" and snapshotted) instead of booting. Default false: restored pods
-    /// opt-in until they have run the whole test suite more often (README, "The pod template").
+    /// to "agent ready" and snapshotted) instead of booting. Default true; false boots
+    /// every pod (README, "The pod template").
     pub template: bool,
     /// Where templates live, one directory per VM shape. Default `<state_dir>/.templates`
     /// (a tmpfs in the default `/run/husk`: rebuilt once per host boot anyway).
@@ -114,7 +114,7 @@ impl Default for Config {
             boot_timeout_secs: 60,
             rpc_timeout_secs: 60,
             log_level: "info".into(),
-            template: false,
+            template: true,
             template_dir: None,
         }
     }
@@ -298,6 +298,7 @@ mod tests {
         assert_eq!(c.memory_mib, 256);
         assert_eq!(c.state_dir, PathBuf::from("/run/husk"));
         assert_eq!(c.log_level, "info");
+        assert!(c.template);
     }
 
     #[test]
@@ -328,7 +329,7 @@ mod tests {
             boot_timeout_secs = 600
             rpc_timeout_secs = 5
             log_level = "debug"
-            template = true
+            template = false
             template_dir = "/t"
             "#,
         )
@@ -342,7 +343,7 @@ mod tests {
         assert_eq!((c.jail_id_first, c.jail_id_count), (5000, 10));
         assert_eq!(c.boot_timeout_secs, 600);
         assert_eq!(c.log_level, "debug");
-        assert!(c.template);
+        assert!(!c.template);
         assert_eq!(c.template_dir(), PathBuf::from("/t"));
         assert_eq!(
             Config::default().template_dir(),

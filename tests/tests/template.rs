@@ -22,8 +22,8 @@ use husk_tests::{kvm_available, Outcome};
 const PLAIN: &str = "1cpu-256mib-0nic";
 /// The template of pods on a CNI network (one NIC).
 const NETWORKED: &str = "1cpu-256mib-1nic";
-/// Templates are off by default (opt-in until proven on the whole suite): these tests turn
-/// them on.
+/// Templates are on by default; these tests say so anyway, so that they test templates
+/// whatever the default or `HUSK_TEST_SHIM_CONFIG` says.
 const ON: &str = "template = true";
 /// What a container prints: a line of 32 random bytes in hex, its hostname, and exits 7.
 const SCRIPT: &str =
