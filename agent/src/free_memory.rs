@@ -44,9 +44,9 @@ pub fn next_chunk(free: u64, reserve: u64, page: u64) -> Option<u64> {
 
 /// (total, free) RAM in bytes, from sysinfo(2).
 fn ram() -> io::Result<(u64, u64)> {
-    // SAFETY: sysinfo fills the zeroed struct it is given, which outlives the call.
+    // SAFETY: `sysinfo` is plain integers (and padding): all zeroes is a valid value.
     let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
-    // SAFETY: `info` is a valid, writable sysinfo.
+    // SAFETY: `info` is a valid, writable sysinfo that outlives the call, which fills it.
     if unsafe { libc::sysinfo(&mut info) } != 0 {
         return Err(io::Error::last_os_error());
     }

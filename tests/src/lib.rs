@@ -37,6 +37,7 @@ pub mod cni;
 pub mod containerd;
 pub mod cri_node;
 pub mod guest;
+pub mod leftovers;
 pub mod oci_image;
 pub mod report;
 pub mod tap;

@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::containerd::{processes_mentioning, Containerd, BUSYBOX_IMAGE, RUNTIME};
+use crate::containerd::{Containerd, BUSYBOX_IMAGE, RUNTIME};
+use crate::leftovers::processes_mentioning;
 use crate::Outcome;
 
 /// containerd's runc shim, for runc and crun.
