@@ -2,9 +2,10 @@
 //! an empty share, husk-vmm through husk-jailer as a uid of its own, its snapshot dir
 //! the one writable bind besides its `/run`), booted until the agent answers Health and
 //! Version, told to zero its free memory (PrepareSnapshot), then snapshotted (SIGUSR2:
-//! husk-vmm writes `vm.state` and `vm.mem`, zero pages left out, and exits 0). Nothing per pod is in it: no container, no mount of the share (the guest
-//! mounts its pod's share after the restore), no hostname, its NICs never configured
-//! and on taps of a throwaway network namespace.
+//! husk-vmm writes `vm.state` and `vm.mem`, zero pages left out, and exits 0). Nothing
+//! per pod is in it: no container, no mount of the share (the guest mounts its pod's
+//! share after the restore), no hostname, its NICs never configured and on taps of a
+//! throwaway network namespace.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
