@@ -351,6 +351,7 @@ pub fn filesystem(name: &'static str, what: &str, path: &Path, mounts: &[Mount])
 mod tests {
     use super::*;
     use crate::mounts::parse;
+    use crate::Verdict;
 
     const INTEL: &str = "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr vmx smx est\n\nprocessor\t: 1\nflags\t\t: fpu vmx\n";
     const AMD: &str = "processor\t: 0\nflags\t\t: fpu svm lahf_lm\n";
@@ -365,8 +366,8 @@ mod tests {
         assert_eq!(cpu_virt(PVM_CPU), None);
         // "svm" in another field is not a flag.
         assert_eq!(cpu_virt("model name\t: svm vmx cpu\nflags\t: fpu\n"), None);
-        assert!(cpu(Some("vmx")).pass);
-        assert!(!cpu(None).pass);
+        assert!(cpu(Some("vmx")).passes());
+        assert!(!cpu(None).passes());
     }
 
     #[test]
@@ -388,10 +389,10 @@ mod tests {
     #[test]
     fn kvm_decisions() {
         let ok = kvm(&Dev::Opened, Some(12), false, Some("svm"));
-        assert!(ok.pass, "{ok:?}");
+        assert!(ok.passes(), "{ok:?}");
         // The PVM case says so by name, even if some flag were there.
         let pvm = kvm(&Dev::Opened, Some(12), true, None);
-        assert!(!pvm.pass);
+        assert!(!pvm.passes());
         assert!(
             pvm.reason.contains("PVM") && pvm.reason.contains("kvm_pvm"),
             "{}",
@@ -400,30 +401,28 @@ mod tests {
         assert!(pvm.fix.as_deref().unwrap().contains("VT-x"));
         let noflag = kvm(&Dev::Opened, Some(12), false, None);
         assert!(
-            !noflag.pass && noflag.reason.contains("neither vmx nor svm"),
+            !noflag.passes() && noflag.reason.contains("neither vmx nor svm"),
             "{}",
             noflag.reason
         );
         let missing = kvm(&Dev::Missing, None, false, Some("vmx"));
         assert_eq!(missing.fix.as_deref(), Some("modprobe kvm_intel"));
-        assert!(
-            !kvm(
-                &Dev::OpenFailed("Permission denied (os error 13)".into()),
-                None,
-                false,
-                Some("vmx")
-            )
-            .pass
-        );
-        assert!(!kvm(&Dev::Opened, Some(11), false, Some("vmx")).pass);
-        assert!(!kvm(&Dev::Opened, None, false, Some("vmx")).pass);
+        assert!(!kvm(
+            &Dev::OpenFailed("Permission denied (os error 13)".into()),
+            None,
+            false,
+            Some("vmx")
+        )
+        .passes());
+        assert!(!kvm(&Dev::Opened, Some(11), false, Some("vmx")).passes());
+        assert!(!kvm(&Dev::Opened, None, false, Some("vmx")).passes());
     }
 
     #[test]
     fn tun_decisions() {
-        assert!(tun(&Dev::Opened).pass);
+        assert!(tun(&Dev::Opened).passes());
         assert!(tun(&Dev::Missing).fix.unwrap().contains("modprobe tun"));
-        assert!(!tun(&Dev::OpenFailed("x".into())).pass);
+        assert!(!tun(&Dev::OpenFailed("x".into())).passes());
     }
 
     #[test]
@@ -444,118 +443,114 @@ mod tests {
             kernel_format,
         );
         assert!(
-            !c.pass
+            !c.passes()
                 && c.reason.contains("/usr/local/share/husk/vmlinux")
                 && c.reason.contains("os error 2")
         );
-        assert!(
-            guest_file(
-                "kernel",
-                "kernel",
-                p,
-                &Ok(b"\x7fELF".to_vec()),
-                kernel_format
-            )
-            .pass
-        );
-        assert!(!guest_file("kernel", "kernel", p, &Ok(b"junk".to_vec()), kernel_format).pass);
+        assert!(guest_file(
+            "kernel",
+            "kernel",
+            p,
+            &Ok(b"\x7fELF".to_vec()),
+            kernel_format
+        )
+        .passes());
+        assert!(!guest_file("kernel", "kernel", p, &Ok(b"junk".to_vec()), kernel_format).passes());
     }
 
     #[test]
     fn config_and_programs() {
-        assert!(config(&Ok(None)).pass);
-        assert!(config(&Ok(Some("/etc/husk/husk.toml".into()))).pass);
-        assert!(
-            !config(&Err(
-                "Bad husk config /etc/husk/husk.toml: unknown field `kernal`".into()
-            ))
-            .pass
-        );
+        assert!(config(&Ok(None)).passes());
+        assert!(config(&Ok(Some("/etc/husk/husk.toml".into()))).passes());
+        assert!(!config(&Err(
+            "Bad husk config /etc/husk/husk.toml: unknown field `kernal`".into()
+        ))
+        .passes());
         let p = Path::new("/usr/local/bin/virtiofsd");
-        assert!(program("virtiofsd", p, &Ran::Ok("virtiofsd 1.13.2".into()), "x").pass);
+        assert!(program("virtiofsd", p, &Ran::Ok("virtiofsd 1.13.2".into()), "x").passes());
         let f = program(
             "virtiofsd",
             p,
             &Ran::Failed("exit status 127".into()),
             "scripts/install-virtiofsd.sh",
         );
-        assert!(!f.pass && f.fix.as_deref() == Some("scripts/install-virtiofsd.sh"));
+        assert!(!f.passes() && f.fix.as_deref() == Some("scripts/install-virtiofsd.sh"));
     }
 
     #[test]
     fn containerd_decisions() {
+        assert!(containerd_version(&Ran::Ok(
+            "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3".into()
+        ))
+        .passes());
         assert!(
-            containerd_version(&Ran::Ok(
-                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3"
-                    .into()
-            ))
-            .pass
+            containerd_version(&Ran::Ok("containerd containerd.io v1.7.13 7c3aca7".into()))
+                .passes()
         );
-        assert!(
-            containerd_version(&Ran::Ok("containerd containerd.io v1.7.13 7c3aca7".into())).pass
-        );
-        assert!(
-            !containerd_version(&Ran::Ok(
-                "containerd github.com/containerd/containerd/v2 v2.0.0 207ad71".into()
-            ))
-            .pass
-        );
-        assert!(!containerd_version(&Ran::Ok("containerd 1.5.9".into())).pass);
-        assert!(
-            !containerd_version(&Ran::Failed(
-                "No such file or directory (os error 2)".into()
-            ))
-            .pass
-        );
+        assert!(!containerd_version(&Ran::Ok(
+            "containerd github.com/containerd/containerd/v2 v2.0.0 207ad71".into()
+        ))
+        .passes());
+        assert!(!containerd_version(&Ran::Ok("containerd 1.5.9".into())).passes());
+        assert!(!containerd_version(&Ran::Failed(
+            "No such file or directory (os error 2)".into()
+        ))
+        .passes());
 
         let snippet = "/usr/local/share/husk/containerd-husk.toml";
         let reg = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.husk]\n  runtime_type = \"io.containerd.husk.v2\"\n";
         let c = containerd_runtime(&Ok(reg.into()), snippet);
-        assert!(c.pass && c.reason.contains("handler husk"), "{c:?}");
+        assert!(c.passes() && c.reason.contains("handler husk"), "{c:?}");
         let c = containerd_runtime(
             &Ok("version = 2\nroot = \"/var/lib/containerd\"\n".into()),
             snippet,
         );
-        assert!(!c.pass && c.fix.unwrap().contains(snippet));
+        assert!(!c.passes() && c.fix.unwrap().contains(snippet));
         let no_default = format!("{reg}[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n");
         let c = containerd_runtime(&Ok(no_default), snippet);
-        assert!(!c.pass && c.reason.contains("runtimes.runc"), "{c:?}");
+        assert!(!c.passes() && c.reason.contains("runtimes.runc"), "{c:?}");
         let no_default = format!("{reg}[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n");
         let c = containerd_runtime(&Ok(no_default), snippet);
-        assert!(!c.pass && c.reason.contains("runtimes.runc"), "{c:?}");
+        assert!(!c.passes() && c.reason.contains("runtimes.runc"), "{c:?}");
         let off = format!("disabled_plugins = [\"cri\"]\n{reg}");
-        assert!(!containerd_runtime(&Ok(off), snippet).pass);
-        assert!(!containerd_runtime(&Err("exit status 1".into()), snippet).pass);
+        assert!(!containerd_runtime(&Ok(off), snippet).passes());
+        assert!(!containerd_runtime(&Err("exit status 1".into()), snippet).passes());
     }
 
     #[test]
     fn huge_page_decisions() {
         let on = huge_pages(Some("always within_size [advise] never deny force\n"));
-        assert!(on.pass && !on.warn, "{on:?}");
+        assert_eq!(on.verdict, Verdict::Pass, "{on:?}");
         let off = huge_pages(Some("always within_size advise [never] deny force\n"));
-        assert!(off.warn && off.reason.contains("never"), "{off:?}");
-        assert!(huge_pages(Some("always within_size advise never [deny] force")).warn);
-        assert!(huge_pages(None).warn);
-        assert!(huge_pages(Some("garbage")).warn);
+        assert!(
+            off.verdict == Verdict::Warn && off.reason.contains("never"),
+            "{off:?}"
+        );
+        assert_eq!(
+            huge_pages(Some("always within_size advise never [deny] force")).verdict,
+            Verdict::Warn
+        );
+        assert_eq!(huge_pages(None).verdict, Verdict::Warn);
+        assert_eq!(huge_pages(Some("garbage")).verdict, Verdict::Warn);
     }
 
     #[test]
     fn cgroup_and_filesystem_decisions() {
         let t = parse("overlay / overlay rw 0 0\nrun /run tmpfs rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n");
-        assert!(cgroups(&t).pass);
-        assert!(!cgroups(&parse("/dev/vda / ext4 rw 0 0\n")).pass);
+        assert!(cgroups(&t).passes());
+        assert!(!cgroups(&parse("/dev/vda / ext4 rw 0 0\n")).passes());
         let c = filesystem(
             "containerd-root",
             "containerd's root",
             Path::new("/var/lib/containerd"),
             &t,
         );
-        assert!(!c.pass && c.reason.contains("overlayfs"), "{c:?}");
+        assert!(!c.passes() && c.reason.contains("overlayfs"), "{c:?}");
         assert!(c
             .fix
             .unwrap()
             .contains("mount -t tmpfs tmpfs /var/lib/containerd"));
-        assert!(filesystem("state-dir", "husk's state_dir", Path::new("/run/husk"), &t).pass);
-        assert!(!filesystem("x", "x", Path::new("/a"), &[]).pass);
+        assert!(filesystem("state-dir", "husk's state_dir", Path::new("/run/husk"), &t).passes());
+        assert!(!filesystem("x", "x", Path::new("/a"), &[]).passes());
     }
 }

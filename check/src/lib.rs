@@ -18,17 +18,25 @@ pub mod mounts;
 #[path = "../../shim/src/config.rs"]
 pub mod shim_config;
 
+/// How one check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    /// A pass that could be better (husk works, slower): printed WARN with its fix; does
+    /// not fail the run.
+    Warn,
+    Fail,
+}
+
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
     /// Short name, e.g. `kvm`.
     pub name: &'static str,
-    pub pass: bool,
-    /// A pass that could be better (husk works, slower): printed WARN with its fix.
-    pub warn: bool,
+    pub verdict: Verdict,
     /// What was found (for a FAIL: why it fails).
     pub reason: String,
-    /// For a FAIL: what to do about it.
+    /// For a WARN or FAIL: what to do about it.
     pub fix: Option<String>,
 }
 
@@ -36,8 +44,7 @@ impl Check {
     pub fn pass(name: &'static str, reason: impl Into<String>) -> Self {
         Self {
             name,
-            pass: true,
-            warn: false,
+            verdict: Verdict::Pass,
             reason: reason.into(),
             fix: None,
         }
@@ -47,8 +54,7 @@ impl Check {
     pub fn warn(name: &'static str, reason: impl Into<String>, fix: impl Into<String>) -> Self {
         Self {
             name,
-            pass: true,
-            warn: true,
+            verdict: Verdict::Warn,
             reason: reason.into(),
             fix: Some(fix.into()),
         }
@@ -57,27 +63,27 @@ impl Check {
     pub fn fail(name: &'static str, reason: impl Into<String>, fix: impl Into<String>) -> Self {
         Self {
             name,
-            pass: false,
-            warn: false,
+            verdict: Verdict::Fail,
             reason: reason.into(),
             fix: Some(fix.into()),
         }
     }
 
+    /// Whether husk can run as checked: a PASS or a WARN.
+    pub fn passes(&self) -> bool {
+        self.verdict != Verdict::Fail
+    }
+
     /// `PASS name: reason`, `WARN name: reason; fix: ...` or `FAIL name: reason; fix: ...`.
     pub fn line(&self) -> String {
-        if self.warn {
-            let fix = self.fix.as_deref().unwrap_or_default();
-            return format!("WARN {}: {}; fix: {}", self.name, self.reason, fix);
-        }
-        match (&self.pass, &self.fix) {
-            (true, _) | (false, None) => format!(
-                "{} {}: {}",
-                if self.pass { "PASS" } else { "FAIL" },
-                self.name,
-                self.reason
-            ),
-            (false, Some(fix)) => format!("FAIL {}: {}; fix: {}", self.name, self.reason, fix),
+        let word = match self.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => "FAIL",
+        };
+        match (self.verdict, &self.fix) {
+            (Verdict::Pass, _) | (_, None) => format!("{word} {}: {}", self.name, self.reason),
+            (_, Some(fix)) => format!("{word} {}: {}; fix: {fix}", self.name, self.reason),
         }
     }
 }
@@ -94,7 +100,8 @@ mod tests {
             "FAIL tun: missing; fix: modprobe tun"
         );
         let w = Check::warn("huge-pages", "never", "echo advise");
-        assert!(w.pass, "a warning does not fail the run");
+        assert!(w.passes(), "a warning does not fail the run");
+        assert!(!Check::fail("tun", "missing", "modprobe tun").passes());
         assert_eq!(w.line(), "WARN huge-pages: never; fix: echo advise");
     }
 }

@@ -157,7 +157,7 @@ fn main() -> ExitCode {
     let mut failed = 0;
     for c in &out {
         println!("{}", c.line());
-        failed += usize::from(!c.pass);
+        failed += usize::from(!c.passes());
     }
     if failed == 0 {
         println!("husk-check: this host can run husk");
