@@ -63,9 +63,9 @@ struct Taken {
 impl Taken {
     fn new(len: u64) -> io::Result<Self> {
         let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: a new anonymous mapping at an address of the kernel's choosing; it
-        // aliases nothing. MAP_POPULATE on a private writable mapping write-faults every
-        // page in: each is a page the kernel cleared.
+        // MAP_POPULATE on a private writable mapping write-faults every page in: each is a
+        // page the kernel cleared.
+        // SAFETY: a new anonymous mapping, at an address the kernel picks: aliases nothing.
         let addr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),

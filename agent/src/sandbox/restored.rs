@@ -64,9 +64,7 @@ impl Sandbox {
         readdress::apply(&macs)?;
         Ok(())
     }
-}
 
-impl Sandbox {
     /// PrepareSnapshot: zeroes the guest's free memory before the host snapshots this
     /// (template) VM. On the host (`husk-agent serve`) nothing is touched.
     pub fn prepare_snapshot(&self) -> Result<Zeroed> {
