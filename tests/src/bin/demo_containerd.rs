@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Result};
 use husk_tests::containerd::{Containerd, HuskToml};
+use husk_tests::Outcome;
 
 /// Errors print as their chain of causes on one line (`{e:#}`), what to do included,
 /// never as a backtrace.
@@ -33,7 +34,8 @@ fn run() -> Result<()> {
     eprintln!("demo: private containerd up at {}", c.socket.display());
     c.import_busybox()?;
     eprintln!("demo: busybox image imported; ctr run --rm --runtime io.containerd.husk.v2 ...");
-    let o = c.run_rm(
+    let o = run_ok(
+        &c,
         "husk-demo",
         &[
             "sh",
@@ -41,51 +43,50 @@ fn run() -> Result<()> {
             "echo \"guest kernel: $(uname -r) ($(uname -v))\"",
         ],
     )?;
-    if o.code() != Some(0) {
-        bail!(
-            "ctr run failed ({}):\n{}{}\n{}",
-            o.status,
-            o.stdout,
-            o.stderr,
-            c.log()
-        );
-    }
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
     let hostv = std::fs::read_to_string("/proc/sys/kernel/version")?;
     print!("{}", o.stdout);
     println!("host kernel:  {} ({})", host.trim(), hostv.trim());
-    // The first pod of its size built the pod template (a VM booted once and
-    // snapshotted) and was restored from it; a second pod is only restored.
-    let how = match c.pod_restored("husk-demo") {
-        Some(true) => "the pod template built, then restored from it",
-        Some(false) => "its VM booted",
-        None => "VM start included",
-    };
+    // The first pod of its size builds the pod template (a VM booted once and
+    // snapshotted) and is restored from it; a second pod is only restored.
     eprintln!(
-        "demo: the container ran in {:.1?} (ctr run; {how})",
-        o.elapsed
+        "demo: the container ran in {:.1?} (ctr run; {})",
+        o.elapsed,
+        how_started(&c, "husk-demo")
     );
-    let again = c.run_rm("husk-demo-2", &["true"])?;
-    if again.code() != Some(0) {
-        bail!(
-            "the second ctr run failed ({}):\n{}{}",
-            again.status,
-            again.stdout,
-            again.stderr
-        );
-    }
-    let how = match c.pod_restored("husk-demo-2") {
-        Some(true) => "restored from the template",
-        Some(false) => "its VM booted",
-        None => "VM start included",
-    };
+    let again = run_ok(&c, "husk-demo-2", &["true"])?;
     eprintln!(
-        "demo: a second container ran in {:.1?} (ctr run; {how})",
-        again.elapsed
+        "demo: a second container ran in {:.1?} (ctr run; {})",
+        again.elapsed,
+        how_started(&c, "husk-demo-2")
     );
     let left = c.wait_clean(std::time::Duration::from_secs(30));
     if !left.is_empty() {
         bail!("left behind after the run:\n{left}");
     }
     Ok(())
+}
+
+/// `ctr run --rm` of the busybox image under husk; an error unless it exited 0.
+fn run_ok(c: &Containerd, id: &str, args: &[&str]) -> Result<Outcome> {
+    let o = c.run_rm(id, args)?;
+    if o.code() != Some(0) {
+        bail!(
+            "ctr run {id} failed ({}):\n{}{}\n{}",
+            o.status,
+            o.stdout,
+            o.stderr,
+            c.log()
+        );
+    }
+    Ok(o)
+}
+
+/// How pod `id` started, from the shim's log.
+fn how_started(c: &Containerd, id: &str) -> &'static str {
+    match c.pod_restored(id) {
+        Some(true) => "restored from the pod template, which the first pod of its size builds",
+        Some(false) => "its VM booted",
+        None => "VM start included",
+    }
 }
