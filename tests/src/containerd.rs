@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::guest::TempDir;
-use crate::leftovers::{mounts_under, processes_mentioning, threads, walk};
+use crate::host::{mounts_under, processes_mentioning, threads, walk};
 use crate::{
     guest_initramfs, guest_kernel, jailer_bin, kill_group, run_with_watchdog, vmm_bin,
     workspace_root, Outcome,

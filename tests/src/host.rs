@@ -1,33 +1,46 @@
-//! What a runtime leaves on the host, read from /proc and the file system: processes that
-//! mention a directory, mount points under one, the entries of one. The tests' "nothing
-//! left behind" checks and the report's process accounting use them.
+//! The host's processes, mounts and files as /proc and the file system show them:
+//! processes that mention a directory, a process's children and threads, mount points
+//! under a directory, the entries of one. The tests' "nothing left behind" checks and the
+//! report's process accounting use them.
 
 use std::path::Path;
+
+/// Every process's pid, from /proc.
+fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
 
 /// (pid, command line) of processes whose command line contains `dir`.
 pub fn processes_mentioning(dir: &Path) -> Vec<(u32, String)> {
     let needle = dir.to_string_lossy().into_owned();
     let me = std::process::id();
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(&needle) {
-            out.push((pid, cmd.trim().to_owned()));
-        }
-    }
-    out
+    pids()
+        .filter(|pid| *pid != me)
+        .filter_map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(&needle).then(|| (pid, cmd.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// The direct children of `pid` (virtiofsd's sandbox forks the process that serves).
+pub fn child_pids(pid: i32) -> Vec<i32> {
+    pids()
+        .filter_map(|p| i32::try_from(p).ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+            ppid == Some(pid)
+        })
+        .collect()
 }
 
 /// A process's threads as `name: kernel wait channel`, for messages about processes that
@@ -66,5 +79,37 @@ pub fn walk(dir: &Path, out: &mut Vec<String>) {
                 walk(&e.path(), out);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_is_found_by_parent_and_by_its_command_line() {
+        let mark = format!("/husk-host-test-{}", std::process::id());
+        // `sh -c 'sleep 30; :' <mark>`: the mark is sh's $0, in its command line only (sh
+        // stays: its command does not end in the exec of sleep).
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; :", &mark])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let by_parent = child_pids(std::process::id() as i32);
+        let by_cmd = processes_mentioning(Path::new(&mark));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            by_parent.contains(&(pid as i32)),
+            "{pid} not in {by_parent:?}"
+        );
+        // (sh's fork for sleep carries the same command line until it execs.)
+        assert!(
+            by_cmd.iter().any(|(p, _)| *p == pid),
+            "{pid} not in {by_cmd:?}"
+        );
+        assert!(by_cmd.iter().all(|(_, c)| c.contains(&mark)), "{by_cmd:?}");
+        assert!(processes_mentioning(Path::new("/no-such-husk-mark")).is_empty());
     }
 }

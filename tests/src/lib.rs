@@ -37,7 +37,7 @@ pub mod cni;
 pub mod containerd;
 pub mod cri_node;
 pub mod guest;
-pub mod leftovers;
+pub mod host;
 pub mod oci_image;
 pub mod report;
 pub mod tap;
@@ -117,28 +117,6 @@ pub fn fs_attack_bin() -> PathBuf {
         "HUSK_FS_ATTACK",
         "target/x86_64-unknown-linux-musl/release/husk-fs-attack",
     )
-}
-
-/// The direct children of `pid` (virtiofsd's sandbox forks the process that serves).
-pub fn child_pids(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
-        if ppid == Some(pid) {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// Why this machine cannot boot a standard guest on KVM, or `None` if it can.

@@ -320,7 +320,7 @@ fn a_pods_vmm_and_virtiofsd_run_confined() {
         host_ns,
         "virtiofsd shares the host's mount namespace"
     );
-    let served = husk_tests::child_pids(vfs);
+    let served = husk_tests::host::child_pids(vfs);
     assert_eq!(served.len(), 1, "virtiofsd's sandboxed child: {served:?}");
     let child = served[0];
     assert_ne!(mnt_ns(&child.to_string()), host_ns);

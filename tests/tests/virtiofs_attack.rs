@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use husk_tests::containerd::{Containerd, HuskToml, BUSYBOX_IMAGE, RUNTIME};
 use husk_tests::guest::TempDir;
-use husk_tests::{child_pids, fs_attack_bin, kvm_available, require_file};
+use husk_tests::host::child_pids;
+use husk_tests::{fs_attack_bin, kvm_available, require_file};
 
 const ATTACK: &str = "/bin/husk-fs-attack";
 /// The tag the shim gives the pod's share (shim/src/spec.rs SHARED_FS_TAG).

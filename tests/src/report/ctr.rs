@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::containerd::{Containerd, BUSYBOX_IMAGE, RUNTIME};
-use crate::leftovers::processes_mentioning;
+use crate::host::processes_mentioning;
 use crate::Outcome;
 
 /// containerd's runc shim, for runc and crun.
@@ -345,7 +345,7 @@ pub fn runtime_processes(c: &Containerd, containerd_pid: Option<u32>) -> Vec<(u3
         .collect();
     let mut i = 0;
     while i < pids.len() {
-        for ch in crate::child_pids(pids[i] as i32) {
+        for ch in crate::host::child_pids(pids[i] as i32) {
             let ch = ch as u32;
             if !pids.contains(&ch) {
                 pids.push(ch);
