@@ -48,8 +48,15 @@ fuzz_target!(|data: &[u8]| {
         Ok(Err(husk_protocol::ttrpc::Error::RpcStatus(s))) => {
             assert!(s.details.is_empty());
             // Cut to MAX_MESSAGE bytes plus the note saying how much was cut.
-            assert!(s.message().len() <= MAX_MESSAGE + 40, "{}", s.message().len());
-            assert!(!s.message().chars().any(|c| c.is_control() && c != '\n' && c != '\t'));
+            assert!(
+                s.message().len() <= MAX_MESSAGE + 40,
+                "{}",
+                s.message().len()
+            );
+            assert!(!s
+                .message()
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'));
         }
         Ok(Err(other)) => panic!("a response decodes to a status or a payload: {other:?}"),
         Err(_) => {}

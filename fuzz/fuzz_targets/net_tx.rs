@@ -201,13 +201,18 @@ fuzz_target!(|input: Input| {
     // Passes until the queue is drained and nothing is held (bounded: each pass either
     // returns a chain or stops on the tap, whose EAGAINs are finite).
     for _ in 0..(2 * usize::from(QUEUE_SIZE) + 70) {
-        let pass = process_tx(&mut queue, &mem, &mut tap, &mut state, &metrics, &mut warn, budget);
+        let pass = process_tx(
+            &mut queue, &mem, &mut tap, &mut state, &metrics, &mut warn, budget,
+        );
         assert!(pass.used <= budget);
         if pass.wait == TxWait::Guest && !state.is_blocked() {
             break;
         }
     }
-    assert!(!state.is_blocked(), "a frame is still held after the tap took everything");
+    assert!(
+        !state.is_blocked(),
+        "a frame is still held after the tap took everything"
+    );
 
     let used = vq.used().idx().load();
     assert_eq!(used, queue.next_used());
@@ -224,7 +229,12 @@ fuzz_target!(|input: Input| {
     }
     assert_eq!(bytes, metrics.tx_bytes.load(Ordering::Relaxed));
     for i in 0..used {
-        let e = vq.used().ring().ref_at(usize::from(i % QUEUE_SIZE)).unwrap().load();
+        let e = vq
+            .used()
+            .ring()
+            .ref_at(usize::from(i % QUEUE_SIZE))
+            .unwrap()
+            .load();
         assert_eq!(e.len(), 0, "tx chains are returned with nothing written");
     }
 });

@@ -39,8 +39,11 @@ fuzz_target!(|data: &[u8]| {
 
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
     let room = (MEM_SIZE - DATA_START) as usize;
-    mem.write_slice(&payload[..payload.len().min(room)], GuestAddress(DATA_START))
-        .unwrap();
+    mem.write_slice(
+        &payload[..payload.len().min(room)],
+        GuestAddress(DATA_START),
+    )
+    .unwrap();
 
     let descs: Vec<RawDescriptor> = table
         .chunks_exact(16)

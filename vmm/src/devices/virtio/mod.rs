@@ -12,10 +12,10 @@
 //! ioeventfds on QueueNotify, with the queue index as datamatch) and its backend fds; it
 //! ignores queue events until activated. A device that must register more fds once active
 //! keeps an activation eventfd of its own, written by `activate` and handled in `process`.
-//! Guest memory is backed by a shared memfd (`GuestRegionMmap::file_offset()` is set), so
-//! vhost-user backends can map it. No device offers VIRTIO_RING_F_EVENT_IDX: every used
-//! buffer batch raises the interrupt with [`IrqTrigger::trigger`]`(INT_VRING)`. (virtio-fs
-//! is the exception: virtiofsd does the queue work, including EVENT_IDX, itself.)
+//! Every device serves its guest queues here, virtio-fs too (its [`fs::relay`] hands
+//! virtiofsd copies, so no other process maps guest memory). No device offers
+//! VIRTIO_RING_F_EVENT_IDX: every used buffer batch raises the interrupt with
+//! [`IrqTrigger::trigger`]`(INT_VRING)`.
 
 pub mod block;
 pub mod fs;
@@ -23,6 +23,8 @@ pub mod mmio;
 pub mod net;
 pub mod ratelimit;
 pub mod state;
+#[cfg(test)]
+pub(crate) mod test_queue;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -3,13 +3,16 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use virtio_queue::{Queue, QueueState, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::relay::Relay;
 use super::vhost_user::{Backend, FsError, REQUEST_TIMEOUT};
 use super::{FsConfig, CONFIG_SPACE_LEN};
+use crate::devices::virtio::ratelimit::WarnLimiter;
 use crate::devices::virtio::state::DeviceIdentity;
 use crate::devices::virtio::{
     check_queues, describe_queue, read_config_bytes, ActivateContext, ActivateError, IrqTrigger,
@@ -19,34 +22,45 @@ use crate::devices::virtio::{
 /// Counters of one virtio-fs device.
 #[derive(Debug, Default)]
 pub struct FsMetrics {
-    /// Interrupts raised for the backend's used buffers.
+    /// Interrupts raised for used buffers.
     pub interrupts: AtomicU64,
     /// Successful activations (the driver set DRIVER_OK).
     pub activations: AtomicU64,
+    /// Requests relayed to virtiofsd.
+    pub requests: AtomicU64,
+    /// Malformed requests returned to the guest unanswered.
+    pub refused: AtomicU64,
 }
 
-/// A virtio-fs device backed by a virtiofsd process over vhost-user.
+/// What the device holds while the driver has it running.
+pub(super) struct Active {
+    pub(super) mem: GuestMemoryMmap,
+    pub(super) queues: Vec<Queue>,
+    pub(super) irq: Arc<IrqTrigger>,
+}
+
+/// A virtio-fs device backed by a virtiofsd process over vhost-user, through a relay.
 pub struct Fs {
-    tag: String,
+    pub(super) tag: String,
     socket: PathBuf,
     config_space: [u8; CONFIG_SPACE_LEN],
     queue_sizes: Vec<u16>,
-    /// Kick eventfds: KVM signals them on QueueNotify, virtiofsd waits on them. Never ours
-    /// to read.
+    /// The guest's kicks: KVM signals them on QueueNotify, the event loop relays.
     queue_evts: Vec<EventFd>,
-    /// Call eventfds: virtiofsd signals them when it used buffers; the event loop turns
-    /// them into interrupts.
+    /// virtiofsd's kicks: we signal them when its shadow rings have new requests.
+    pub(super) backend_kicks: Vec<EventFd>,
+    /// Call eventfds: virtiofsd signals them when it answered requests.
     pub(super) call_evts: Vec<EventFd>,
     pub(super) backend: Backend,
+    /// The shadow rings and request bytes virtiofsd sees (it never sees guest RAM).
+    pub(super) relay: Relay,
     avail_features: u64,
-    /// The interrupt line while the device is active.
-    pub(super) irq: Option<Arc<IrqTrigger>>,
+    pub(super) active: Option<Active>,
     /// The backend hung up or stopped answering: we no longer talk to it.
     broken: bool,
     pub(super) metrics: Arc<FsMetrics>,
-    /// Guest memory and the queues of the current activation: only read, for the
-    /// SIGUSR1 state dump (virtiofsd serves the queues).
-    active_queues: Option<(GuestMemoryMmap, Vec<Queue>)>,
+    /// Malformed requests are a guest's doing: logged at most once a second.
+    pub(super) warn: WarnLimiter,
     /// Signalled on SIGUSR1 (see `state_dump`); taken when the event loop registers us.
     pub(super) dump_evt: Option<&'static EventFd>,
 }
@@ -69,13 +83,15 @@ impl Fs {
             config_space: config.config_space(),
             queue_sizes: vec![config.queue_size; num_queues],
             queue_evts: new_evts()?,
+            backend_kicks: new_evts()?,
             call_evts: new_evts()?,
+            relay: Relay::new(num_queues).map_err(FsError::Window)?,
             avail_features: backend.guest_features(),
             backend,
-            irq: None,
+            active: None,
             broken: false,
             metrics: Arc::new(FsMetrics::default()),
-            active_queues: None,
+            warn: WarnLimiter::new(Duration::from_secs(1)),
             dump_evt: None,
         })
     }
@@ -94,7 +110,7 @@ impl Fs {
     }
 
     pub fn is_active(&self) -> bool {
-        self.irq.is_some()
+        self.active.is_some()
     }
 
     /// Stops talking to the backend, logging why once.
@@ -110,24 +126,32 @@ impl Fs {
         }
     }
 
-    /// Logs the device's state at info level: the rings as the guest and virtiofsd left
-    /// them, and the interrupt line. Tells a request virtiofsd has not used (avail ahead
-    /// of used) from a completion the guest has not been told of (interrupt pending).
+    /// Logs the device's state at info level: the guest's rings, the shadow rings and
+    /// what virtiofsd holds, and the interrupt line. Tells a request virtiofsd has not
+    /// answered from a completion the guest has not been told of (interrupt pending).
     pub(super) fn dump_state(&self) {
         let m = &self.metrics;
         tracing::info!(
             tag = %self.tag,
-            "virtio-fs state: active={} broken={} interrupts={} interrupt_status={:#x}",
-            self.irq.is_some(),
+            "virtio-fs state: active={} broken={} requests={} refused={} interrupts={} \
+             interrupt_status={:#x}",
+            self.active.is_some(),
             self.broken,
+            m.requests.load(Ordering::Relaxed),
+            m.refused.load(Ordering::Relaxed),
             m.interrupts.load(Ordering::Relaxed),
-            self.irq.as_ref().map_or(0, |irq| irq.status())
+            self.active.as_ref().map_or(0, |a| a.irq.status())
         );
-        let Some((mem, queues)) = &self.active_queues else {
+        let Some(active) = &self.active else {
             return;
         };
-        for (i, q) in queues.iter().enumerate() {
-            tracing::info!(tag = %self.tag, "virtio-fs queue {i}: {}", describe_queue(mem, q));
+        for (i, q) in active.queues.iter().enumerate() {
+            tracing::info!(
+                tag = %self.tag,
+                "virtio-fs queue {i}: {}; {}",
+                describe_queue(&active.mem, q),
+                self.relay.describe(i)
+            );
         }
     }
 
@@ -169,14 +193,23 @@ impl VirtioDevice for Fs {
                 self.socket.display()
             )));
         }
+        for (i, q) in ctx.queues.iter().enumerate() {
+            if q.ready() && !q.is_valid(&ctx.mem) {
+                return Err(ActivateError::BadQueue(i));
+            }
+        }
         // Stale signals from before this activation must not raise an interrupt.
         for evt in &self.call_evts {
             let _ = evt.read();
         }
+        self.relay.reset();
+        let ready: Vec<usize> = (0..ctx.queues.len())
+            .filter(|&i| ctx.queues[i].ready())
+            .collect();
         let result = self.backend.activate(
-            &ctx.mem,
-            &ctx.queues,
-            &self.queue_evts,
+            &self.relay,
+            &ready,
+            &self.backend_kicks,
             &self.call_evts,
             ctx.acked_features,
         );
@@ -186,15 +219,18 @@ impl VirtioDevice for Fs {
                 e => ActivateError::Backend(self.backend_failed(&e)),
             });
         }
-        self.irq = Some(ctx.irq);
-        self.active_queues = Some((ctx.mem, ctx.queues));
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queues: ctx.queues,
+            irq: ctx.irq,
+        });
         self.metrics.activations.fetch_add(1, Ordering::Relaxed);
         crate::guest_debug!(tag = %self.tag, "virtio-fs: activated");
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        if self.irq.is_none() {
+        if self.active.is_none() {
             return true;
         }
         if self.broken {
@@ -202,8 +238,8 @@ impl VirtioDevice for Fs {
         }
         match self.backend.stop(self.queue_sizes.len()) {
             Ok(()) => {
-                self.irq = None;
-                self.active_queues = None;
+                self.active = None;
+                self.relay.reset();
                 for evt in &self.call_evts {
                     let _ = evt.read();
                 }
@@ -224,49 +260,22 @@ impl VirtioDevice for Fs {
         }
     }
 
-    /// virtiofsd, not us, advances these queues: their state is read from the rings in
-    /// guest memory. A request virtiofsd has not answered (the driver's available index
-    /// ahead of the used index) cannot be saved, since its answer would be lost: the
-    /// snapshot is refused (take it of a guest that has not mounted the share, or is idle).
+    /// The guest's queues as the relay advanced them. A request virtiofsd has not
+    /// answered cannot be saved (its answer would be lost): the snapshot is refused (take
+    /// it of a guest whose share is idle). Requests still in the guest's available ring are
+    /// kept: the restored device relays them.
     fn snapshot_queues(&self) -> Result<Vec<QueueState>, String> {
-        let (mem, queues) = self
-            .active_queues
-            .as_ref()
-            .ok_or("the device is not active")?;
-        queues
-            .iter()
-            .enumerate()
-            .map(|(i, q)| {
-                let mut state = q.state();
-                if !q.ready() {
-                    return Ok(state);
-                }
-                let read = |addr: u64, what: &str| {
-                    mem.read_obj::<u16>(GuestAddress(addr + 2))
-                        .map(u16::from_le)
-                        .map_err(|e| {
-                            format!("virtio-fs {}: queue {i}'s {what} ring: {e}", self.tag)
-                        })
-                };
-                let avail = read(q.avail_ring(), "available")?;
-                let used = read(q.used_ring(), "used")?;
-                if avail != used {
-                    return Err(format!(
-                        "virtio-fs {}: {} request(s) in flight on queue {i}; snapshot a guest \
-                         whose share is idle or not mounted",
-                        self.tag,
-                        avail.wrapping_sub(used)
-                    ));
-                }
-                state.next_avail = used;
-                state.next_used = used;
-                Ok(state)
-            })
-            .collect()
+        let active = self.active.as_ref().ok_or("the device is not active")?;
+        let held = self.relay.in_flight();
+        if held > 0 {
+            return Err(format!(
+                "virtio-fs {}: virtiofsd holds {held} request(s); snapshot a guest whose \
+                 share is idle or not mounted",
+                self.tag
+            ));
+        }
+        Ok(active.queues.iter().map(|q| q.state()).collect())
     }
-
-    /// The rings are virtiofsd's: a notification here would only wake it for nothing.
-    fn restored(&mut self) {}
 }
 
 #[cfg(test)]
@@ -335,8 +344,8 @@ mod tests {
         assert_eq!(fake.body_u64(req::SET_PROTOCOL_FEATURES), Some(0x1 | 0x8));
         assert_eq!(fs.device_type(), TYPE_FS);
         // The fake offers VERSION_1, EVENT_IDX, PROTOCOL_FEATURES, LOG_ALL and
-        // NOTIFICATION_DATA; the guest sees the first two.
-        assert_eq!(fs.avail_features(), VIRTIO_F_VERSION_1 | (1 << 29));
+        // NOTIFICATION_DATA; the guest sees the first (EVENT_IDX would be the relay's).
+        assert_eq!(fs.avail_features(), VIRTIO_F_VERSION_1);
         assert_eq!(fs.queue_max_sizes(), &[256, 256]);
         assert_eq!(fs.queue_events().len(), 2);
         let mut space = [0xffu8; 44];
@@ -407,10 +416,11 @@ mod tests {
         expected.extend(ring);
         expected.extend(ring);
         assert_eq!(fake.requests()[5..], expected[..]);
-        // The driver's unoffered bit 38 is dropped, VHOST_USER_F_PROTOCOL_FEATURES is kept.
+        // The backend gets what the shadow rings use, not what the driver acked:
+        // VERSION_1 and VHOST_USER_F_PROTOCOL_FEATURES.
         assert_eq!(
             fake.body_u64(req::SET_FEATURES),
-            Some(VIRTIO_F_VERSION_1 | (1 << 29) | (1 << 30))
+            Some(VIRTIO_F_VERSION_1 | (1 << 30))
         );
         // Every request after the handshake asked for an acknowledgement (REPLY_ACK).
         assert!(fake.all_need_reply_after(5));

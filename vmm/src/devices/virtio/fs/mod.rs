@@ -1,21 +1,25 @@
 //! virtio-fs (virtio spec 1.2, 5.11; device type 26) as a vhost-user frontend.
 //!
 //! The file system server is a separate `virtiofsd` process that we reach over its Unix
-//! socket. We only do the control plane: at construction we take ownership of the backend
-//! and learn its features ([`vhost_user::Backend::connect`]); at activation we hand it the
-//! guest memory table (guest RAM is a shared memfd), the ring addresses, the queues' kick
-//! eventfds and one call eventfd per queue of ours. The data plane never passes through
-//! us: KVM signals the kick eventfds on QueueNotify (ioeventfd) and virtiofsd reads the
-//! rings in guest memory itself. The only thing the event loop does is relay the call
-//! eventfds to the interrupt line ([`crate::devices::virtio::IrqTrigger`]), since the
-//! virtio-mmio InterruptStatus register must be set before the guest sees the interrupt.
+//! socket. At construction we take ownership of the backend and learn its features
+//! ([`vhost_user::Backend::connect`]); at activation we hand it a memory table and rings,
+//! but not the guest's: the [`relay`] serves the guest's queues on the VMM's event loop
+//! and gives virtiofsd shadow queues in a small window of its own, copying each request
+//! there and each answer back. virtiofsd never maps guest RAM, so a compromised virtiofsd
+//! cannot read or write the guest, and guest RAM need not be shareable: a VM restored
+//! from a snapshot maps the snapshot's memory file privately, shared copy-on-write with
+//! every other VM restored from it.
 //!
 //! Queues: one high-priority queue (FUSE_FORGET, FUSE_INTERRUPT) and
 //! `num_request_queues` request queues. Config space: the mount tag (36 bytes, NUL
 //! padded) and `num_request_queues` (le32).
 
+mod arena;
 mod device;
 mod event_handler;
+pub mod relay;
+#[cfg(any(test, fuzzing))]
+pub mod shadow_server;
 #[cfg(test)]
 mod test_utils;
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! VHOST_USER_F_PROTOCOL_FEATURES, GET_QUEUE_NUM with the MQ protocol feature. Activation
 //! sends SET_FEATURES, SET_MEM_TABLE and, per queue, SET_VRING_NUM/ADDR/BASE/CALL/KICK and
 //! SET_VRING_ENABLE. With REPLY_ACK every request waits for the backend's verdict, so a
-//! refused request is an error here rather than a silently dead queue.
+//! refused request is an error here rather than a silently dead queue. The memory table
+//! and the rings are the relay's ([`super::relay`]): virtiofsd never maps guest RAM.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -19,11 +20,11 @@ use vhost::vhost_user::{
 };
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{Queue, QueueT};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::relay::{Relay, SHADOW_SIZE};
 use super::FsConfigError;
 
 /// How long one vhost-user request may take before we give up on the backend. The
@@ -31,15 +32,14 @@ use super::FsConfigError;
 /// wedged backend from blocking a vCPU thread forever.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The virtio features we pass on to the guest when the backend offers them. The backend
-/// does all ring processing, so ring features it implements work end to end: indirect
-/// descriptors, and EVENT_IDX (virtiofsd reads `used_event` and writes `avail_event`
-/// itself and signals our call eventfd only when the guest asked; we relay every signal).
-/// Left out on purpose: NOTIFICATION_DATA (KVM's ioeventfd matches QueueNotify on the bare
-/// queue index), RING_PACKED (the transport sets up split rings), ACCESS_PLATFORM (no
-/// IOMMU), and anything device specific (virtio-fs has no feature bits yet).
-pub const GUEST_FEATURES_MASK: u64 =
-    (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX);
+/// The virtio features we offer the guest when the backend offers them. The relay serves
+/// the guest's rings (with `virtio_queue`, which follows indirect descriptors), so ring
+/// features are ours, not virtiofsd's: indirect descriptors yes; EVENT_IDX no (like
+/// husk's other devices, every used batch raises the interrupt). Left out on purpose:
+/// NOTIFICATION_DATA (KVM's ioeventfd matches QueueNotify on the bare queue index),
+/// RING_PACKED (the transport sets up split rings), ACCESS_PLATFORM (no IOMMU), and
+/// anything device specific (virtio-fs has no feature bits yet).
+pub const GUEST_FEATURES_MASK: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_INDIRECT_DESC);
 
 /// The vhost-user protocol features we use: several queues, and an acknowledgement for
 /// every request.
@@ -84,6 +84,8 @@ pub enum FsError {
     TooManyRegions(usize),
     #[error("Queue {0} has misaligned rings or rings outside guest memory")]
     BadQueue(usize),
+    #[error("Cannot create the relay's shared window for virtiofsd")]
+    Window(#[source] std::io::Error),
     #[error("The vhost-user backend hung up")]
     BackendGone,
 }
@@ -122,12 +124,14 @@ pub fn guest_features(backend_features: u64) -> Result<u64, FsError> {
     Ok(backend_features & GUEST_FEATURES_MASK)
 }
 
-/// The features to send with SET_FEATURES: what the driver acked (of what we offered) plus
-/// VHOST_USER_F_PROTOCOL_FEATURES when the backend has it (the guest never sees that bit,
-/// but dropping it would turn the protocol features off again).
-pub fn backend_ack(driver_acked: u64, guest_features: u64, backend_features: u64) -> u64 {
+/// The features to send with SET_FEATURES: what the shadow rings use, whatever the guest
+/// acked: VIRTIO_F_VERSION_1 (checked at connection), no ring features (the relay writes
+/// direct descriptors, and without EVENT_IDX virtiofsd signals every answer), plus
+/// VHOST_USER_F_PROTOCOL_FEATURES when the backend has it (dropping it would turn the
+/// protocol features off again).
+pub fn backend_ack(backend_features: u64) -> u64 {
     let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-    (driver_acked & guest_features) | (backend_features & protocol)
+    (backend_features & (1 << VIRTIO_F_VERSION_1)) | (backend_features & protocol)
 }
 
 /// The memory table: every region's guest address, size, host address and the fd and
@@ -162,29 +166,21 @@ fn host_range(mem: &GuestMemoryMmap, addr: u64, len: usize, align: u64) -> Optio
     Some(slice.ptr_guard().as_ptr() as u64)
 }
 
-/// The ring addresses of one queue as the backend needs them: host user addresses in our
+/// Shadow queue `index`'s rings as the backend needs them: host user addresses in our
 /// address space, which it maps through the memory table. Sizes include the event index
-/// fields (`used_event`, `avail_event`) so EVENT_IDX stays inside the checked range.
-pub fn vring_config(
-    mem: &GuestMemoryMmap,
-    queue: &Queue,
-    index: usize,
-) -> Result<VringConfigData, FsError> {
-    let size = usize::from(queue.size());
-    if size == 0 || size > usize::from(queue.max_size()) || !size.is_power_of_two() {
-        return Err(FsError::BadQueue(index));
-    }
+/// fields (`used_event`, `avail_event`).
+pub fn vring_config(relay: &Relay, index: usize) -> Result<VringConfigData, FsError> {
     let bad = || FsError::BadQueue(index);
-    let desc = host_range(mem, queue.desc_table(), 16 * size, 16).ok_or_else(bad)?;
-    let avail = host_range(mem, queue.avail_ring(), 6 + 2 * size, 2).ok_or_else(bad)?;
-    let used = host_range(mem, queue.used_ring(), 6 + 8 * size, 4).ok_or_else(bad)?;
+    let (desc, avail, used) = relay.rings(index).ok_or_else(bad)?;
+    let size = usize::from(SHADOW_SIZE);
+    let window = relay.window();
     Ok(VringConfigData {
-        queue_max_size: queue.max_size(),
-        queue_size: queue.size(),
+        queue_max_size: SHADOW_SIZE,
+        queue_size: SHADOW_SIZE,
         flags: 0,
-        desc_table_addr: desc,
-        used_ring_addr: used,
-        avail_ring_addr: avail,
+        desc_table_addr: host_range(window, desc, 16 * size, 16).ok_or_else(bad)?,
+        used_ring_addr: host_range(window, used, 6 + 8 * size, 4).ok_or_else(bad)?,
+        avail_ring_addr: host_range(window, avail, 6 + 2 * size, 2).ok_or_else(bad)?,
         log_addr: None,
     })
 }
@@ -271,27 +267,29 @@ impl Backend {
         &self.socket
     }
 
-    /// Hands the backend the memory table and the queues: after this virtiofsd serves the
-    /// rings on its own. `kicks[i]` and `calls[i]` belong to `queues[i]`; queues the driver
-    /// did not make ready are left alone.
+    /// Hands the backend the relay's window as its memory table and the shadow rings of
+    /// the queues in `ready` (the ones the driver made ready): after this virtiofsd serves
+    /// them. `kicks[i]` and `calls[i]` belong to queue `i`.
     pub fn activate(
         &mut self,
-        mem: &GuestMemoryMmap,
-        queues: &[Queue],
+        relay: &Relay,
+        ready: &[usize],
         kicks: &[EventFd],
         calls: &[EventFd],
         driver_acked: u64,
     ) -> Result<(), FsError> {
-        let regions = memory_regions(mem)?;
-        // Check every queue before telling the backend anything.
-        let mut rings = Vec::with_capacity(queues.len());
-        for (index, queue) in queues.iter().enumerate() {
-            if queue.ready() {
-                rings.push((index, vring_config(mem, queue, index)?));
-            }
-        }
+        let regions = memory_regions(relay.window())?;
+        let rings = ready
+            .iter()
+            .map(|&index| Ok((index, vring_config(relay, index)?)))
+            .collect::<Result<Vec<_>, FsError>>()?;
 
-        let acked = backend_ack(driver_acked, self.guest_features, self.backend_features);
+        let acked = backend_ack(self.backend_features);
+        tracing::debug!(
+            driver_acked = format_args!("{driver_acked:#x}"),
+            backend_acked = format_args!("{acked:#x}"),
+            "virtio-fs: activating the relay's rings"
+        );
         request("SET_FEATURES", self.frontend.set_features(acked))?;
         request("SET_MEM_TABLE", self.frontend.set_mem_table(&regions))?;
         for (index, ring) in rings {
@@ -301,12 +299,8 @@ impl Backend {
             let f = &mut self.frontend;
             request("SET_VRING_NUM", f.set_vring_num(index, ring.queue_size))?;
             request("SET_VRING_ADDR", f.set_vring_addr(index, &ring))?;
-            // The driver's position: 0 on a fresh activation, where the guest left the
-            // ring on one restored from a snapshot.
-            request(
-                "SET_VRING_BASE",
-                f.set_vring_base(index, queues[index].next_avail()),
-            )?;
+            // The shadow rings start afresh on every activation, restored VMs' too.
+            request("SET_VRING_BASE", f.set_vring_base(index, 0))?;
             request("SET_VRING_CALL", f.set_vring_call(index, call))?;
             request("SET_VRING_KICK", f.set_vring_kick(index, kick))?;
             if acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
@@ -341,12 +335,10 @@ impl AsRawFd for Backend {
 
 #[cfg(test)]
 mod tests {
-    use std::num::Wrapping;
-
     use virtio_bindings::virtio_config::{
         VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_NOTIFICATION_DATA, VIRTIO_F_RING_PACKED,
     };
-    use virtio_queue::mock::MockSplitQueue;
+    use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
     use super::super::test_utils::memfd_memory;
     use super::*;
@@ -364,11 +356,10 @@ mod tests {
             | protocol
             | log_all;
         let offered = guest_features(backend).unwrap();
+        // EVENT_IDX is the relay's to offer, and it does not.
         assert_eq!(
             offered,
-            (1 << VIRTIO_F_VERSION_1)
-                | (1 << VIRTIO_RING_F_EVENT_IDX)
-                | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_INDIRECT_DESC)
         );
         // Only what the backend has.
         assert_eq!(
@@ -382,16 +373,15 @@ mod tests {
     }
 
     #[test]
-    fn backend_ack_keeps_protocol_bit() {
+    fn backend_ack_is_what_the_shadow_rings_use() {
         let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         let v1 = 1u64 << VIRTIO_F_VERSION_1;
         let idx = 1u64 << VIRTIO_RING_F_EVENT_IDX;
-        // The driver's bits outside what we offered are dropped.
-        assert_eq!(
-            backend_ack(v1 | (1 << 40), v1 | idx, v1 | idx | protocol),
-            v1 | protocol
-        );
-        assert_eq!(backend_ack(v1 | idx, v1 | idx, v1 | idx), v1 | idx);
+        let indirect = 1u64 << VIRTIO_RING_F_INDIRECT_DESC;
+        // Ring features stay off whatever the backend offers: without EVENT_IDX it
+        // signals every answer, which the relay relies on.
+        assert_eq!(backend_ack(v1 | idx | indirect | protocol), v1 | protocol);
+        assert_eq!(backend_ack(v1 | idx), v1);
     }
 
     #[test]
@@ -421,48 +411,33 @@ mod tests {
     }
 
     #[test]
-    fn vring_addresses_are_host_addresses() {
-        let mem = memfd_memory(&[(0, 0x10_0000)]);
-        let vq = MockSplitQueue::new(&mem, 16);
-        let q: Queue = vq.create_queue().unwrap();
-        let cfg = vring_config(&mem, &q, 1).unwrap();
-        let host = |a: GuestAddress| mem.get_host_address(a).unwrap() as u64;
-        assert_eq!(cfg.desc_table_addr, host(vq.desc_table_addr()));
-        assert_eq!(cfg.avail_ring_addr, host(vq.avail_addr()));
-        assert_eq!(cfg.used_ring_addr, host(vq.used_addr()));
-        assert_eq!(cfg.queue_size, 16);
-        assert_eq!(cfg.flags, 0);
-        assert_eq!(
-            q.avail_idx(&mem, std::sync::atomic::Ordering::Relaxed)
-                .unwrap(),
-            Wrapping(0)
-        );
+    fn the_relay_window_is_the_whole_memory_table() {
+        let relay = Relay::new(2).unwrap();
+        let regions = memory_regions(relay.window()).unwrap();
+        assert_eq!(regions.len(), 1);
+        assert_eq!(regions[0].guest_phys_addr, 0);
+        let window = relay.window().iter().next().unwrap();
+        assert_eq!(regions[0].memory_size, window.len());
+        assert_eq!(regions[0].userspace_addr, window.as_ptr() as u64);
     }
 
     #[test]
-    fn vring_rejects_bad_rings() {
-        let mem = memfd_memory(&[(0, 0x1_0000)]);
-        let vq = MockSplitQueue::new(&mem, 16);
-        // Used ring running past the end of guest memory.
-        let mut q: Queue = vq.create_queue().unwrap();
-        q.set_used_ring_address(Some(0x1_0000 - 8), Some(0));
-        assert!(matches!(
-            vring_config(&mem, &q, 3),
-            Err(FsError::BadQueue(3))
-        ));
-
-        // Avail ring outside guest memory entirely.
-        let mut q: Queue = vq.create_queue().unwrap();
-        q.set_avail_ring_address(Some(0), Some(1));
-        assert!(vring_config(&mem, &q, 0).is_err());
-    }
-
-    #[test]
-    fn vring_must_stay_in_one_region() {
-        // Two adjacent regions: a ring straddling the boundary has no single host range.
-        let mem = memfd_memory(&[(0, 0x1000), (0x1000, 0x1000)]);
-        let vq = MockSplitQueue::create(&mem, GuestAddress(0x800), 256);
-        let q: Queue = vq.create_queue().unwrap();
-        assert!(vring_config(&mem, &q, 0).is_err());
+    fn vring_addresses_are_host_addresses_in_the_window() {
+        let relay = Relay::new(2).unwrap();
+        for q in 0..2 {
+            let cfg = vring_config(&relay, q).unwrap();
+            let (desc, avail, used) = relay.rings(q).unwrap();
+            let host = |a: u64| relay.window().get_host_address(GuestAddress(a)).unwrap() as u64;
+            assert_eq!(cfg.desc_table_addr, host(desc));
+            assert_eq!(cfg.avail_ring_addr, host(avail));
+            assert_eq!(cfg.used_ring_addr, host(used));
+            assert_eq!(cfg.queue_size, SHADOW_SIZE);
+            assert_eq!(cfg.flags, 0);
+        }
+        // Rings never overlap another queue's.
+        let (_, _, used0) = relay.rings(0).unwrap();
+        let (desc1, _, _) = relay.rings(1).unwrap();
+        assert!(used0 + 6 + 8 * u64::from(SHADOW_SIZE) <= desc1);
+        assert!(matches!(vring_config(&relay, 2), Err(FsError::BadQueue(2))));
     }
 }
