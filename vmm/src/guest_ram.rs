@@ -1,24 +1,23 @@
 //! Guest RAM: how it is backed, and registering it with KVM.
 //!
-//! - A booted VM's RAM is one shared memfd, mapped range by range, so that vhost-user
-//!   backends (virtiofsd) map the same pages.
+//! - A booted VM's RAM is one memfd, mapped range by range: its holes are the pages the
+//!   guest never touched, which a snapshot leaves out without reading them.
 //! - A VM restored from a snapshot maps the snapshot's memory file `MAP_PRIVATE`: pages
 //!   are read from the file when the guest first touches them, every VM restored from
 //!   one file shares the unchanged ones through the page cache, and what a guest writes
-//!   becomes a private copy of its own. No vhost-user backend can map such memory (it
-//!   would see the file, not the guest's writes), so a restored VM with a virtio-fs
-//!   device gets a new shared memfd instead, into which the file's data is copied (only
-//!   its data: the file's holes are pages the guest never wrote).
-//! - Shared RAM asks for transparent huge pages (`MADV_HUGEPAGE`). KVM then maps guest
+//!   becomes a private copy of its own. (No backend process maps guest RAM: virtio-fs's
+//!   relay copies requests into a window of its own, `devices::virtio::fs::relay`.)
+//! - The memfd asks for transparent huge pages (`MADV_HUGEPAGE`). KVM then maps guest
 //!   memory 2 MiB at a time: a booting guest takes one nested page fault where it took
 //!   512, and under nested virtualisation every fault is an expensive exit. The host
 //!   decides: shmem (memfd) huge pages need `/sys/kernel/mm/transparent_hugepage/
 //!   shmem_enabled` at `advise` (what `scripts/install.sh` sets) or `within_size`/`always`;
 //!   at `never`, Linux's default, the advice is ignored and RAM stays in 4 KiB pages.
 
+use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, RawFd};
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -51,15 +50,13 @@ pub enum GuestRamError {
     Map(#[source] MmapRegionError),
     #[error("Guest memory regions overlap or are empty")]
     Regions(#[source] GuestRegionCollectionError),
-    #[error("Cannot copy the snapshot's memory into shared guest memory")]
-    Copy(#[source] io::Error),
     #[error("Cannot register guest memory with KVM")]
     Register(#[source] kvm_ioctls::Error),
 }
 
 /// A booted VM's RAM: `size` bytes of a new shared memfd.
 pub fn shared(size: u64) -> Result<GuestMemoryMmap, GuestRamError> {
-    let file = memfd(size).map_err(GuestRamError::MemoryFile)?;
+    let file = memfd(c"husk-guest-ram", size).map_err(GuestRamError::MemoryFile)?;
     let mut offset = 0;
     let mut ranges = Vec::new();
     for (start, len) in memory::ram_ranges(size) {
@@ -121,56 +118,6 @@ pub fn private_from_file(
     GuestMemoryMmap::from_regions(regions).map_err(GuestRamError::Regions)
 }
 
-/// A restored VM's RAM as a new shared memfd (for vhost-user backends), with the data of
-/// `file` copied in. Returns the memory and the bytes copied.
-pub fn shared_copy_of_file(
-    file: &File,
-    data_offset: u64,
-    size: u64,
-) -> Result<(GuestMemoryMmap, u64), GuestRamError> {
-    let mem = shared(size)?;
-    let mut copied = 0;
-    let mut file_offset = data_offset;
-    for region in mem.iter() {
-        let len = region.len();
-        for (start, end) in
-            data_extents(file.as_raw_fd(), file_offset, len).map_err(GuestRamError::Copy)?
-        {
-            let mut done = start;
-            while done < end {
-                // No vCPU runs yet: nothing else uses this region's mapping.
-                // SAFETY: pread writes at most `end - done` bytes at `done`, and
-                // `done < end <= len` keeps them inside the region's live mapping.
-                let n = unsafe {
-                    libc::pread(
-                        file.as_raw_fd(),
-                        region.as_ptr().add(done as usize).cast(),
-                        (end - done) as usize,
-                        (file_offset + done) as libc::off_t,
-                    )
-                };
-                match n {
-                    n if n > 0 => done += n as u64,
-                    0 => {
-                        return Err(GuestRamError::Copy(io::Error::from(
-                            io::ErrorKind::UnexpectedEof,
-                        )))
-                    }
-                    _ => {
-                        let e = io::Error::last_os_error();
-                        if e.kind() != io::ErrorKind::Interrupted {
-                            return Err(GuestRamError::Copy(e));
-                        }
-                    }
-                }
-            }
-            copied += end - start;
-        }
-        file_offset += len;
-    }
-    Ok((mem, copied))
-}
-
 /// Tells KVM where each region of `mem` is, slot by slot.
 pub fn register(vm_fd: &VmFd, mem: &GuestMemoryMmap) -> Result<(), GuestRamError> {
     for (slot, region) in mem.iter().enumerate() {
@@ -223,9 +170,10 @@ pub fn data_extents(fd: RawFd, start: u64, len: u64) -> io::Result<Vec<(u64, u64
     Ok(extents)
 }
 
-fn memfd(size: u64) -> io::Result<File> {
+/// A new memfd of `size` bytes (holes), named `name` in /proc/PID/maps.
+pub(crate) fn memfd(name: &CStr, size: u64) -> io::Result<File> {
     // SAFETY: the name is a NUL-terminated string; the call only creates a new fd.
-    let fd = unsafe { libc::memfd_create(c"husk-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -237,6 +185,7 @@ fn memfd(size: u64) -> io::Result<File> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
 
     use vm_memory::Bytes;
@@ -247,7 +196,7 @@ mod tests {
 
     #[test]
     fn extents_of_a_sparse_file() {
-        let f = memfd(8 * MIB).unwrap();
+        let f = memfd(c"t", 8 * MIB).unwrap();
         assert!(data_extents(f.as_raw_fd(), 0, 8 * MIB).unwrap().is_empty());
         f.write_all_at(&[1; 4096], MIB).unwrap();
         f.write_all_at(&[2; 8192], 3 * MIB).unwrap();
@@ -263,7 +212,7 @@ mod tests {
 
     /// A fake snapshot memory file: a header page, then RAM with two written pages.
     fn snapshot_file(size: u64) -> File {
-        let f = memfd(4096 + size).unwrap();
+        let f = memfd(c"t", 4096 + size).unwrap();
         f.write_all_at(b"header", 0).unwrap();
         f.write_all_at(&[0xaa; 4096], 4096 + 0x10_0000).unwrap();
         f.write_all_at(&[0xbb; 100], 4096 + size - 100).unwrap();
@@ -288,22 +237,10 @@ mod tests {
     }
 
     #[test]
-    fn shared_copy_holds_the_data_in_a_memfd() {
-        let size = 64 * MIB;
-        let f = snapshot_file(size);
-        let (mem, copied) = shared_copy_of_file(&f, 4096, size).unwrap();
-        assert_eq!(copied, 4096 + 4096);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10_0fff)).unwrap(), 0xaa);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(size - 100)).unwrap(), 0xbb);
-        let region = mem.iter().next().unwrap();
-        assert!(region.file_offset().is_some(), "vhost-user needs the fd");
-    }
-
-    #[test]
     fn ranges_above_the_mmio_gap() {
         // 3 GiB + 1 GiB: two regions, the second at 4 GiB, read from the right file offset.
         let size = 4u64 << 30;
-        let f = memfd(4096 + size).unwrap();
+        let f = memfd(c"t", 4096 + size).unwrap();
         f.write_all_at(&[0xcc; 8], 4096 + layout_gap()).unwrap();
         let mem = private_from_file(&f, 4096, size).unwrap();
         assert_eq!(mem.num_regions(), 2);

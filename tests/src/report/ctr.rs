@@ -295,12 +295,24 @@ pub fn smaps_field(text: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// The name husk-vmm gives the memfd of guest RAM (vmm/src/vm.rs).
+/// The name husk-vmm gives the memfd of a booted VM's guest RAM (vmm/src/guest_ram.rs).
 pub const GUEST_RAM_MEMFD: &str = "/memfd:husk-guest-ram";
+/// A snapshot's memory file (vmm/src/snapshot/files.rs), which a restored VM maps
+/// privately as its guest RAM.
+pub const SNAPSHOT_MEMORY_FILE: &str = "vm.mem";
 
-/// Sums Size and Rss (KiB) over the smaps entries whose path is the guest RAM memfd:
-/// (mapped, resident, number of mappings). Resident pages of the shared memfd mapping
-/// are the pages the guest (or the VMM) touched.
+/// Whether an smaps path is guest RAM: the memfd, or a snapshot's memory file (shown as
+/// the jail or the host names it, " (deleted)" when the template was rebuilt since).
+fn is_guest_ram(path: &str) -> bool {
+    let path = path.trim_end_matches(" (deleted)");
+    path.starts_with(GUEST_RAM_MEMFD)
+        || path.rsplit('/').next() == Some(SNAPSHOT_MEMORY_FILE) && path.contains('/')
+}
+
+/// Sums Size and Rss (KiB) over the smaps entries of guest RAM (see [`is_guest_ram`]):
+/// (mapped, resident, number of mappings). Resident pages are the pages the guest (or the
+/// VMM) touched; for a restored VM they include the template's pages it only read (page
+/// cache shared with every pod restored from it, counted in Pss by their share).
 pub fn parse_guest_ram(smaps: &str) -> Option<(u64, u64, usize)> {
     let (mut size, mut rss, mut n) = (0, 0, 0);
     let mut in_ram = false;
@@ -310,7 +322,7 @@ pub fn parse_guest_ram(smaps: &str) -> Option<(u64, u64, usize)> {
         // A mapping's header: "start-end perms offset dev inode [path]".
         if first.contains('-') && !first.ends_with(':') {
             let path = f.nth(4).unwrap_or("");
-            in_ram = path.starts_with(GUEST_RAM_MEMFD);
+            in_ram = is_guest_ram(path);
             n += usize::from(in_ram);
             continue;
         }
@@ -378,8 +390,19 @@ Rss:                 100 kB
 ";
 
     #[test]
-    fn guest_ram_is_the_memfd_mapping_only() {
+    fn guest_ram_is_the_memfd_or_the_snapshot_mapping_only() {
         assert_eq!(parse_guest_ram(SMAPS), Some((262144, 37376, 1)));
+        let restored = "\
+7f0000000000-7f0010000000 rw-p 00001000 fd:01 1234                       /snapshot/vm.mem
+Size:             262144 kB
+Rss:               20480 kB
+7f0020000000-7f0020001000 rw-s 00000000 00:01 2050                       /memfd:husk-fs-relay (deleted)
+Size:               4352 kB
+Rss:                  64 kB
+7f0030000000-7f0030001000 r--p 00000000 fd:01 99                         /opt/vm.mem.bak
+Rss:                   4 kB
+";
+        assert_eq!(parse_guest_ram(restored), Some((262144, 20480, 1)));
         assert_eq!(
             parse_guest_ram("55d0-55e0 r-xp 00000000 08:01 12 /bin/x\nRss: 4 kB\n"),
             None

@@ -40,23 +40,15 @@ impl Vm {
         // Before any vCPU is restored: KVM_SET_XSAVE must not read past `kvm_xsave`.
         check_xsave_size(&kvm)?;
         let memory_bytes = state.memory_bytes;
-        // A vhost-user backend must map guest RAM, which a private mapping of the file
-        // does not allow: with virtio-fs, RAM is a shared memfd holding a copy.
-        let (mem, backing) = if config.fs.is_empty() {
-            let mem = guest_ram::private_from_file(&memory, MEMORY_DATA_OFFSET, memory_bytes)?;
-            (mem, Backing::PrivateFile)
-        } else {
-            let started = std::time::Instant::now();
-            let (mem, copied) =
-                guest_ram::shared_copy_of_file(&memory, MEMORY_DATA_OFFSET, memory_bytes)?;
-            tracing::info!(
-                "virtio-fs needs shared guest memory: copied {} MiB of the snapshot's memory \
-                 in {:?}",
-                copied >> 20,
-                started.elapsed()
-            );
-            (mem, Backing::SharedMemfd)
-        };
+        // Shared copy-on-write with every VM restored from this file (virtio-fs's backend
+        // never maps guest RAM: the relay copies its requests).
+        let mem = guest_ram::private_from_file(&memory, MEMORY_DATA_OFFSET, memory_bytes)?;
+        let backing = Backing::PrivateFile;
+        tracing::debug!(
+            "guest memory: {} MiB mapped copy-on-write from {}",
+            memory_bytes >> 20,
+            config.restore_from.display()
+        );
         guest_ram::register(&vm_fd, &mem)?;
         state.vm.restore_devices(&vm_fd)?;
 

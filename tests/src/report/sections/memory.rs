@@ -56,8 +56,9 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
              last is RUNNING): PSS and USS (private clean + dirty) from /proc/PID/smaps_rollup, \
              summed over every process the runtime added (the shims, husk-vmm and virtiofsd, \
              and the containers' processes under runc and crun); for husk also the guest RAM \
-             the guests touched (the resident pages of husk-vmm's guest-RAM memfd mapping, \
-             already inside its PSS). One runtime at a time; the slope is the least-squares \
+             the guests touched (the resident pages of husk-vmm's guest RAM mapping, the memfd \
+             of a booted VM or the snapshot's memory file of a restored one, already inside \
+             its PSS). One runtime at a time; the slope is the least-squares \
              line through the N points.",
             settle.as_secs()
         ),
@@ -68,9 +69,12 @@ pub fn section(ctx: &mut Ctx) -> SectionResult {
         names.push(HUSK_TEMPLATE);
         s.notes.push(format!(
             "`{HUSK_TEMPLATE}`: pods restored from the shim's template. Their guest RAM is \
-             a shared memfd with the template's data copied in (virtiofsd must map guest \
-             RAM, so it cannot be a private copy-on-write mapping of the template): no page \
-             is shared between restored pods, and this row says what that costs."
+             the template's memory file mapped copy-on-write (virtiofsd never maps guest \
+             RAM: husk-vmm relays its requests): the template's pages a pod only reads are \
+             one copy in the page cache for all of them (in PSS by their share), what a pod \
+             writes is its own. Guest RAM touched counts the shared pages in every pod. \
+             USS (pages only one process maps) counts a booted pod's guest RAM in full \
+             since virtiofsd no longer maps it too; PSS is the figure to compare.",
         ));
     }
     let Some(rts) = ctx.begin(&mut s, &names) else {

@@ -395,6 +395,7 @@ mod tests {
     use super::*;
     use crate::devices::virtio::block::request::tests::{desc, desc_next, header, R, W};
     use crate::devices::virtio::block::BlockConfigError;
+    use crate::devices::virtio::test_queue::used;
     use crate::devices::virtio::INT_VRING;
 
     const SECTORS: u64 = 8;
@@ -515,16 +516,6 @@ mod tests {
             desc(STATUS2, 1, W),
         ];
         vq.add_desc_chains(&descs, 0).unwrap();
-    }
-
-    fn used(vq: &MockSplitQueue<GuestMemoryMmap>) -> Vec<(u32, u32)> {
-        let n = vq.used().idx().load();
-        (0..n)
-            .map(|i| {
-                let e = vq.used().ring().ref_at(usize::from(i)).unwrap().load();
-                (e.id(), e.len())
-            })
-            .collect()
     }
 
     fn activate(

@@ -22,10 +22,9 @@
 //! queue. Window addresses are what virtiofsd takes for guest physical addresses (the
 //! memory table has one region, the window, at 0).
 
-use std::fs::File;
 use std::io;
-use std::os::fd::FromRawFd;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
@@ -35,6 +34,7 @@ use vm_memory::{
 };
 
 use super::arena::Arena;
+use crate::devices::virtio::ratelimit::WarnLimiter;
 
 /// Descriptors in each shadow ring; a request takes two, so at most half as many requests
 /// are with virtiofsd at once per queue.
@@ -133,6 +133,9 @@ impl Shadow {
 pub struct Relay {
     window: GuestMemoryMmap,
     queues: Vec<Shadow>,
+    /// virtiofsd naming descriptors it does not hold (a bug, or a compromised virtiofsd):
+    /// logged at most once a second.
+    warn: WarnLimiter,
 }
 
 impl Relay {
@@ -152,14 +155,18 @@ impl Relay {
                 shadow
             })
             .collect();
-        let file = window_file(at)?;
+        let file = crate::guest_ram::memfd(c"husk-fs-relay", at)?;
         let window = GuestMemoryMmap::<()>::from_ranges_with_files([(
             GuestAddress(0),
             at as usize,
             Some(FileOffset::new(file, 0)),
         )])
         .map_err(io::Error::other)?;
-        Ok(Self { window, queues })
+        Ok(Self {
+            window,
+            queues,
+            warn: WarnLimiter::new(Duration::from_secs(1)),
+        })
     }
 
     /// The window, as virtiofsd's memory table describes it.
@@ -297,7 +304,7 @@ impl Relay {
         else {
             return 0;
         };
-        let mut returned = 0;
+        let (mut returned, mut bogus) = (0, 0);
         while shadow.used_seen != used_idx {
             let entry = used_ring + 4 + 8 * u64::from(shadow.used_seen % SHADOW_SIZE);
             shadow.used_seen = shadow.used_seen.wrapping_add(1);
@@ -308,9 +315,7 @@ impl Relay {
             };
             let slot = id / 2;
             let Some(req) = shadow.slots.get_mut(slot as usize).and_then(Option::take) else {
-                tracing::warn!(
-                    "virtio-fs relay: virtiofsd returned descriptor {id}, which it does not hold"
-                );
+                bogus += 1;
                 continue;
             };
             shadow.free_slots.push(slot as u16);
@@ -320,6 +325,14 @@ impl Relay {
                 tracing::debug!("virtio-fs relay: cannot add to the guest's used ring: {e}");
             }
             returned += 1;
+        }
+        if bogus > 0 {
+            if let Some(dropped) = self.warn.allow() {
+                tracing::warn!(
+                    "virtio-fs relay: virtiofsd returned {bogus} descriptor(s) it does not \
+                     hold ({dropped} more warnings dropped)"
+                );
+            }
         }
         returned
     }
@@ -499,18 +512,6 @@ fn copy(
         to = GuestAddress(to.0 + slice.len() as u64);
     }
     Ok(())
-}
-
-fn window_file(len: u64) -> io::Result<File> {
-    // SAFETY: the name is a NUL-terminated string; the call only creates a new fd.
-    let fd = unsafe { libc::memfd_create(c"husk-fs-relay".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new file descriptor that nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(len)?;
-    Ok(file)
 }
 
 #[cfg(test)]
