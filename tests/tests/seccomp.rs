@@ -247,11 +247,17 @@ fn a_pods_vmm_and_virtiofsd_run_confined() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     root.sort();
-    match c.pod_restored(id) {
-        Some(false) => assert_eq!(root, ["dev", "husk-vmm", "initramfs", "kernel", "run"]),
-        Some(true) => assert_eq!(root, ["dev", "husk-vmm", "run", "snapshot"]),
+    let restored = match c.pod_restored(id) {
+        Some(false) => {
+            assert_eq!(root, ["dev", "husk-vmm", "initramfs", "kernel", "run"]);
+            false
+        }
+        Some(true) => {
+            assert_eq!(root, ["dev", "husk-vmm", "run", "snapshot"]);
+            true
+        }
         None => panic!("neither booted nor restored:\n{}", c.log()),
-    }
+    };
     let dev: Vec<String> = std::fs::read_dir(format!("/proc/{vmm}/root/dev"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -275,10 +281,26 @@ fn a_pods_vmm_and_virtiofsd_run_confined() {
         ]
     );
     // Only stdio, KVM's fds, eventfds and sockets: no host file beyond the kernel/initramfs
-    // or the snapshot (which the VMM closed after loading them).
+    // (which the VMM closed after loading them) or, restored, the snapshot's memory file
+    // it maps as guest RAM, open read-only.
     for fd in std::fs::read_dir(format!("/proc/{vmm}/fd")).unwrap() {
-        let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
+        let fd = fd.unwrap();
+        let target = std::fs::read_link(fd.path()).unwrap_or_default();
         let t = target.display().to_string();
+        if restored && t == "/snapshot/vm.mem" {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{vmm}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                .unwrap();
+            assert_eq!(flags & 3, 0, "vm.mem is open for writing: {info}");
+            continue;
+        }
         assert!(
             t.starts_with("anon_inode:")
                 || t.starts_with("socket:")
