@@ -337,6 +337,23 @@ pub fn parse_guest_ram(smaps: &str) -> Option<(u64, u64, usize)> {
     (n > 0).then_some((size, rss, n))
 }
 
+/// Sums an smaps field (`Private_Dirty`, `Rss`, ...; KiB) over the guest RAM mappings (see
+/// [`is_guest_ram`]); `None` if there is none.
+pub fn guest_ram_field(smaps: &str, key: &str) -> Option<u64> {
+    let (mut sum, mut found, mut in_ram) = (0, false, false);
+    for l in smaps.lines() {
+        let mut f = l.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            in_ram = is_guest_ram(f.nth(4).unwrap_or(""));
+            found |= in_ram;
+        } else if in_ram {
+            sum += smaps_field(l, key).unwrap_or(0);
+        }
+    }
+    found.then_some(sum)
+}
+
 /// Host memory of one process: (PSS, USS) in KiB from /proc/PID/smaps_rollup (USS is
 /// its private pages, clean and dirty).
 pub fn pss_uss(pid: u32) -> Option<(u64, u64)> {
@@ -403,6 +420,13 @@ Rss:                  64 kB
 Rss:                   4 kB
 ";
         assert_eq!(parse_guest_ram(restored), Some((262144, 20480, 1)));
+        let dirty = restored.replace("Rss:               20480 kB", "Private_Dirty:      8192 kB");
+        assert_eq!(guest_ram_field(&dirty, "Private_Dirty"), Some(8192));
+        assert_eq!(guest_ram_field(SMAPS, "Rss"), Some(37376));
+        assert_eq!(
+            guest_ram_field("55d0-55e0 r-xp 0 08:01 12 /bin/x\nRss: 4 kB\n", "Rss"),
+            None
+        );
         assert_eq!(
             parse_guest_ram("55d0-55e0 r-xp 00000000 08:01 12 /bin/x\nRss: 4 kB\n"),
             None
