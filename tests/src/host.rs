@@ -96,8 +96,18 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
-        let by_parent = child_pids(std::process::id() as i32);
-        let by_cmd = processes_mentioning(Path::new(&mark));
+        // Looked for until seen, for at most 5 s: one `make test` run once found no child
+        // in a single /proc walk while the other unit tests were starting processes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let (by_parent, by_cmd) = loop {
+            let by_parent = child_pids(std::process::id() as i32);
+            let by_cmd = processes_mentioning(Path::new(&mark));
+            let found = by_parent.contains(&(pid as i32)) && by_cmd.iter().any(|(p, _)| *p == pid);
+            if found || std::time::Instant::now() > deadline {
+                break (by_parent, by_cmd);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
         let _ = child.kill();
         let _ = child.wait();
         assert!(
