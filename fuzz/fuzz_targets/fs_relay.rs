@@ -8,7 +8,7 @@
 
 #![no_main]
 
-use husk_vmm::devices::virtio::fs::relay::{RefusedRequest, Relay};
+use husk_vmm::devices::virtio::fs::relay::Relay;
 use husk_vmm::devices::virtio::fs::shadow_server::ShadowServer;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
@@ -134,11 +134,10 @@ fuzz_target!(|input: Input| {
     let mut server = ShadowServer::new(REQUEST_QUEUE);
     let mut answers = input.answers.iter();
     let mut held = Vec::new();
-    let mut refused: Vec<RefusedRequest> = Vec::new();
     // Bounded: each round either returns a chain or stops; a stalled relay is unblocked
     // by the answers, which the server always gives in the end.
     for _ in 0..(4 * usize::from(QUEUE_SIZE)) {
-        let done = relay.forward(REQUEST_QUEUE, &mut queue, &mem, &mut refused);
+        let done = relay.forward(REQUEST_QUEUE, &mut queue, &mem);
         held.extend(server.take(&relay));
         if held.is_empty() && !done.stalled {
             break;

@@ -206,13 +206,9 @@ impl VirtioDevice for Fs {
         let ready: Vec<usize> = (0..ctx.queues.len())
             .filter(|&i| ctx.queues[i].ready())
             .collect();
-        let result = self.backend.activate(
-            &self.relay,
-            &ready,
-            &self.backend_kicks,
-            &self.call_evts,
-            ctx.acked_features,
-        );
+        let result =
+            self.backend
+                .activate(&self.relay, &ready, &self.backend_kicks, &self.call_evts);
         if let Err(e) = result {
             return Err(match e {
                 FsError::BadQueue(i) => ActivateError::BadQueue(i),
@@ -238,8 +234,8 @@ impl VirtioDevice for Fs {
         }
         match self.backend.stop(self.queue_sizes.len()) {
             Ok(()) => {
+                // The relay starts afresh at the next activation.
                 self.active = None;
-                self.relay.reset();
                 for evt in &self.call_evts {
                     let _ = evt.read();
                 }
@@ -287,7 +283,7 @@ mod tests {
     use vm_memory::GuestAddress;
     use vmm_sys_util::tempdir::TempDir;
 
-    use super::super::test_utils::{memfd_memory, req, FakeBackend, FAKE_FEATURES};
+    use super::super::test_utils::{req, FakeBackend, FAKE_FEATURES};
     use super::*;
     use crate::devices::virtio::VIRTIO_F_VERSION_1;
 
@@ -387,7 +383,7 @@ mod tests {
     fn activation_sends_memory_and_rings() {
         let fake = FakeBackend::start(2);
         let mut fs = Fs::new(&config(fake.path(), 1)).unwrap();
-        let mem = memfd_memory(&[(0, 0x10_0000)]);
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let hiprio = MockSplitQueue::create(&mem, GuestAddress(0), 256);
         let request = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 256);
         let queues: Vec<Queue> = vec![
@@ -444,7 +440,7 @@ mod tests {
     fn wrong_queue_count_or_bad_ring_is_refused() {
         let fake = FakeBackend::start(2);
         let mut fs = Fs::new(&config(fake.path(), 1)).unwrap();
-        let mem = memfd_memory(&[(0, 0x1_0000)]);
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
         let vq = MockSplitQueue::create(&mem, GuestAddress(0), 256);
         let one: Vec<Queue> = vec![vq.create_queue().unwrap()];
         let err = fs
@@ -485,7 +481,7 @@ mod tests {
         let fake = FakeBackend::start(2);
         let mut fs = Fs::new(&config(fake.path(), 1)).unwrap();
         fake.refuse(req::SET_MEM_TABLE);
-        let mem = memfd_memory(&[(0, 0x10_0000)]);
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let a = MockSplitQueue::create(&mem, GuestAddress(0), 256);
         let b = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 256);
         let err = fs

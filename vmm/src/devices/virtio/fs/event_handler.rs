@@ -43,8 +43,7 @@ impl Fs {
         let Some(guest) = active.queues.get_mut(queue).filter(|q| q.ready()) else {
             return;
         };
-        let mut refused = Vec::new();
-        let done = self.relay.forward(queue, guest, &active.mem, &mut refused);
+        let done = self.relay.forward(queue, guest, &active.mem);
         if done.sent > 0 {
             self.metrics
                 .requests
@@ -55,13 +54,13 @@ impl Fs {
                 }
             }
         }
-        if done.refused > 0 {
+        if let Some(why) = done.refused.first() {
             self.metrics
                 .refused
-                .fetch_add(done.refused as u64, Ordering::Relaxed);
+                .fetch_add(done.refused.len() as u64, Ordering::Relaxed);
             active.irq.trigger(INT_VRING);
             self.metrics.interrupts.fetch_add(1, Ordering::Relaxed);
-            if let (Some(why), Some(dropped)) = (refused.first(), self.warn.allow()) {
+            if let Some(dropped) = self.warn.allow() {
                 tracing::warn!(
                     tag = %self.tag,
                     "virtio-fs: malformed request returned unanswered: {why} \
@@ -137,13 +136,12 @@ impl MutEventSubscriber for Fs {
             self.dump_state();
             return;
         }
-        let tag = self.tag().to_owned();
         if data & GUEST_KICK != 0 {
             let queue = (data & !GUEST_KICK) as usize;
             let kicked = self
                 .queue_events()
                 .get(queue)
-                .is_some_and(|evt| drain(evt, &tag, "a queue eventfd"));
+                .is_some_and(|evt| drain(evt, &self.tag, "a queue eventfd"));
             if kicked {
                 self.forward(queue);
             }
@@ -153,7 +151,7 @@ impl MutEventSubscriber for Fs {
         let called = self
             .call_evts
             .get(queue)
-            .is_some_and(|evt| drain(evt, &tag, "a call eventfd"));
+            .is_some_and(|evt| drain(evt, &self.tag, "a call eventfd"));
         if called {
             self.complete(queue);
         }

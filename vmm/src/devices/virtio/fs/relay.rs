@@ -22,10 +22,13 @@
 //! queue. Window addresses are what virtiofsd takes for guest physical addresses (the
 //! memory table has one region, the window, at 0).
 
+use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use vhost::VhostUserMemoryRegionInfo;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -50,13 +53,13 @@ pub const HIPRIO_ARENA: u64 = 256 << 10;
 pub const REQUEST_ARENA: u64 = 4 << 20;
 
 /// What one pass over a guest queue did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Forwarded {
     /// Requests handed to virtiofsd (its kick eventfd must be signalled).
     pub sent: usize,
-    /// Requests returned to the guest at once, unanswered, because they were malformed
-    /// (the guest's interrupt must be raised).
-    pub refused: usize,
+    /// Why each request returned to the guest at once, unanswered, was malformed (the
+    /// guest's interrupt must be raised if there is any).
+    pub refused: Vec<RefusedRequest>,
     /// The pass stopped with requests left in the guest's ring: no room in the arena or
     /// the shadow ring until virtiofsd answers some.
     pub stalled: bool,
@@ -132,6 +135,9 @@ impl Shadow {
 /// The shadow queues of one virtio-fs device and the window they live in.
 pub struct Relay {
     window: GuestMemoryMmap,
+    /// The window's memfd and where we map it, for virtiofsd's memory table.
+    window_file: File,
+    window_host: u64,
     queues: Vec<Shadow>,
     /// virtiofsd naming descriptors it does not hold (a bug, or a compromised virtiofsd):
     /// logged at most once a second.
@@ -155,23 +161,39 @@ impl Relay {
                 shadow
             })
             .collect();
-        let file = crate::guest_ram::memfd(c"husk-fs-relay", at)?;
+        let window_file = crate::guest_ram::memfd(c"husk-fs-relay", at)?;
         let window = GuestMemoryMmap::<()>::from_ranges_with_files([(
             GuestAddress(0),
             at as usize,
-            Some(FileOffset::new(file, 0)),
+            Some(FileOffset::new(window_file.try_clone()?, 0)),
         )])
         .map_err(io::Error::other)?;
+        let window_host = window
+            .get_host_address(GuestAddress(0))
+            .map_err(io::Error::other)? as u64;
         Ok(Self {
             window,
+            window_file,
+            window_host,
             queues,
             warn: WarnLimiter::new(Duration::from_secs(1)),
         })
     }
 
-    /// The window, as virtiofsd's memory table describes it.
+    /// The window, in its addresses (virtiofsd's guest physical addresses).
     pub fn window(&self) -> &GuestMemoryMmap {
         &self.window
+    }
+
+    /// virtiofsd's whole memory table: the window, at address 0.
+    pub fn memory_table(&self) -> VhostUserMemoryRegionInfo {
+        VhostUserMemoryRegionInfo {
+            guest_phys_addr: 0,
+            memory_size: self.window.last_addr().0 + 1,
+            userspace_addr: self.window_host,
+            mmap_offset: 0,
+            mmap_handle: self.window_file.as_raw_fd(),
+        }
     }
 
     /// Queue `q`'s shadow rings as window addresses: descriptor table, available ring,
@@ -220,14 +242,8 @@ impl Relay {
     }
 
     /// Moves the guest's available requests on queue `q` to its shadow ring. Returns what
-    /// was done; `refused` lists why each malformed request was returned unanswered.
-    pub fn forward(
-        &mut self,
-        q: usize,
-        guest: &mut Queue,
-        mem: &GuestMemoryMmap,
-        refused: &mut Vec<RefusedRequest>,
-    ) -> Forwarded {
+    /// was done.
+    pub fn forward(&mut self, q: usize, guest: &mut Queue, mem: &GuestMemoryMmap) -> Forwarded {
         let mut done = Forwarded::default();
         let Some(shadow) = self.queues.get_mut(q) else {
             return done;
@@ -251,7 +267,7 @@ impl Relay {
             let request = match Request::gather(chain, shadow.arena.len()) {
                 Ok(r) => r,
                 Err(e) => {
-                    refuse(guest, mem, head, e, refused, &mut done);
+                    refuse(guest, mem, head, e, &mut done);
                     continue;
                 }
             };
@@ -263,7 +279,7 @@ impl Relay {
             };
             if let Err(e) = request.copy_in(mem, &self.window, at) {
                 shadow.arena.free(at, request.len());
-                refuse(guest, mem, head, e, refused, &mut done);
+                refuse(guest, mem, head, e, &mut done);
                 continue;
             }
             shadow.free_slots.pop();
@@ -344,14 +360,12 @@ fn refuse(
     mem: &GuestMemoryMmap,
     head: u16,
     why: RefusedRequest,
-    refused: &mut Vec<RefusedRequest>,
     done: &mut Forwarded,
 ) {
     if let Err(e) = guest.add_used(mem, head, 0) {
         tracing::debug!("virtio-fs relay: cannot add to the guest's used ring: {e}");
     }
-    refused.push(why);
-    done.refused += 1;
+    done.refused.push(why);
 }
 
 /// Writes slot `slot`'s descriptors for a request at `at`; returns the first one's index.

@@ -1,9 +1,6 @@
-//! Test helpers: memfd-backed guest memory, a scripted vhost-user backend, and a real
-//! virtiofsd when one is installed.
+//! Test helpers: a scripted vhost-user backend, and a real virtiofsd when one is installed.
 
-use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::FromRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,34 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::tempdir::TempDir;
-
-/// Guest memory whose regions all live in one memfd, one after the other, as the VMM lays
-/// it out for vhost-user.
-pub fn memfd_memory(ranges: &[(u64, usize)]) -> GuestMemoryMmap {
-    // SAFETY: memfd_create takes a NUL-terminated name and flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"husk-fs-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    let file = Arc::new(unsafe { File::from_raw_fd(fd) });
-    let total: usize = ranges.iter().map(|r| r.1).sum();
-    file.set_len(total as u64).unwrap();
-    let mut offset = 0u64;
-    let regions: Vec<_> = ranges
-        .iter()
-        .map(|&(addr, len)| {
-            let r = (
-                GuestAddress(addr),
-                len,
-                Some(FileOffset::from_arc(file.clone(), offset)),
-            );
-            offset += len as u64;
-            r
-        })
-        .collect();
-    GuestMemoryMmap::from_ranges_with_files(regions).unwrap()
-}
 
 /// vhost-user request codes.
 pub mod req {

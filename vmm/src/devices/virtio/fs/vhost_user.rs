@@ -13,15 +13,15 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vhost::vhost_user::message::{VhostUserHeaderFlag, MAX_ATTACHED_FD_ENTRIES};
+use vhost::vhost_user::message::VhostUserHeaderFlag;
 use vhost::vhost_user::{
     Error as VuError, Frontend, VhostUserFrontend, VhostUserProtocolFeatures,
     VhostUserVirtioFeatures,
 };
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vhost::{VhostBackend, VringConfigData};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::relay::{Relay, SHADOW_SIZE};
@@ -78,10 +78,6 @@ pub enum FsError {
     NoVersion1(u64),
     #[error("{wanted} queues configured, the vhost-user backend serves at most {backend}")]
     TooManyQueues { wanted: usize, backend: u64 },
-    #[error("Guest memory region at {0:#x} is not backed by a shared file")]
-    RegionNotShared(u64),
-    #[error("Guest memory has {0} regions, vhost-user takes at most {MAX_ATTACHED_FD_ENTRIES}")]
-    TooManyRegions(usize),
     #[error("Queue {0} has misaligned rings or rings outside guest memory")]
     BadQueue(usize),
     #[error("Cannot create the relay's shared window for virtiofsd")]
@@ -132,29 +128,6 @@ pub fn guest_features(backend_features: u64) -> Result<u64, FsError> {
 pub fn backend_ack(backend_features: u64) -> u64 {
     let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
     (backend_features & (1 << VIRTIO_F_VERSION_1)) | (backend_features & protocol)
-}
-
-/// The memory table: every region's guest address, size, host address and the fd and
-/// offset of the shared file behind it.
-pub fn memory_regions(mem: &GuestMemoryMmap) -> Result<Vec<VhostUserMemoryRegionInfo>, FsError> {
-    let n = mem.num_regions();
-    if n > MAX_ATTACHED_FD_ENTRIES {
-        return Err(FsError::TooManyRegions(n));
-    }
-    mem.iter()
-        .map(|region| {
-            let file = region
-                .file_offset()
-                .ok_or(FsError::RegionNotShared(region.start_addr().raw_value()))?;
-            Ok(VhostUserMemoryRegionInfo {
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-                mmap_offset: file.start(),
-                mmap_handle: file.file().as_raw_fd(),
-            })
-        })
-        .collect()
 }
 
 /// The host address of `len` bytes at `addr` aligned to `align`, all in one region.
@@ -276,22 +249,18 @@ impl Backend {
         ready: &[usize],
         kicks: &[EventFd],
         calls: &[EventFd],
-        driver_acked: u64,
     ) -> Result<(), FsError> {
-        let regions = memory_regions(relay.window())?;
         let rings = ready
             .iter()
             .map(|&index| Ok((index, vring_config(relay, index)?)))
             .collect::<Result<Vec<_>, FsError>>()?;
 
         let acked = backend_ack(self.backend_features);
-        tracing::debug!(
-            driver_acked = format_args!("{driver_acked:#x}"),
-            backend_acked = format_args!("{acked:#x}"),
-            "virtio-fs: activating the relay's rings"
-        );
         request("SET_FEATURES", self.frontend.set_features(acked))?;
-        request("SET_MEM_TABLE", self.frontend.set_mem_table(&regions))?;
+        request(
+            "SET_MEM_TABLE",
+            self.frontend.set_mem_table(&[relay.memory_table()]),
+        )?;
         for (index, ring) in rings {
             let (Some(kick), Some(call)) = (kicks.get(index), calls.get(index)) else {
                 return Err(FsError::BadQueue(index));
@@ -339,8 +308,8 @@ mod tests {
         VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_NOTIFICATION_DATA, VIRTIO_F_RING_PACKED,
     };
     use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+    use vm_memory::{Bytes, GuestMemoryRegion};
 
-    use super::super::test_utils::memfd_memory;
     use super::*;
 
     #[test]
@@ -385,40 +354,24 @@ mod tests {
     }
 
     #[test]
-    fn memory_table_from_memfd_regions() {
-        let mem = memfd_memory(&[(0, 0x10_0000), (0x20_0000, 0x8_0000)]);
-        let regions = memory_regions(&mem).unwrap();
-        assert_eq!(regions.len(), 2);
-        assert_eq!(regions[0].guest_phys_addr, 0);
-        assert_eq!(regions[0].memory_size, 0x10_0000);
-        assert_eq!(regions[0].mmap_offset, 0);
-        assert_eq!(regions[1].guest_phys_addr, 0x20_0000);
-        assert_eq!(regions[1].memory_size, 0x8_0000);
-        // Both regions live in one memfd, the second after the first.
-        assert_eq!(regions[1].mmap_offset, 0x10_0000);
-        assert_eq!(regions[0].mmap_handle, regions[1].mmap_handle);
-        let host = mem.get_host_address(GuestAddress(0x20_0000)).unwrap() as u64;
-        assert_eq!(regions[1].userspace_addr, host);
-    }
-
-    #[test]
-    fn memory_table_needs_shared_file() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x1000), 0x1000)]).unwrap();
-        assert!(matches!(
-            memory_regions(&mem),
-            Err(FsError::RegionNotShared(0x1000))
-        ));
-    }
-
-    #[test]
     fn the_relay_window_is_the_whole_memory_table() {
         let relay = Relay::new(2).unwrap();
-        let regions = memory_regions(relay.window()).unwrap();
-        assert_eq!(regions.len(), 1);
-        assert_eq!(regions[0].guest_phys_addr, 0);
+        let table = relay.memory_table();
+        assert_eq!(table.guest_phys_addr, 0);
+        assert_eq!(table.mmap_offset, 0);
         let window = relay.window().iter().next().unwrap();
-        assert_eq!(regions[0].memory_size, window.len());
-        assert_eq!(regions[0].userspace_addr, window.as_ptr() as u64);
+        assert_eq!(table.memory_size, window.len());
+        assert_eq!(table.userspace_addr, window.as_ptr() as u64);
+        // The fd maps the window's pages: what we write there, virtiofsd reads.
+        let fd = window.file_offset().unwrap().file();
+        relay
+            .window()
+            .write_obj(0x5au8, GuestAddress(0x40))
+            .unwrap();
+        let mut byte = [0u8];
+        std::os::unix::fs::FileExt::read_exact_at(fd, &mut byte, 0x40).unwrap();
+        assert_eq!(byte[0], 0x5a);
+        assert_eq!(table.mmap_handle, relay.memory_table().mmap_handle);
     }
 
     #[test]
