@@ -509,9 +509,6 @@ mod tests {
         let no_default = format!("{reg}[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n");
         let c = containerd_runtime(&Ok(no_default), snippet);
         assert!(!c.passes() && c.reason.contains("runtimes.runc"), "{c:?}");
-        let no_default = format!("{reg}[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n");
-        let c = containerd_runtime(&Ok(no_default), snippet);
-        assert!(!c.passes() && c.reason.contains("runtimes.runc"), "{c:?}");
         let off = format!("disabled_plugins = [\"cri\"]\n{reg}");
         assert!(!containerd_runtime(&Ok(off), snippet).passes());
         assert!(!containerd_runtime(&Err("exit status 1".into()), snippet).passes());

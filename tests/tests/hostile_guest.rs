@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use husk_tests::guest::{Guest, GuestOptions, TempDir};
-use husk_tests::report::ctr::parse_guest_ram;
+use husk_tests::report::ctr::guest_ram_field;
 use husk_tests::tap::{HostTap, PacketSocket};
 use husk_tests::{kvm_available, path_from_env};
 
@@ -69,7 +69,7 @@ fn own_rss_kib(pid: u32) -> Option<u64> {
         .parse()
         .ok()?;
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
-    let guest = parse_guest_ram(&smaps).map_or(0, |(_, rss, _)| rss);
+    let guest = guest_ram_field(&smaps, "Rss").unwrap_or(0);
     Some(rss.saturating_sub(guest))
 }
 

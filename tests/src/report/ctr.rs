@@ -301,49 +301,23 @@ pub const GUEST_RAM_MEMFD: &str = "/memfd:husk-guest-ram";
 /// privately as its guest RAM.
 pub const SNAPSHOT_MEMORY_FILE: &str = "vm.mem";
 
-/// Whether an smaps path is guest RAM: the memfd, or a snapshot's memory file (shown as
-/// the jail or the host names it, " (deleted)" when the template was rebuilt since).
+/// Whether an smaps path is guest RAM: the memfd, or a snapshot's memory file (as the
+/// jail or the host names it).
 fn is_guest_ram(path: &str) -> bool {
-    let path = path.trim_end_matches(" (deleted)");
     path.starts_with(GUEST_RAM_MEMFD)
         || path.rsplit('/').next() == Some(SNAPSHOT_MEMORY_FILE) && path.contains('/')
 }
 
-/// Sums Size and Rss (KiB) over the smaps entries of guest RAM (see [`is_guest_ram`]):
-/// (mapped, resident, number of mappings). Resident pages are the pages the guest (or the
-/// VMM) touched; for a restored VM they include the template's pages it only read (page
-/// cache shared with every pod restored from it, counted in Pss by their share).
-pub fn parse_guest_ram(smaps: &str) -> Option<(u64, u64, usize)> {
-    let (mut size, mut rss, mut n) = (0, 0, 0);
-    let mut in_ram = false;
-    for l in smaps.lines() {
-        let mut f = l.split_whitespace();
-        let first = f.next().unwrap_or("");
-        // A mapping's header: "start-end perms offset dev inode [path]".
-        if first.contains('-') && !first.ends_with(':') {
-            let path = f.nth(4).unwrap_or("");
-            in_ram = is_guest_ram(path);
-            n += usize::from(in_ram);
-            continue;
-        }
-        if in_ram {
-            if let Some(v) = smaps_field(l, "Size") {
-                size += v;
-            } else if let Some(v) = smaps_field(l, "Rss") {
-                rss += v;
-            }
-        }
-    }
-    (n > 0).then_some((size, rss, n))
-}
-
-/// Sums an smaps field (`Private_Dirty`, `Rss`, ...; KiB) over the guest RAM mappings (see
-/// [`is_guest_ram`]); `None` if there is none.
+/// Sums an smaps field (`Rss`, `Anonymous`, ...; KiB) over the guest RAM mappings (see
+/// [`is_guest_ram`]); `None` if there is none. Rss is the guest RAM touched: for a
+/// restored VM it includes the template's pages it only read (page cache shared with
+/// every pod restored from it, counted in Pss by their share).
 pub fn guest_ram_field(smaps: &str, key: &str) -> Option<u64> {
     let (mut sum, mut found, mut in_ram) = (0, false, false);
     for l in smaps.lines() {
         let mut f = l.split_whitespace();
         let first = f.next().unwrap_or("");
+        // A mapping's header: "start-end perms offset dev inode [path]".
         if first.contains('-') && !first.ends_with(':') {
             in_ram = is_guest_ram(f.nth(4).unwrap_or(""));
             found |= in_ram;
@@ -408,7 +382,8 @@ Rss:                 100 kB
 
     #[test]
     fn guest_ram_is_the_memfd_or_the_snapshot_mapping_only() {
-        assert_eq!(parse_guest_ram(SMAPS), Some((262144, 37376, 1)));
+        assert_eq!(guest_ram_field(SMAPS, "Size"), Some(262144));
+        assert_eq!(guest_ram_field(SMAPS, "Rss"), Some(37376));
         let restored = "\
 7f0000000000-7f0010000000 rw-p 00001000 fd:01 1234                       /snapshot/vm.mem
 Size:             262144 kB
@@ -419,16 +394,17 @@ Rss:                  64 kB
 7f0030000000-7f0030001000 r--p 00000000 fd:01 99                         /opt/vm.mem.bak
 Rss:                   4 kB
 ";
-        assert_eq!(parse_guest_ram(restored), Some((262144, 20480, 1)));
-        let dirty = restored.replace("Rss:               20480 kB", "Private_Dirty:      8192 kB");
-        assert_eq!(guest_ram_field(&dirty, "Private_Dirty"), Some(8192));
-        assert_eq!(guest_ram_field(SMAPS, "Rss"), Some(37376));
+        assert_eq!(guest_ram_field(restored, "Size"), Some(262144));
+        assert_eq!(guest_ram_field(restored, "Rss"), Some(20480));
+        let anon = restored.replace("Rss:               20480 kB", "Anonymous:          8192 kB");
+        assert_eq!(guest_ram_field(&anon, "Anonymous"), Some(8192));
+        // A guest RAM mapping without the field sums to 0; no guest RAM at all is None.
+        assert_eq!(guest_ram_field(SMAPS, "Anonymous"), Some(0));
         assert_eq!(
-            guest_ram_field("55d0-55e0 r-xp 0 08:01 12 /bin/x\nRss: 4 kB\n", "Rss"),
-            None
-        );
-        assert_eq!(
-            parse_guest_ram("55d0-55e0 r-xp 00000000 08:01 12 /bin/x\nRss: 4 kB\n"),
+            guest_ram_field(
+                "55d0-55e0 r-xp 00000000 08:01 12 /bin/x\nRss: 4 kB\n",
+                "Rss"
+            ),
             None
         );
     }

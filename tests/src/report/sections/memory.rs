@@ -35,9 +35,7 @@ fn measure(c: &Containerd) -> (u64, u64, u64, BTreeMap<String, u64>) {
         *by.entry(comm.clone()).or_insert(0) += p;
         if comm == "husk-vmm" {
             let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-            if let Some((_, touched, _)) = ctr::parse_guest_ram(&smaps) {
-                guest += touched;
-            }
+            guest += ctr::guest_ram_field(&smaps, "Rss").unwrap_or(0);
         }
     }
     (pss, uss, guest, by)

@@ -1,7 +1,8 @@
 //! End-to-end tests against a real virtiofsd: the handshake, the memory table and rings,
 //! and one FUSE_INIT round trip through guest memory, the guest's kick, the relay's
-//! window, virtiofsd, its call eventfd, our event loop and the interrupt line. They print `SKIPPED` and return
-//! when virtiofsd is not installed (scripts/install-virtiofsd.sh installs it).
+//! window, virtiofsd, its call eventfd, our event loop and the interrupt line. They print
+//! `SKIPPED` and return when virtiofsd is not installed (scripts/install-virtiofsd.sh
+//! installs it); `make test` sets HUSK_REQUIRE_VIRTIOFSD, which makes that a failure.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
